@@ -1,0 +1,40 @@
+"""Models with a width knob (hidden units, or a channel multiplier for convolutional nets).
+
+``build(cfg.model, input_shape, num_classes, width)`` returns an ``nn.Module``; the parameterization finds each
+parameter's role by comparing it with the same model built at ``cfg.model.base_width`` on the meta device.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from ..config import UsageError
+
+# model name → module implementing build(cfg, input_shape, num_classes, width) and check(cfg)
+REGISTRY = {"mlp": "muso_cli.models.mlp"}
+
+
+def _module(name: str):
+    return importlib.import_module(REGISTRY[name])
+
+
+def build(cfg, input_shape: tuple[int, ...], num_classes: int, width: int | None = None,
+          device: torch.device | str | None = None) -> nn.Module:
+    """The model ``cfg.name`` at ``width`` (default cfg.width) on ``device`` ("meta": shapes only)."""
+    width = cfg.width if width is None else width
+    with torch.device(device or "cpu"):
+        return _module(cfg.name).build(cfg, tuple(input_shape), num_classes, width)
+
+
+def build_pair(cfg, input_shape, num_classes, width: int | None = None, device=None) -> tuple[nn.Module, nn.Module]:
+    """(model at ``width``, the same model at ``cfg.base_width`` on the meta device)."""
+    model = build(cfg, input_shape, num_classes, width, device)
+    base = build(cfg, input_shape, num_classes, cfg.base_width, "meta")
+    return model, base
+
+
+def check(cfg) -> list[UsageError]:
+    """Model-specific validation; one UsageError per problem."""
+    return [UsageError(*p) for p in _module(cfg.name).check(cfg)]

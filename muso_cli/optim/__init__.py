@@ -1,0 +1,38 @@
+"""Optimizers: torch's SGD/Adam, and muso's K-FAC and Shampoo, built from the config and a parameterization plan.
+
+Each builder receives the optimizer config node, the model, the plan (per-layer lr and damping multipliers)
+and the training loss (K-FAC's MC Fisher samples from the matching predictive distribution).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..parametrize import Plan
+
+
+def _sgd(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimizer:
+    groups = plan.param_groups(model, cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+def _adam(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimizer:
+    groups = plan.param_groups(model, cfg.lr)
+    cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
+    return cls(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+BUILDERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"sgd": _sgd, "adam": _adam}
+
+
+def build(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> torch.optim.Optimizer:
+    """The optimizer ``cfg.name`` over ``model`` with the plan's per-layer multipliers."""
+    return BUILDERS[cfg.name](cfg, model, plan, loss)
+
+
+def preconditioner_power(cfg) -> float | None:
+    """Total inverse power of a second-order optimizer's preconditioner (None: the table's default)."""
+    return 2.0 * cfg.exponent if cfg.name == "shampoo" and "exponent" in cfg else None

@@ -1,0 +1,139 @@
+"""Results store: per-run files written atomically, and their Weights & Biases mirror.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one line per evaluation) and
+``result.json`` (status ok | diverged | failed, final and best metrics). Every file is written to a temporary
+name in the same folder and renamed, so a reader never sees half a file and concurrent writers to different
+folders need no locks. W&B (online, offline or disabled) mirrors what the files hold; files come first.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULT, METRICS, CONFIG, CHECKPOINT = "result.json", "metrics.jsonl", "config.yaml", "checkpoint.pt"
+FINAL_STATUSES = ("ok", "diverged")   # a trial with one of these is finished and never rerun
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from collaborators
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def finite_or_none(x: Any) -> Any:
+    """JSON has no inf/NaN: non-finite floats are stored as null (the status says why)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite_or_none(v) for k, v in x.items()}
+    return x
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_atomic(path, json.dumps(finite_or_none(obj), indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object at ``path``, or None when missing or unreadable."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The lines of a metrics.jsonl (a torn last line, impossible with atomic writes, is skipped)."""
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+class Recorder:
+    """Writes one run's files and mirrors them to W&B.
+
+    out_dir: the run folder. config: the resolved config (a dict). wandb_cfg: the logger node (mode, project,
+    entity, dir, tags). run_id: W&B run id (a trial's id: a resumed trial continues its W&B run).
+    group / job_type / tags: W&B grouping (study name, sweep | transfer, param/optimizer/width).
+    """
+
+    def __init__(self, out_dir: Path, config: dict, *, wandb_cfg: dict | None = None, run_id: str | None = None,
+                 group: str | None = None, job_type: str | None = None, tags: list[str] | None = None,
+                 metrics: list[dict] | None = None):
+        import yaml
+
+        self.out_dir = Path(out_dir)
+        self.metrics: list[dict] = list(metrics or [])
+        write_atomic(self.out_dir / CONFIG, yaml.safe_dump(config, sort_keys=False))
+        self.wandb = None
+        wandb_cfg = wandb_cfg or {}
+        if wandb_cfg.get("mode", "disabled") != "disabled":
+            self.wandb = _wandb_init(self.out_dir, config, wandb_cfg, run_id, group, job_type, tags)
+
+    def log(self, row: dict) -> None:
+        """Append one evaluation row (must hold ``step``) to metrics.jsonl and W&B."""
+        self.metrics.append(finite_or_none(row))
+        write_atomic(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.metrics))
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+
+    def finish(self, result: dict) -> None:
+        """Write result.json and close the W&B run with the result as its summary."""
+        write_json(self.out_dir / RESULT, result)
+        if self.wandb is not None:
+            for key, value in _flatten(finite_or_none(result)).items():
+                self.wandb.summary[key] = value
+            self.wandb.finish(exit_code=0 if result.get("status") in FINAL_STATUSES else 1)
+            self.wandb = None
+
+    def close(self) -> None:
+        """Close the W&B run without a final result (an interrupted run that will resume)."""
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=1)
+            self.wandb = None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _wandb_init(out_dir: Path, config: dict, wcfg: dict, run_id, group, job_type, tags):
+    import wandb
+
+    wandb_dir = Path(wcfg.get("dir") or out_dir)
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=wcfg.get("project") or "muso", entity=wcfg.get("entity"), group=group,
+                      job_type=job_type, tags=list(wcfg.get("tags") or []) + list(tags or []), config=config,
+                      id=run_id, resume="allow" if run_id else None, dir=str(wandb_dir), mode=wcfg["mode"],
+                      name=run_id, reinit="create_new", settings=wandb.Settings(silent=True, console="off"))

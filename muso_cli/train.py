@@ -1,0 +1,312 @@
+"""One training run: data → model + parameterization → optimizer → loop with evaluation and divergence checks.
+
+The loop reads top to bottom: draw a batch by index, forward, loss, backward, step; every ``eval_every`` steps
+measure train/test loss and accuracy and append a line to metrics.jsonl. A non-finite loss, or one far above
+its starting value, ends the run with status ``diverged`` (a result, not a crash). An exception ends it with
+status ``failed`` (written, then returned: it never takes other trials down). A stop request (SIGTERM, SIGUSR1,
+Ctrl-C) saves a checkpoint and raises :class:`Interrupted`; running the same config in the same folder resumes.
+"""
+from __future__ import annotations
+
+import io
+import math
+import platform
+import signal
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from . import __version__, models, optim
+from . import data as data_mod
+from . import track
+from .config import to_container
+from .parametrize import Plan, make_plan
+
+
+class Interrupted(Exception):
+    """A stop was requested; the run saved a checkpoint and will resume when started again."""
+
+
+class _StopFlag:
+    """Set by a signal handler; the loop checks it between steps so checkpoints are always consistent."""
+
+    signum: int | None = None
+
+
+STOP = _StopFlag()
+
+
+@contextmanager
+def graceful_stop(signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)):
+    """Within this block the listed signals request a stop at the next step boundary instead of killing.
+
+    A second Ctrl-C aborts at once. Outside the main thread this is a no-op.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and STOP.signum is not None:
+            raise KeyboardInterrupt
+        STOP.signum = signum
+        if signum == signal.SIGINT:
+            print("\nmuso: stopping after the current step (Ctrl-C again to abort)", file=sys.stderr)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        STOP.signum = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Losses: per-batch means of per-example losses.
+
+def _xent(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y)
+
+
+def _mse(logits: Tensor, y: Tensor) -> Tensor:
+    """0.5·Σ_c (f_c − onehot(y)_c)², averaged over the batch."""
+    target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return 0.5 * (logits - target).pow(2).sum(1).mean()
+
+
+LOSSES = {"xent": _xent, "mse": _mse}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn, batch_size: int) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` on x [N, ...], y [N], in eval mode, in chunks of ``batch_size``."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i:i + batch_size])
+        total_loss += loss_fn(logits, y[i:i + batch_size]).item() * len(logits)
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return total_loss / len(y), correct / len(y)
+
+
+class BatchSampler:
+    """Indices of minibatches: a fresh permutation of [0, n) each epoch (drop_last), seeded."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = torch.randperm(n, generator=self.generator), 0
+
+    def next(self) -> Tensor:
+        if self.pos + self.batch_size > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.pos = state["perm"], state["pos"]
+
+
+def lr_lambda(tcfg, total_steps: int):
+    """Multiplier of every group's lr at a step: linear warmup, then constant / cosine / linear decay to 0."""
+    warmup, kind = tcfg.warmup_steps, tcfg.lr_schedule
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if kind == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return factor
+
+
+def total_steps(cfg: DictConfig, n_train: int) -> int:
+    if cfg.train.steps is not None:
+        return int(cfg.train.steps)
+    return max(1, int(cfg.train.epochs * (n_train // cfg.train.batch_size)))
+
+
+def build_model_and_plan(cfg: DictConfig, input_shape, num_classes: int, width: int | None = None,
+                         device: torch.device | str = "cpu") -> tuple[nn.Module, Plan]:
+    """The model at ``width`` (default model.width), parameterized and initialised from ``cfg.seed``."""
+    model, base = models.build_pair(cfg.model, input_shape, num_classes, width)
+    opt = cfg.optimizer
+    plan = make_plan(model, base, cfg.param.name, opt.name, damping_rule=opt.get("damping_rule", "auto"),
+                     sigma=cfg.param.sigma, readout_zero_init=cfg.param.readout_zero_init,
+                     power=optim.preconditioner_power(opt))
+    plan.init_(model, torch.Generator().manual_seed(int(cfg.seed)))
+    return model.to(device), plan
+
+
+def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | None = None,
+        group: str | None = None, job_type: str | None = None, tags: list[str] | None = None) -> dict:
+    """Train the run ``cfg`` into ``out_dir``; return the result dict (also written to result.json).
+
+    Never raises for a failing run (status failed, with the error); raises :class:`Interrupted` when a stop
+    was requested (a checkpoint is saved first).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    device = resolve_device(cfg.device)
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    checkpoint = _load_checkpoint(out_dir)
+    recorder = track.Recorder(out_dir, to_container(cfg), wandb_cfg=OmegaConf.to_container(cfg.logger),
+                              run_id=run_id, group=group, job_type=job_type, tags=tags,
+                              metrics=checkpoint["metrics"] if checkpoint else None)
+    base_result = {"muso_version": __version__, "torch_version": torch.__version__, "device": str(device),
+                   "host": platform.node(), "started_at": _now()}
+    try:
+        result = _train(cfg, out_dir, device, recorder, checkpoint, quiet)
+    except Interrupted:
+        recorder.close()
+        raise
+    except Exception as e:  # a failure is a result: written, returned, never lost
+        result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    elapsed = time.time() - started + (checkpoint["seconds"] if checkpoint else 0.0)
+    result = {**base_result, **result, "wall_seconds": round(elapsed, 3), "finished_at": _now()}
+    recorder.finish(result)
+    (out_dir / track.CHECKPOINT).unlink(missing_ok=True)
+    return result
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track.Recorder,
+           checkpoint: dict | None, quiet: bool) -> dict:
+    tcfg = cfg.train
+    torch.manual_seed(int(cfg.seed))
+    data = data_mod.load(cfg.data, device)
+    model, plan = build_model_and_plan(cfg, data.input_shape, data.num_classes, device=device)
+    loss_fn = LOSSES[tcfg.loss]
+    optimizer = optim.build(cfg.optimizer, model, plan, tcfg.loss)
+    steps = total_steps(cfg, len(data.y_train))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg, steps))
+    sampler = BatchSampler(len(data.y_train), tcfg.batch_size, int(cfg.seed))
+    n_eval = min(tcfg.eval_train_samples, len(data.y_train))
+    x_eval, y_eval = data.x_train[:n_eval], data.y_train[:n_eval]
+
+    step, initial_loss, elapsed_before = 0, None, 0.0
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        sampler.load_state_dict(checkpoint["sampler"])
+        torch.set_rng_state(checkpoint["rng"])
+        step, initial_loss, elapsed_before = checkpoint["step"], checkpoint["initial_loss"], checkpoint["seconds"]
+    t0 = time.time() - elapsed_before
+
+    def eval_row() -> dict:
+        train_loss, train_acc = evaluate(model, x_eval, y_eval, loss_fn, tcfg.eval_batch_size)
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, loss_fn, tcfg.eval_batch_size)
+        return {"step": step, "epoch": round(step * tcfg.batch_size / len(data.y_train), 4),
+                "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
+
+    def save_checkpoint() -> None:
+        state = {"step": step, "initial_loss": initial_loss, "seconds": time.time() - t0,
+                 "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "sampler": sampler.state_dict(), "rng": torch.get_rng_state(), "metrics": recorder.metrics}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        track.write_atomic(out_dir / track.CHECKPOINT, buffer.getvalue())
+
+    status, reason = "ok", None
+    if step == 0:
+        row = eval_row()
+        recorder.log(row)
+        initial_loss = row["train_loss"]
+        _progress(quiet, row, steps)
+    model.train()
+    while step < steps:
+        if STOP.signum is not None:
+            save_checkpoint()
+            raise Interrupted(f"stopped at step {step} by signal {STOP.signum}")
+        idx = sampler.next().to(device)
+        x, y = data.x_train[idx], data.y_train[idx]
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        batch_loss = loss.item()
+        if not math.isfinite(batch_loss) or batch_loss > tcfg.diverge_factor * initial_loss:
+            status, reason = "diverged", f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
+            recorder.log({"step": step, "train_loss": batch_loss, "seconds": round(time.time() - t0, 3)})
+            break
+        if step % tcfg.eval_every == 0 or step == steps:
+            row = eval_row()
+            recorder.log(row)
+            _progress(quiet, row, steps)
+            if not math.isfinite(row["train_loss"]) or row["train_loss"] > tcfg.diverge_factor * initial_loss:
+                status, reason = "diverged", f"train loss {row['train_loss']:.4g} at step {step}"
+                break
+        if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < steps:
+            save_checkpoint()
+    return _summarise(status, reason, recorder.metrics, step, steps, data.source)
+
+
+def _summarise(status: str, reason: str | None, metrics: list[dict], step: int, steps: int, source: str) -> dict:
+    evals = [r for r in metrics if "test_acc" in r]
+    last = metrics[-1]
+    final = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+    if status == "diverged":
+        final["train_loss"] = math.inf  # for selection: a diverged setting is never the best
+    finite = lambda key: [r[key] for r in evals if r.get(key) is not None and math.isfinite(r[key])]  # noqa: E731
+    best = {"test_acc": max(finite("test_acc"), default=None), "test_loss": min(finite("test_loss"), default=None),
+            "train_loss": min(finite("train_loss"), default=None)}
+    out = {"status": status, "steps": step, "planned_steps": steps, "final": final, "best": best,
+           "data_source": source}
+    if reason:
+        out["diverged_reason"] = reason
+    return out
+
+
+def _progress(quiet: bool, row: dict, steps: int) -> None:
+    if quiet:
+        return
+    print(f"step {row['step']:>6}/{steps}  train_loss {row['train_loss']:.4f}  test_loss {row['test_loss']:.4f}  "
+          f"test_acc {row['test_acc']:.4f}  ({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
+
+
+def _load_checkpoint(out_dir: Path) -> dict | None:
+    path = out_dir / track.CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # a torn checkpoint cannot happen with atomic writes; a corrupt one is ignored
+        return None
