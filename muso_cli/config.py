@@ -144,22 +144,10 @@ def _one_of(cfg: DictConfig, key: str, choices: Iterable[str]) -> UsageError | N
     return UsageError(key, f"must be one of {', '.join(choices)}; got {value!r}.", f"e.g. {key}={choices[0]}.")
 
 
-# Keys of each optimizer that must be > 0 (or ≥ 0); checked when that optimizer is selected.
-OPTIMIZER_CHECKS: dict[str, dict[str, dict]] = {
-    "sgd": {"lr": {}, "momentum": {"allow_zero": True}, "weight_decay": {"allow_zero": True}},
-    "adam": {"lr": {}, "eps": {}, "weight_decay": {"allow_zero": True}},
-}
-
-
-def register_optimizer_checks(name: str, checks: dict[str, dict]) -> None:
-    """Second-order optimizers add the keys they need checked (damping, intervals, ...)."""
-    OPTIMIZER_CHECKS[name] = checks
-
-
 def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
     """Check a composed config; raise UsageError(s) naming each bad key. Returns cfg for chaining."""
     from . import data as data_mod
-    from . import models
+    from . import models, optim
     from .parametrize import PARAMS
 
     errors: list[UsageError | None] = []
@@ -170,12 +158,13 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
     add(_one_of(cfg, "param.name", PARAMS))
     add(_positive(cfg, "param.sigma"))
     opt = cfg.optimizer.get("name")
-    if opt not in OPTIMIZER_CHECKS:
-        add(UsageError("optimizer.name", f"unknown optimizer {opt!r}.",
-                       f"use one of {', '.join(OPTIMIZER_CHECKS)}."))
+    if opt not in optim.BUILDERS:
+        add(UsageError("optimizer.name", f"unknown optimizer {opt!r}.", f"use one of {', '.join(optim.BUILDERS)}."))
     else:
-        for key, kw in OPTIMIZER_CHECKS[opt].items():
+        for key, kw in optim.CHECKS[opt].items():
             add(_positive(cfg, f"optimizer.{key}", **kw))
+        for key, choices in optim.CHOICES.get(opt, {}).items():
+            add(_one_of(cfg, f"optimizer.{key}", choices))
     m = cfg.optimizer.get("momentum")
     if _is_number(m) and not 0 <= m < 1:
         add(UsageError("optimizer.momentum", f"must be in [0, 1), got {m}.", "e.g. optimizer.momentum=0.9."))

@@ -199,11 +199,16 @@ def _always_available(cfg) -> None:
 
 @dataclass(frozen=True)
 class Source:
-    """How to check, load and describe one dataset. spec(cfg) → (input_shape, num_classes) without loading."""
+    """How to check, load and describe one dataset.
+
+    spec(cfg) → (input_shape, num_classes) without loading. augment (optional): training-batch augmentation
+    on the device, (x [B, *input_shape], generator on x's device) → x; used when data.augment=true.
+    """
 
     check: Callable[[Any], None]
     load: Callable[[Any], Dataset]
     spec: Callable[[Any], tuple[tuple[int, ...], int]]
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
 
 REGISTRY: dict[str, Source] = {
@@ -212,12 +217,12 @@ REGISTRY: dict[str, Source] = {
     "synthetic": Source(_always_available, _load_synthetic, lambda cfg: ((int(cfg.dim),), int(cfg.num_classes))),
 }
 
-_CACHE: dict[tuple, Dataset] = {}  # datasets on the CPU, per data config: a sweep loads its data once
-
 
 def check_available(cfg) -> None:
-    """Raise UsageError (naming data.root and how to get the files) when ``cfg`` cannot be loaded."""
+    """Raise UsageError (naming the key and how to get the files) when ``cfg`` cannot be loaded."""
     REGISTRY[cfg.name].check(cfg)
+    if cfg.get("augment") and REGISTRY[cfg.name].augment is None:
+        raise UsageError("data.augment", f"{cfg.name} has no augmentation.", "set data.augment=false.")
 
 
 def spec(cfg) -> tuple[tuple[int, ...], int]:
@@ -225,9 +230,17 @@ def spec(cfg) -> tuple[tuple[int, ...], int]:
     return REGISTRY[cfg.name].spec(cfg)
 
 
+def augmenter(cfg) -> Callable[[Tensor, torch.Generator], Tensor] | None:
+    """The on-device batch augmentation of ``cfg`` when data.augment=true, else None."""
+    return REGISTRY[cfg.name].augment if cfg.get("augment") else None
+
+
+_CACHE: dict[tuple, Dataset] = {}  # datasets on the CPU, per data config: a sweep loads its data once
+
+
 def load(cfg, device: torch.device | str = "cpu") -> Dataset:
     """The dataset of ``cfg`` (a data config node) on ``device``, cut to data.n_train / data.n_test."""
-    key = tuple(sorted((k, str(v)) for k, v in cfg.items()))
+    key = tuple(sorted((k, str(v)) for k, v in cfg.items() if k != "augment"))
     if key not in _CACHE:
         _CACHE[key] = REGISTRY[cfg.name].load(cfg).subset(cfg.get("n_train"), cfg.get("n_test"))
     return _CACHE[key].to(device)

@@ -214,6 +214,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
     steps = total_steps(cfg, len(data.y_train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg, steps))
     sampler = BatchSampler(len(data.y_train), tcfg.batch_size, int(cfg.seed))
+    augment = data_mod.augmenter(cfg.data)
+    augment_rng = torch.Generator(device=device).manual_seed(int(cfg.seed) + 1)
     n_eval = min(tcfg.eval_train_samples, len(data.y_train))
     x_eval, y_eval = data.x_train[:n_eval], data.y_train[:n_eval]
 
@@ -224,6 +226,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
         scheduler.load_state_dict(checkpoint["scheduler"])
         sampler.load_state_dict(checkpoint["sampler"])
         torch.set_rng_state(checkpoint["rng"])
+        augment_rng.set_state(checkpoint["augment_rng"])
         step, initial_loss, elapsed_before = checkpoint["step"], checkpoint["initial_loss"], checkpoint["seconds"]
     t0 = time.time() - elapsed_before
 
@@ -238,7 +241,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
         state = {"step": step, "initial_loss": initial_loss, "seconds": time.time() - t0,
                  "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "sampler": sampler.state_dict(), "rng": torch.get_rng_state(), "metrics": recorder.metrics}
+                 "sampler": sampler.state_dict(), "rng": torch.get_rng_state(),
+                 "augment_rng": augment_rng.get_state(), "metrics": recorder.metrics}
         buffer = io.BytesIO()
         torch.save(state, buffer)
         track.write_atomic(out_dir / track.CHECKPOINT, buffer.getvalue())
@@ -256,6 +260,8 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
             raise Interrupted(f"stopped at step {step} by signal {STOP.signum}")
         idx = sampler.next().to(device)
         x, y = data.x_train[idx], data.y_train[idx]
+        if augment is not None:
+            x = augment(x, augment_rng)
         loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

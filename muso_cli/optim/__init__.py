@@ -26,6 +26,13 @@ def _adam(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimizer
 
 
 BUILDERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"sgd": _sgd, "adam": _adam}
+# Validation of each optimizer's config keys (muso_cli.config.validate): key → options of the check
+# (> 0 by default; allow_zero: ≥ 0; integer: an int), and keys restricted to a set of choices.
+CHECKS: dict[str, dict[str, dict]] = {
+    "sgd": {"lr": {}, "momentum": {"allow_zero": True}, "weight_decay": {"allow_zero": True}},
+    "adam": {"lr": {}, "eps": {}, "weight_decay": {"allow_zero": True}},
+}
+CHOICES: dict[str, dict[str, tuple[str, ...]]] = {}
 
 
 def build(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> torch.optim.Optimizer:
