@@ -1,0 +1,118 @@
+"""`muso run`: a plain Hydra app on real data, results as files, clean errors with exit status 2."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import needs_fmnist
+from muso_cli.cli import main
+from muso_cli.track import read_json, read_metrics
+
+FAST = ["data=synthetic", "train.steps=30", "train.eval_every=10", "train.progress=false"]
+
+
+def run_ok(tmp_path, *overrides, name="run"):
+    out = tmp_path / name
+    assert main(["run", *overrides, f"hydra.run.dir={out}"]) == 0
+    return out
+
+
+def test_run_writes_config_metrics_and_result(tmp_path):
+    out = run_ok(tmp_path, *FAST, "model.width=32")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["width"] == 32 and config["data"]["name"] == "synthetic"
+    assert "hydra" not in config  # the resolved run config, without Hydra's own node
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 10, 20, 30]
+    assert set(rows[0]) >= {"step", "train_loss", "test_loss", "test_acc", "seconds"}
+    result = read_json(out / "result.json")
+    assert result["status"] == "ok" and result["steps"] == 30
+    assert result["final"]["test_acc"] == rows[-1]["test_acc"]
+    assert result["final"]["train_loss"] < rows[0]["train_loss"]  # it learned something
+    assert result["device"] == "cpu" and result["muso_version"] and result["wall_seconds"] > 0
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+    a = read_metrics(run_ok(tmp_path, *FAST, name="a") / "metrics.jsonl")
+    b = read_metrics(run_ok(tmp_path, *FAST, name="b") / "metrics.jsonl")
+    c = read_metrics(run_ok(tmp_path, *FAST, "seed=1", name="c") / "metrics.jsonl")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+def test_divergence_is_a_result_not_a_crash(tmp_path):
+    out = run_ok(tmp_path, "data=synthetic", "optimizer.lr=300", "train.steps=50", "train.progress=false")
+    result = read_json(out / "result.json")
+    assert result["status"] == "diverged"
+    assert result["steps"] < 50  # stopped early
+    assert result["final"]["train_loss"] is None  # +inf in memory; JSON stores null and the status says why
+
+
+def test_a_failing_run_writes_a_failed_result_and_exits_1(tmp_path, monkeypatch):
+    import muso_cli.train as train
+
+    def boom(*a, **k):
+        raise RuntimeError("out of cheese")
+
+    monkeypatch.setattr(train.optim, "build", boom)
+    out = tmp_path / "f"
+    assert main(["run", *FAST, f"hydra.run.dir={out}"]) == 1
+    result = read_json(out / "result.json")
+    assert result["status"] == "failed" and "out of cheese" in result["error"]
+    assert "Traceback" in result["traceback"]
+
+
+def test_multirun_two_jobs(tmp_path):
+    sweep = tmp_path / "multi"
+    assert main(["run", "-m", *FAST, "optimizer.lr=0.05,0.2", f"hydra.sweep.dir={sweep}"]) == 0
+    lrs = sorted(yaml.safe_load((sweep / d / "config.yaml").read_text())["optimizer"]["lr"] for d in ("0", "1"))
+    assert lrs == [0.05, 0.2]
+    assert all(read_json(sweep / d / "result.json")["status"] == "ok" for d in ("0", "1"))
+
+
+@pytest.mark.parametrize("overrides, key, needle", [
+    (["optimizer.lr=-1"], "optimizer.lr", "> 0"),
+    (["data=nope"], "data", "digits, fashion_mnist"),
+    (["model.width=abc"], "model.width", "integer"),
+    (["optimizer.lrr=1"], "optimizer.lrr", "+optimizer.lrr"),
+    (["train.loss=hinge"], "train.loss", "xent, mse"),
+    (["model.depth=1"], "model.depth", "≥ 2"),
+    (["data.root=/nonexistent", "data.download=false"], "data.root", "apt-get install dataset-fashion-mnist"),
+    (["-m", "optimizer.lr=0.1,-2"], "optimizer.lr", "got -2"),  # every job of a multirun is checked first
+    (["optimizer.lr=1,2"], "optimizer.lr", "use -m"),
+    (["optimizer.lr=("], "override", "syntax"),
+])
+def test_bad_input_exits_2_naming_the_key(tmp_path, capsys, overrides, key, needle):
+    assert main(["run", *overrides, f"hydra.run.dir={tmp_path / 'x'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {key}" in err and needle in err and "Fix:" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # nothing started
+
+
+def test_console_script_exit_status_and_debug_traceback(tmp_path):
+    env = {"PATH": "", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "muso_cli", "run", "optimizer.lr=-1"]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert quiet.returncode == 2 and "optimizer.lr" in quiet.stderr and "Traceback" not in quiet.stderr
+    debug = subprocess.run(cmd, capture_output=True, text=True, env={**env, "MUSO_DEBUG": "1"}, cwd=tmp_path)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+@needs_fmnist
+def test_fashion_mnist_one_epoch_reaches_80_percent(tmp_path):
+    """The README's first experience: an MLP of width 256 with SGD learns Fashion-MNIST in an epoch."""
+    out = run_ok(tmp_path, "model.width=256", "optimizer.lr=0.1", "train.epochs=1", "train.progress=false")
+    result = read_json(out / "result.json")
+    assert result["data_source"] == "/usr/share/datasets/fashion-mnist"
+    assert result["steps"] == 60000 // 128
+    assert result["final"]["test_acc"] >= 0.80
+    assert math.isfinite(result["final"]["train_loss"])
+    json.dumps(result)  # valid JSON throughout
