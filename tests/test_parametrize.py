@@ -1,0 +1,240 @@
+"""The parameterization core: roles from shapes, and every cell of the SP / µP / second-order µP table.
+
+Expected values are written out here from ../shared/PARAMETERIZATION.md §3, independently of the table in
+muso_cli/parametrize.py, with m = 4 (width 256 over base width 64).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from muso_cli import parametrize as P
+from muso_cli.config import compose, validate
+from muso_cli.models.mlp import MLP
+
+M = 4.0
+IN, HID, OUT, VEC = "input", "hidden", "output", "vector"
+
+
+def mlp(width, device="cpu"):
+    with torch.device(device):
+        return MLP((1, 28, 28), 10, width, depth=3)
+
+
+def plan_for(param, optimizer, **kw):
+    return P.make_plan(mlp(256), mlp(64, "meta"), param, optimizer, **kw)
+
+
+def by_role(plan, values):
+    """{role: value} over weights (and hidden biases as the vector role) of the MLP."""
+    name = {IN: "layers.0.weight", HID: "layers.1.weight", OUT: "layers.2.weight", VEC: "layers.1.bias"}
+    return {role: values[n] for role, n in name.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Roles and width multipliers
+
+def test_mlp_roles_and_width_multipliers():
+    specs = P.infer_roles(mlp(256), mlp(64, "meta"))
+    assert {n: (s.role, s.width_mult) for n, s in specs.items()} == {
+        "layers.0.weight": (IN, 4.0), "layers.0.bias": (VEC, 4.0),
+        "layers.1.weight": (HID, 4.0), "layers.1.bias": (VEC, 4.0),
+        "layers.2.weight": (OUT, 4.0), "layers.2.bias": ("fixed", 1.0),
+    }
+    assert specs["layers.1.weight"].fan_in == 256 and specs["layers.0.weight"].fan_in == 784
+
+
+class ConvNet(nn.Module):
+    """Conv + BatchNorm + LayerNorm + a tied embedding/readout: roles must still come from shapes alone."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8 * k, 3)          # input: out channels grow
+        self.bn = nn.BatchNorm2d(8 * k)             # vector gains/biases
+        self.body = nn.Conv2d(8 * k, 16 * k, 3)     # hidden
+        self.norm = nn.LayerNorm(16 * k)
+        self.head = nn.Linear(16 * k, 10)           # output
+        self.embed = nn.Embedding(10, 16 * k)       # tied to the head: [10, 16k]
+        self.embed.weight = self.head.weight
+        self.scale = nn.Parameter(torch.ones(3))    # fixed
+
+    def forward(self, x):
+        return self.head(self.norm(self.body(self.bn(self.stem(x))).mean((2, 3))))
+
+
+def test_conv_norm_and_tied_roles_from_shapes():
+    specs = P.infer_roles(ConvNet(4), ConvNet(1).to("meta"))
+    roles = {n: s.role for n, s in specs.items()}
+    assert roles["stem.weight"] == IN and roles["body.weight"] == HID and roles["head.weight"] == OUT
+    assert roles["bn.weight"] == roles["bn.bias"] == roles["norm.weight"] == VEC
+    assert roles["scale"] == "fixed" and roles["head.bias"] == "fixed"
+    assert "embed.weight" not in specs  # a tied parameter appears once, as the readout
+    assert specs["stem.weight"].fan_in == 27 and specs["body.weight"].fan_in == 32 * 9
+    assert specs["stem.weight"].layer == "stem" and specs["stem.bias"].is_bias
+
+
+def test_embedding_layout_is_fan_in_first():
+    class Emb(nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.e = nn.Embedding(100, 8 * k)
+            self.out = nn.Linear(8 * k, 3)
+
+    specs = P.infer_roles(Emb(2), Emb(1).to("meta"))
+    assert specs["e.weight"].role == IN and specs["e.weight"].fan_in == 1 and specs["e.weight"].width_mult == 2
+
+
+def test_mismatched_base_model_is_refused():
+    with pytest.raises(ValueError, match="not in the base model"):
+        P.infer_roles(MLP((784,), 10, 64, depth=4), mlp(64, "meta"))
+    with pytest.raises(ValueError, match="only the first two dimensions"):
+        P.infer_roles(nn.Conv2d(3, 8, 5), nn.Conv2d(3, 8, 3).to("meta"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The learning-rate table: every (param, optimizer) cell, every role.
+
+LR_EXPECTED = {
+    ("sp", "sgd"): {IN: 1, HID: 1, OUT: 1, VEC: 1},
+    ("sp", "adam"): {IN: 1, HID: 1, OUT: 1, VEC: 1},
+    ("sp", "kfac"): {IN: 1, HID: 1, OUT: 1, VEC: 1},
+    ("sp", "shampoo"): {IN: 1, HID: 1, OUT: 1, VEC: 1},
+    ("mup", "sgd"): {IN: M, HID: 1, OUT: 1 / M, VEC: M},
+    ("mup", "adam"): {IN: 1, HID: 1 / M, OUT: 1 / M, VEC: 1},
+    ("mup", "kfac"): {IN: M, HID: 1, OUT: 1 / M, VEC: M},        # the naive practice: SGD rules
+    ("mup", "shampoo"): {IN: M, HID: 1, OUT: 1 / M, VEC: M},
+    ("somup", "sgd"): {IN: M, HID: 1, OUT: 1 / M, VEC: M},       # same as mup for first-order optimizers
+    ("somup", "adam"): {IN: 1, HID: 1 / M, OUT: 1 / M, VEC: 1},
+    ("somup", "kfac"): {IN: 1, HID: 1, OUT: 1, VEC: 1},          # K-FAC: width-free lr
+    ("somup", "shampoo"): {IN: M ** 0.5, HID: 1, OUT: M ** -0.5, VEC: 1},
+}
+
+
+@pytest.mark.parametrize("param, optimizer", sorted(LR_EXPECTED))
+def test_lr_multipliers(param, optimizer):
+    plan = plan_for(param, optimizer)
+    got = by_role(plan, plan.lr_mult)
+    if optimizer in P.SECOND_ORDER:
+        del got[VEC]  # a layer's bias is preconditioned with its weight and takes its lr (next test)
+    for role, value in got.items():
+        assert value == pytest.approx(LR_EXPECTED[param, optimizer][role]), role
+
+
+def test_second_order_groups_give_biases_their_weights_lr():
+    plan = plan_for("somup", "shampoo")
+    groups = plan.param_groups(mlp(256), lr=0.1)
+    layer0 = next(g for g in groups if g.get("layer") == "layers.0")
+    assert layer0["names"] == ["layers.0.weight", "layers.0.bias"]
+    assert layer0["lr"] == pytest.approx(0.1 * M ** 0.5)
+
+
+@pytest.mark.parametrize("exponent, expected_input", [(0.25, M ** 0.5), (0.5, 1.0), (0.125, M ** 0.75)])
+def test_general_shampoo_rule_lr_proportional_to_fan_ratio_power_1_minus_2e(exponent, expected_input):
+    """Shampoo with exponent e per side: lr ∝ (fan_out/fan_in)^(1-2e) (input: fan_out grows; output: fan_in)."""
+    plan = plan_for("somup", "shampoo", power=2 * exponent)
+    assert plan.lr_mult["layers.0.weight"] == pytest.approx(expected_input)
+    assert plan.lr_mult["layers.2.weight"] == pytest.approx(1 / expected_input)
+    assert plan.lr_mult["layers.1.weight"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Init: std = σ·k/√fan_in with k = m^-1/2 at the readout under mup/somup.
+
+INIT_K = {"sp": {IN: 1, HID: 1, OUT: 1}, "mup": {IN: 1, HID: 1, OUT: M ** -0.5},
+          "somup": {IN: 1, HID: 1, OUT: M ** -0.5}}
+FAN_IN = {IN: 784, HID: 256, OUT: 256}
+
+
+@pytest.mark.parametrize("param", P.PARAMS)
+@pytest.mark.parametrize("optimizer", P.OPTIMIZERS)
+def test_init_std(param, optimizer):
+    plan = plan_for(param, optimizer, sigma=1.5)
+    got = by_role(plan, plan.init_std)
+    for role in (IN, HID, OUT):
+        assert got[role] == pytest.approx(1.5 * INIT_K[param][role] / math.sqrt(FAN_IN[role]))
+    assert got[VEC] == 0.0  # biases start at zero
+
+
+def test_init_draws_match_the_plan_and_zero_readout():
+    model = mlp(256)
+    plan = P.make_plan(model, mlp(64, "meta"), "mup", "sgd")
+    plan.init_(model, torch.Generator().manual_seed(0))
+    for name, p in model.named_parameters():
+        std = plan.init_std[name]
+        if std:
+            assert p.std().item() == pytest.approx(std, rel=0.05), name
+        else:
+            assert torch.all(p == 0), name
+    zero = P.make_plan(model, mlp(64, "meta"), "mup", "sgd", readout_zero_init=True)
+    zero.init_(model)
+    assert torch.all(model.layers[2].weight == 0) and model.layers[1].weight.abs().sum() > 0
+
+
+def test_readout_zero_init_warns_with_kfac_only():
+    with pytest.warns(UserWarning, match="NNGP"):
+        validate(compose(["param=somup", "param.readout_zero_init=true", "optimizer=kfac"]), check_data=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate(compose(["param=somup", "param.readout_zero_init=true", "optimizer=sgd"]), check_data=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damping multipliers (relative to the base width) per rule.
+
+DAMPING_EXPECTED = {
+    ("kfac", "constant"): {"A": {IN: 1, HID: 1, OUT: 1}, "B": {IN: 1, HID: 1, OUT: 1}},
+    ("kfac", "somup"): {"A": {IN: 1, HID: M, OUT: M}, "B": {IN: 1 / M, HID: 1 / M, OUT: 1}},
+    ("kfac", "trace"): {"A": {IN: 1, HID: 1, OUT: 1}, "B": {IN: 1, HID: 1, OUT: 1}},  # adaptive at run time
+    ("kfac", "pi"): {"A": {IN: 1, HID: 1, OUT: 1}, "B": {IN: 1, HID: 1, OUT: 1}},
+    ("shampoo", "constant"): {"eps": {IN: 1, HID: 1, OUT: 1}},
+    ("shampoo", "somup"): {"eps": {IN: 1 / M, HID: 1, OUT: M}},
+    ("shampoo", "relative"): {"eps": {IN: 1, HID: 1, OUT: 1}},
+}
+
+
+@pytest.mark.parametrize("optimizer, rule", sorted(DAMPING_EXPECTED))
+def test_damping_multipliers(optimizer, rule):
+    plan = plan_for("somup", optimizer, damping_rule=rule)
+    layer = {IN: "layers.0", HID: "layers.1", OUT: "layers.2"}
+    for factor, expected in DAMPING_EXPECTED[optimizer, rule].items():
+        for role, value in expected.items():
+            assert plan.damping_mult[layer[role]][factor] == pytest.approx(value), (factor, role)
+    groups = {g.get("layer"): g for g in plan.param_groups(mlp(256), lr=1.0)}
+    for factor in DAMPING_EXPECTED[optimizer, rule]:
+        assert groups["layers.1"][f"damping_{factor}"] == plan.damping_mult["layers.1"][factor]
+
+
+@pytest.mark.parametrize("optimizer, param, rule", [
+    ("kfac", "sp", "constant"), ("kfac", "mup", "constant"), ("kfac", "somup", "somup"),
+    ("shampoo", "sp", "relative"), ("shampoo", "somup", "relative"), ("sgd", "somup", None)])
+def test_auto_damping_rule(optimizer, param, rule):
+    assert P.resolve_damping_rule(optimizer, param) == rule
+
+
+def test_everything_is_one_at_the_base_width():
+    for param in P.PARAMS:
+        for optimizer in P.OPTIMIZERS:
+            plan = P.make_plan(mlp(64), mlp(64, "meta"), param, optimizer)
+            assert set(plan.lr_mult.values()) == {1.0}
+            assert all(v == 1.0 for d in plan.damping_mult.values() for v in d.values())
+
+
+def test_first_order_param_groups_one_per_parameter():
+    plan = plan_for("mup", "sgd")
+    groups = plan.param_groups(mlp(256), lr=0.5, weight_decay=0.0)
+    assert len(groups) == 6 and all(len(g["params"]) == 1 for g in groups)
+    lrs = {g["names"][0]: g["lr"] for g in groups}
+    assert lrs["layers.0.weight"] == pytest.approx(0.5 * M) and lrs["layers.2.weight"] == pytest.approx(0.5 / M)
+    opt = torch.optim.SGD(groups, lr=0.5)  # torch accepts the extra keys
+    assert opt.param_groups[0]["role"] == IN
+
+
+def test_rows_for_muso_params():
+    rows = {r["name"]: r for r in plan_for("somup", "kfac").rows()}
+    assert rows["layers.1.weight"]["damping_A_mult"] == M and rows["layers.1.weight"]["damping_B_mult"] == 1 / M
+    assert rows["layers.1.bias"]["damping_A_mult"] is None  # the bias shares its weight's factors
+    assert rows["layers.0.weight"]["shape"] == [256, 784] and rows["layers.0.weight"]["role"] == IN
