@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import CONF_DIR, UsageError, compose, validate
+from .config import CONF_DIR, UsageError, check_widths, compose, validate
 
 USAGE = """usage: muso <command> [overrides ...]
 
@@ -63,7 +63,7 @@ def _parse(prog: str, args: Sequence[str], description: str,
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.width=1024 optimizer=kfac")
     if extra:
         extra(parser)
-    return parser.parse_args(args)
+    return parser.parse_intermixed_args(args)
 
 
 def compose_valid(overrides: Sequence[str], *, check_data: bool = True):
@@ -189,7 +189,48 @@ def cmd_params(args: list[str]) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------
+# muso coord-check
+
+def cmd_coord_check(args: list[str]) -> int:
+    ns = _parse("coord-check", args, "Per-layer RMS of the feature update Δh (Δf at the readout) against width "
+                "after a few steps on one fixed batch; writes coord.csv, slopes.csv, verdict.csv, coord.png.",
+                lambda p: p.add_argument("--strict", action="store_true",
+                                         help="exit 1 unless every hidden Δh and the output Δf are flat"))
+    cfg = compose_valid(ns.overrides)
+    c = cfg.coord
+    widths = check_widths("coord.widths", c.widths, at_least=2)
+    for key in ("steps", "batch_size", "seeds"):
+        if not (isinstance(c[key], int) and c[key] >= 1):
+            raise UsageError(f"coord.{key}", f"must be a positive integer, got {c[key]!r}.", f"e.g. coord.{key}=3.")
+    if not (isinstance(c.tolerance, (int, float)) and c.tolerance > 0):
+        raise UsageError("coord.tolerance", f"must be > 0, got {c.tolerance!r}.", "e.g. coord.tolerance=0.15.")
+    from . import coord
+
+    fit_from = coord.fit_from_width(cfg)
+    if sum(w >= fit_from for w in widths) < 2:
+        raise UsageError("coord.fit_from", f"leaves fewer than 2 widths ≥ {fit_from:g} to fit slopes "
+                         f"(widths {widths}).", "add wider widths, or set coord.fit_from to a smaller width.")
+    out = Path(c.out or f"outputs/coord/{cfg.param.name}-{cfg.optimizer.name}-{_timestamp()}")
+    print(f"coord-check: {cfg.model.name}, {cfg.optimizer.name} lr={cfg.optimizer.lr}, param={cfg.param.name}, "
+          f"widths {widths}, {c.steps} steps, batch {c.batch_size}", file=sys.stderr)
+    res = coord.run(cfg, out)
+    verdicts = res["verdicts"]
+    print(f"slopes of log2 RMS Δh vs log2 width at step {int(verdicts.step.max())}, fitted from width "
+          f"{res['fit_from']:g} (slope_all: from the smallest width); tolerance {c.tolerance}")
+    print(verdicts.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
+    print(f"→ {out}/coord.png, coord.csv, slopes.csv, verdict.csv")
+    judged = verdicts[verdicts.role.isin(["hidden", "output"])]
+    return 1 if ns.strict and (judged.verdict != "flat").any() else 0
+
+
+def _timestamp() -> str:
+    from datetime import datetime
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": cmd_run,
     "params": cmd_params,
+    "coord-check": cmd_coord_check,
 }

@@ -201,6 +201,21 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
     return cfg
 
 
+def check_widths(key: str, widths: Any, *, minimum: int = 1, at_least: int = 1) -> list[int]:
+    """A list of positive integer widths ≥ ``minimum`` with at least ``at_least`` entries, or UsageError."""
+    values = list(widths) if isinstance(widths, (list, tuple)) or OmegaConf.is_list(widths) else [widths]
+    if not values or not all(_is_int(w) and w >= 1 for w in values):
+        raise UsageError(key, f"must be a list of positive integers, got {widths!r}.", f"e.g. {key}=[256,1024].")
+    small = [w for w in values if w < minimum]
+    if small:
+        raise UsageError(key, f"has widths {small} below the base width {minimum}.",
+                         f"use widths ≥ {minimum}, or lower model.base_width.")
+    if len(set(values)) < at_least:
+        raise UsageError(key, f"needs at least {at_least} different widths, got {values}.",
+                         f"e.g. {key}=[64,256,1024].")
+    return values
+
+
 def _check_device(device: Any) -> UsageError | None:
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         return UsageError("device", f"must be auto, cpu, cuda or cuda:N; got {device!r}.", "e.g. device=cpu.")

@@ -8,15 +8,18 @@ Three calls::
     from muso_cli import parametrize
     with torch.device("meta"):                      # free: shapes only
         base = make_model(width=64)                 # the same architecture at the base width
+        delta = make_model(width=128)               # any other width: says which dimensions scale
     model = make_model(width=1024)
-    plan = parametrize.make_plan(model, base, param="somup", optimizer="kfac")
+    plan = parametrize.make_plan(model, base, param="somup", optimizer="kfac", delta=delta)
     plan.init_(model)                               # N(0, (σ·k/√fan_in)²) per layer
     opt = KFAC(model, plan.param_groups(model, lr=0.1), damping=1e-3)
 
 Roles come from shapes alone (never from module names), as in microsoft/mup's ``set_base_shapes``: a weight
-whose fan-in and fan-out both grow between the base model and the target model is *hidden*, one whose
-fan-out alone grows is *input*, fan-in alone *output*; a 1-D tensor that grows is a *vector*; nothing grows:
-*fixed* (treated as SP). The width multiplier ``m`` is target size / base size of the growing dimension.
+whose fan-in and fan-out both differ between the base model and a *delta* model (the same architecture at
+another width) is *hidden*, one whose fan-out alone differs is *input*, fan-in alone *output*; a 1-D tensor
+that differs is a *vector*; nothing differs: *fixed* (treated as SP). Without a delta model the target model
+plays its part, which cannot tell roles apart when the target has the base width. The width multiplier ``m``
+is target size / base size of the scaling dimension.
 Every multiplier is ``m ** exponent`` with exponents from the tables below, so at ``m = 1`` all
 parameterizations coincide (except for the damping rule).
 """
@@ -175,44 +178,48 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
     return owners
 
 
-def infer_roles(model: nn.Module, base: nn.Module) -> dict[str, ParamSpec]:
-    """Role and width multiplier of every parameter of ``model`` by comparing shapes with ``base``.
+def infer_roles(model: nn.Module, base: nn.Module, delta: nn.Module | None = None) -> dict[str, ParamSpec]:
+    """Role and width multiplier of every parameter of ``model`` by comparing shapes.
 
-    ``base`` is the same architecture at the base width (build it on the meta device: it costs nothing).
+    ``base`` is the same architecture at the base width and ``delta`` at any other width (build both on the
+    meta device: they cost nothing); the dimensions that differ between them are the ones that scale with
+    width. Without ``delta``, ``model`` is compared with ``base`` (ambiguous when it has the base width).
     Tied parameters appear once (under their first name); a weight shared by an embedding and a Linear
     readout is treated as the readout.
     """
     base_shapes = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    delta_shapes = {n: tuple(p.shape) for n, p in (delta or model).named_parameters()}
     owners = _owners(model)
     specs: dict[str, ParamSpec] = {}
     for name, p in model.named_parameters():
-        if name not in base_shapes:
-            raise ValueError(f"parameter {name!r} is in the model but not in the base model: build the base "
-                             f"model with the same architecture (only the width differs)")
-        shape, bshape = tuple(p.shape), base_shapes[name]
-        if len(shape) != len(bshape):
+        if name not in base_shapes or name not in delta_shapes:
+            raise ValueError(f"parameter {name!r} is in the model but not in the base (or delta) model: build "
+                             f"them with the same architecture (only the width differs)")
+        shape, bshape, dshape = tuple(p.shape), base_shapes[name], delta_shapes[name]
+        if not len(shape) == len(bshape) == len(dshape):
             raise ValueError(f"parameter {name!r} has shape {shape} but {bshape} in the base model")
         held = owners.get(id(p), [])
         layer_owner = next(((n, m, a) for n, m, a in held if isinstance(m, LAYER_TYPES)), None)
         owner = layer_owner or (held[0] if held else None)
         module = owner[1] if owner else None
-        role, mult, fan_in = _classify(name, shape, bshape, _layout(module))
+        role, mult, fan_in = _classify(name, shape, bshape, dshape, _layout(module))
         specs[name] = ParamSpec(name=name, shape=shape, base_shape=bshape, role=role, width_mult=mult,
                                 fan_in=fan_in, layer=layer_owner[0] if layer_owner else None,
                                 is_bias=bool(layer_owner and layer_owner[2] == "bias"))
     return specs
 
 
-def _classify(name: str, shape: tuple[int, ...], bshape: tuple[int, ...], layout: str) -> tuple[str, float, int]:
+def _classify(name: str, shape: tuple[int, ...], bshape: tuple[int, ...], dshape: tuple[int, ...],
+              layout: str) -> tuple[str, float, int]:
     if len(shape) <= 1:
-        if shape == bshape:
+        if dshape == bshape:
             return "fixed", 1.0, 1
         return "vector", shape[0] / bshape[0], 1
-    if shape[2:] != bshape[2:]:
+    if shape[2:] != bshape[2:] or dshape[2:] != bshape[2:]:
         raise ValueError(f"parameter {name!r}: only the first two dimensions may change with width, got "
                          f"{shape} vs base {bshape}")
     d_out, d_in = (1, 0) if layout == "in_first" else (0, 1)
-    g_out, g_in = shape[d_out] != bshape[d_out], shape[d_in] != bshape[d_in]
+    g_out, g_in = dshape[d_out] != bshape[d_out], dshape[d_in] != bshape[d_in]
     fan_in = 1 if layout == "in_first" else shape[1] * math.prod(shape[2:])
     if g_in and g_out:
         return "hidden", shape[d_in] / bshape[d_in], fan_in
@@ -301,9 +308,10 @@ class Plan:
         return out
 
 
-def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, damping_rule: str = "auto",
-              sigma: float = 1.0, readout_zero_init: bool = False, power: float | None = None) -> Plan:
-    """Apply the table to ``model`` given the base-width ``base`` (see the module docstring).
+def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, delta: nn.Module | None = None,
+              damping_rule: str = "auto", sigma: float = 1.0, readout_zero_init: bool = False,
+              power: float | None = None) -> Plan:
+    """Apply the table to ``model`` given the base-width ``base`` and a ``delta`` model (see infer_roles).
 
     param: sp | mup | somup. optimizer: sgd | adam | kfac | shampoo. damping_rule: auto | constant | somup |
     trace | pi (K-FAC) or relative (Shampoo). sigma: init std × √fan_in. power: the preconditioner's total inverse
@@ -314,7 +322,7 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     rule = resolve_damping_rule(optimizer, param, damping_rule)
-    specs = infer_roles(model, base)
+    specs = infer_roles(model, base, delta)
     lr_mult, init_std, damping = {}, {}, {}
     for name, s in specs.items():
         m = s.width_mult

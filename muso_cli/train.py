@@ -157,9 +157,9 @@ def total_steps(cfg: DictConfig, n_train: int) -> int:
 def build_model_and_plan(cfg: DictConfig, input_shape, num_classes: int, width: int | None = None,
                          device: torch.device | str = "cpu") -> tuple[nn.Module, Plan]:
     """The model at ``width`` (default model.width), parameterized and initialised from ``cfg.seed``."""
-    model, base = models.build_pair(cfg.model, input_shape, num_classes, width)
+    model, base, delta = models.build_with_shapes(cfg.model, input_shape, num_classes, width)
     opt = cfg.optimizer
-    plan = make_plan(model, base, cfg.param.name, opt.name, damping_rule=opt.get("damping_rule", "auto"),
+    plan = make_plan(model, base, cfg.param.name, opt.name, delta=delta, damping_rule=opt.get("damping_rule", "auto"),
                      sigma=cfg.param.sigma, readout_zero_init=cfg.param.readout_zero_init,
                      power=optim.preconditioner_power(opt))
     plan.init_(model, torch.Generator().manual_seed(int(cfg.seed)))

@@ -13,7 +13,13 @@ from torch import nn
 from ..config import UsageError
 
 # model name → module implementing build(cfg, input_shape, num_classes, width) and check(cfg)
-REGISTRY = {"mlp": "muso_cli.models.mlp"}
+REGISTRY = {
+    "mlp": "muso_cli.models.mlp",
+    "cnn": "muso_cli.models.cnn",
+    "myrtle": "muso_cli.models.myrtle",
+    "resnet18": "muso_cli.models.resnet",
+    "vgg19": "muso_cli.models.vgg",
+}
 
 
 def _module(name: str):
@@ -28,11 +34,17 @@ def build(cfg, input_shape: tuple[int, ...], num_classes: int, width: int | None
         return _module(cfg.name).build(cfg, tuple(input_shape), num_classes, width)
 
 
-def build_pair(cfg, input_shape, num_classes, width: int | None = None, device=None) -> tuple[nn.Module, nn.Module]:
-    """(model at ``width``, the same model at ``cfg.base_width`` on the meta device)."""
+def build_with_shapes(cfg, input_shape, num_classes, width: int | None = None,
+                      device=None) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(model at ``width``, base model at ``cfg.base_width``, delta model at 2 × base width).
+
+    Base and delta are built on the meta device (shapes only): the parameterization compares them to find
+    which dimensions scale with width.
+    """
     model = build(cfg, input_shape, num_classes, width, device)
     base = build(cfg, input_shape, num_classes, cfg.base_width, "meta")
-    return model, base
+    delta = build(cfg, input_shape, num_classes, 2 * cfg.base_width, "meta")
+    return model, base, delta
 
 
 def check(cfg) -> list[UsageError]:

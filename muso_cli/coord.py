@@ -1,0 +1,169 @@
+"""Coordinate check: does each layer's feature update stay Θ(1) as the width grows?
+
+For each width, from the same seed, take ``steps`` optimizer steps on one fixed batch and record, per Linear /
+Conv2d layer, the RMS over all coordinates of its pre-activation h (the layer's output) and of its change
+Δh = h_t − h_0 from initialisation, both measured on that batch. The readout's output is the network output f,
+so its Δh is Δf. Fit the slope of log2(RMS) against log2(width): a parameterization is right when every hidden
+Δh and the output Δf are flat (|slope| ≲ 0.15), ../shared/PARAMETERIZATION.md §5. Widths near the base width
+suffer finite-size effects, so slopes are fitted from ``fit_from`` (default 4 × base width) upward, and the
+slope from the base width is reported beside them.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from . import data as data_mod
+from . import optim
+from .parametrize import LAYER_TYPES
+from .train import LOSSES, build_model_and_plan, resolve_device
+
+COLUMNS = ["width", "layer", "role", "step", "metric", "value"]
+
+
+def _layer_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs of every Linear/Conv2d layer of ``model`` on ``x`` (no grad)."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: captured.__setitem__(name, out.detach()))
+               for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def _rms(t: torch.Tensor) -> float:
+    return t.double().pow(2).mean().sqrt().item()
+
+
+def measure_width(cfg: DictConfig, width: int, steps: int, x: torch.Tensor, y: torch.Tensor,
+                  input_shape, num_classes: int, device) -> list[dict]:
+    """Rows (width, layer, role, step, metric ∈ {h, dh}, value) for one width and the seed in cfg."""
+    torch.manual_seed(int(cfg.seed))
+    model, plan = build_model_and_plan(cfg, input_shape, num_classes, width, device)
+    roles = {s.layer: s.role for s in plan.specs.values() if s.layer is not None and not s.is_bias}
+    optimizer = optim.build(cfg.optimizer, model, plan, cfg.train.loss)
+    loss_fn = LOSSES[cfg.train.loss]
+    model.train()
+    h0 = _layer_outputs(model, x)
+    rows = [dict(width=width, layer=n, role=roles[n], step=0, metric="h", value=_rms(h)) for n, h in h0.items()]
+    for step in range(1, steps + 1):
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for name, h in _layer_outputs(model, x).items():
+            rows.append(dict(width=width, layer=name, role=roles[name], step=step, metric="h", value=_rms(h)))
+            rows.append(dict(width=width, layer=name, role=roles[name], step=step, metric="dh",
+                             value=_rms(h - h0[name])))
+    return rows
+
+
+def measure(cfg: DictConfig, widths=None, steps: int | None = None) -> pd.DataFrame:
+    """Long table (width, layer, role, step, metric, value) over ``widths`` (default cfg.coord.widths).
+
+    With coord.seeds > 1 each value is the mean over seeds seed, seed+1, ... (same batch).
+    """
+    widths = list(cfg.coord.widths if widths is None else widths)
+    steps = int(cfg.coord.steps if steps is None else steps)
+    device = resolve_device(cfg.device)
+    data = data_mod.load(cfg.data, device)
+    x, y = data.x_train[:cfg.coord.batch_size], data.y_train[:cfg.coord.batch_size]
+    rows = []
+    for seed in range(int(cfg.seed), int(cfg.seed) + int(cfg.coord.seeds)):
+        seeded = OmegaConf.merge(cfg, {"seed": seed})
+        for width in widths:
+            rows += measure_width(seeded, int(width), steps, x, y, data.input_shape, data.num_classes, device)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.groupby(["width", "layer", "role", "step", "metric"], as_index=False, sort=False)["value"].mean()
+
+
+def _slope(widths: np.ndarray, values: np.ndarray) -> float:
+    ok = values > 0
+    if ok.sum() < 2:
+        return math.nan
+    return float(np.polyfit(np.log2(widths[ok]), np.log2(values[ok]), 1)[0])
+
+
+def slopes(df: pd.DataFrame, fit_from: float) -> pd.DataFrame:
+    """Per (layer, role, metric, step): slope of log2(value) vs log2(width) over widths ≥ fit_from (``slope``)
+    and over all widths (``slope_all``)."""
+    out = []
+    for (layer, role, metric, step), g in df.groupby(["layer", "role", "metric", "step"], sort=False):
+        g = g.sort_values("width")
+        w, v = g["width"].to_numpy(float), g["value"].to_numpy(float)
+        fit = w >= fit_from
+        out.append(dict(layer=layer, role=role, metric=metric, step=step, slope=_slope(w[fit], v[fit]),
+                        slope_all=_slope(w, v)))
+    return pd.DataFrame(out)
+
+
+def verdicts(slope_df: pd.DataFrame, tolerance: float, step: int | None = None) -> pd.DataFrame:
+    """Verdict per layer on Δh at ``step`` (default: the last): flat | grows | shrinks."""
+    dh = slope_df[slope_df.metric == "dh"]
+    step = int(dh.step.max()) if step is None else step
+    dh = dh[dh.step == step].copy()
+    dh["verdict"] = np.select([dh.slope.abs() <= tolerance, dh.slope > 0], ["flat", "grows"], "shrinks")
+    return dh[["layer", "role", "step", "slope", "slope_all", "verdict"]].reset_index(drop=True)
+
+
+def plot(df: pd.DataFrame, path: Path, title: str, fit_from: float | None = None) -> None:
+    """One panel per step: RMS Δh (Δf for the readout) against width, log–log, a line per layer."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dh = df[df.metric == "dh"]
+    steps = sorted(dh.step.unique())
+    fig, axes = plt.subplots(1, len(steps), figsize=(3.6 * len(steps), 3.3), squeeze=False, sharey=True)
+    for ax, step in zip(axes[0], steps):
+        for layer, g in dh[dh.step == step].groupby("layer", sort=False):
+            g = g.sort_values("width")
+            label = f"{layer} ({g.role.iloc[0]})"
+            ax.plot(g.width, g.value, marker="o", ms=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        if fit_from:
+            ax.axvline(fit_from, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"step {step}")
+        ax.set_xlabel("width")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("RMS Δh (readout: Δf)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fit_from_width(cfg: DictConfig) -> float:
+    return float(cfg.coord.fit_from or 4 * cfg.model.base_width)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    """Measure, fit, plot and write coord.csv, slopes.csv, verdict.csv and coord.png into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = measure(cfg)
+    fit_from = fit_from_width(cfg)
+    slope_df = slopes(df, fit_from)
+    verdict_df = verdicts(slope_df, cfg.coord.tolerance)
+    df.to_csv(out_dir / "coord.csv", index=False)
+    slope_df.to_csv(out_dir / "slopes.csv", index=False)
+    verdict_df.to_csv(out_dir / "verdict.csv", index=False)
+    title = (f"{cfg.model.name} · {cfg.optimizer.name} lr={cfg.optimizer.lr} · param={cfg.param.name} · "
+             f"base width {cfg.model.base_width}")
+    plot(df, out_dir / "coord.png", title, fit_from)
+    with open_dict(cfg):
+        cfg.coord.out = str(out_dir)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return {"measurements": df, "slopes": slope_df, "verdicts": verdict_df, "fit_from": fit_from, "out": out_dir}
