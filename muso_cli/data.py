@@ -1,19 +1,23 @@
 """Datasets as tensors on the run's device; batches are drawn by index (no DataLoader workers).
 
-Sources, in order: the files under ``data.root``; the system copy (Debian's ``dataset-fashion-mnist`` installs
-Fashion-MNIST under /usr/share/datasets/fashion-mnist); a torchvision download when torchvision imports. Each
-source failing gives a clear error that says how to get the files.
+File-backed datasets (Fashion-MNIST, MNIST: IDX files; CIFAR-10/100: the python pickle batches) are found in
+this order: an explicit ``data.root`` (the only place looked at when given); the system copy (Debian's
+``dataset-fashion-mnist`` installs Fashion-MNIST under /usr/share/datasets/fashion-mnist); muso's download
+cache; a torchvision download when torchvision imports. When none can provide them the error says how to get
+the files. CIFAR training batches can be augmented on the device (random crop with padding, horizontal flip).
 """
 from __future__ import annotations
 
 import gzip
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .config import UsageError
@@ -24,8 +28,13 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 # Per-channel mean/std of the training images (pixel values in [0, 1]).
-NORMALIZATION = {"fashion_mnist": ((0.2860,), (0.3530,)), "digits": ((0.3051,), (0.3751,))}
-TORCHVISION_CLASS = {"fashion_mnist": "FashionMNIST"}
+NORMALIZATION = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "digits": ((0.3051,), (0.3751,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
 
 
 @dataclass
@@ -83,20 +92,142 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
-def _idx_root(root: Path) -> Path | None:
-    """``root`` if it holds all four IDX files (plain or .gz, directly or under raw/)."""
-    stems = [s for pair in IDX_FILES.values() for s in pair]
-    return root if all(_find_idx(root, s) for s in stems) else None
+def _idx_holds(name: str, folder: Path) -> bool:
+    """Whether ``folder`` holds all four IDX files (plain or .gz, directly or under raw/)."""
+    return all(_find_idx(folder, s) for pair in IDX_FILES.values() for s in pair)
 
 
-def _load_idx_dataset(name: str, root: Path) -> Dataset:
+def _read_idx_dataset(name: str, folder: Path) -> Dataset:
     arrays = {}
     for split, (img, lab) in IDX_FILES.items():
-        images = read_idx(_find_idx(root, img)).astype(np.float32) / 255.0
-        labels = read_idx(_find_idx(root, lab)).astype(np.int64)
+        images = read_idx(_find_idx(folder, img)).astype(np.float32) / 255.0
+        labels = read_idx(_find_idx(folder, lab)).astype(np.int64)
         arrays[split] = (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels))
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
-    return _normalised(name, xtr, ytr, xte, yte, 10, source=str(root))
+    return _normalised(name, xtr, ytr, xte, yte, 10, source=str(folder))
+
+
+# ------------------------------------------------------------------------------------------------------
+# CIFAR python batches: Python 2 pickles of dicts with "data" (uint8 [N, 3072]: per image the 1024 red, then
+# green, then blue values of the 32×32 pixels in row-major order) and "labels" (CIFAR-10) or "fine_labels"
+# (CIFAR-100: 100 classes). Loaded with encoding="bytes" the keys read b"data", b"labels", b"fine_labels".
+
+@dataclass(frozen=True)
+class CifarLayout:
+    """The batch files of one CIFAR distribution (all in one folder) and the key of its labels."""
+
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    label_key: str
+    num_classes: int
+
+
+CIFAR = {
+    "cifar10": CifarLayout(tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "labels", 10),
+    "cifar100": CifarLayout(("train",), ("test",), "fine_labels", 100),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles plain data and numpy arrays only: a pickle names any callable, and a dataset file is not
+    trusted to run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, 3, 32, 32] and labels int64 [N] of one pickled CIFAR batch file."""
+    with open(path, "rb") as f:
+        # latin1 reads Python 2 str (keys, the array's raw bytes) as text, which numpy accepts; keys pickled as
+        # bytes stay bytes, so both spellings are folded to str
+        batch = _CifarUnpickler(f, encoding="latin1").load()
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "data" not in batch or label_key not in batch:
+        raise ValueError(f"{path} is not a CIFAR batch: it lacks 'data' or {label_key!r} "
+                         f"(keys: {', '.join(map(str, batch))})")
+    images = np.asarray(batch["data"], dtype=np.uint8)
+    labels = np.asarray(batch[label_key], dtype=np.int64)
+    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(labels) != len(images):
+        raise ValueError(f"{path} is not a CIFAR batch: data {images.shape}, {len(labels)} labels")
+    return images.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_holds(name: str, folder: Path) -> bool:
+    layout = CIFAR[name]
+    return all((folder / f).is_file() for f in layout.train + layout.test)
+
+
+def _read_cifar_dataset(name: str, folder: Path) -> Dataset:
+    layout = CIFAR[name]
+
+    def split(files: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+        images, labels = zip(*(read_cifar_batch(folder / f, layout.label_key) for f in files))
+        x = torch.from_numpy(np.concatenate(images)).float().div_(255.0)
+        return x, torch.from_numpy(np.concatenate(labels))
+
+    (xtr, ytr), (xte, yte) = split(layout.train), split(layout.test)
+    return _normalised(name, xtr, ytr, xte, yte, layout.num_classes, source=str(folder))
+
+
+def random_crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """CIFAR augmentation of a whole batch on its device: random crop with padding, random horizontal flip.
+
+    x: [B, C, H, W], normalised (so the zero padding is the mean colour) → [B, C, H, W]. Each image is the
+    H×W crop at a uniform offset in [0, 2·pad]² of the image zero-padded by ``pad``, i.e. shifted by up to
+    ±pad pixels, then mirrored left–right with probability 1/2. One gather for the batch, no loop over images;
+    ``generator`` lives on x's device and makes the draw reproducible.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    offsets = torch.randint(0, 2 * pad + 1, (2, b, 1), generator=generator, device=dev)  # (rows, cols)
+    flip = torch.rand(b, 1, generator=generator, device=dev) < 0.5
+    cols = torch.arange(w, device=dev).expand(b, w)
+    cols = torch.where(flip, w - 1 - cols, cols) + offsets[1]  # [B, W]: a flipped crop reads columns backwards
+    rows = torch.arange(h, device=dev) + offsets[0]  # [B, H]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    batch = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    channel = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return padded[batch, channel, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+# ------------------------------------------------------------------------------------------------------
+# File-backed datasets: where their files live, how to read them and how to get them.
+
+@dataclass(frozen=True)
+class Files:
+    """How one file-backed dataset is found, read and obtained.
+
+    torchvision: its class in torchvision.datasets. folder: where the files sit below a data root in
+    torchvision's layout (what a download creates; also muso's download cache). holds(name, folder): whether
+    ``folder`` has every file. read(name, folder) → Dataset. get: how to obtain the files (for the error).
+    """
+
+    torchvision: str
+    folder: str
+    holds: Callable[[str, Path], bool]
+    read: Callable[[str, Path], Dataset]
+    get: str
+
+
+_IDX_GET = f"put {', '.join(s + '.gz' for pair in IDX_FILES.values() for s in pair)} in a folder"
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/{}-python.tar.gz"
+FILES: dict[str, Files] = {
+    "fashion_mnist": Files("FashionMNIST", "FashionMNIST/raw", _idx_holds, _read_idx_dataset, _IDX_GET),
+    "mnist": Files("MNIST", "MNIST/raw", _idx_holds, _read_idx_dataset, _IDX_GET),
+    "cifar10": Files("CIFAR10", "cifar-10-batches-py", _cifar_holds, _read_cifar_dataset,
+                     f"extract {_CIFAR_URL.format('cifar-10')} in a folder (it unpacks to cifar-10-batches-py/: "
+                     f"data_batch_1…5, test_batch)"),
+    "cifar100": Files("CIFAR100", "cifar-100-python", _cifar_holds, _read_cifar_dataset,
+                      f"extract {_CIFAR_URL.format('cifar-100')} in a folder (it unpacks to cifar-100-python/: "
+                      f"train, test)"),
+}
 
 
 def _normalised(name, xtr, ytr, xte, yte, num_classes, source) -> Dataset:
@@ -111,62 +242,64 @@ def _download_root() -> Path:
 
 
 def _torchvision_download(name: str, root: Path) -> Path:
+    """Download both splits of ``name`` below ``root``; the folder that then holds its files."""
     try:
         import torchvision.datasets as tvd
     except Exception as e:  # not installed, or a broken build (e.g. the CUDA wheel on a CPU machine)
         raise RuntimeError(f"torchvision does not import ({type(e).__name__}: {e})") from None
-    cls = getattr(tvd, TORCHVISION_CLASS[name])
+    cls = getattr(tvd, FILES[name].torchvision)
     for train in (True, False):
-        ds = cls(str(root), train=train, download=True)
-    return Path(ds.raw_folder)
+        cls(str(root), train=train, download=True)
+    return root / FILES[name].folder
 
 
 # ------------------------------------------------------------------------------------------------------
 # Dataset registry: each entry locates its files (raising UsageError when it cannot) and loads them.
 
-def _locate_idx(cfg) -> Path | None:
-    """The folder holding ``cfg.name``'s IDX files, or None when only a download could provide them.
+def _locate(cfg) -> Path | None:
+    """The folder holding ``cfg.name``'s files, or None when only a download could provide them.
 
-    An explicit data.root is the only place looked at; otherwise the system copy, then muso's download cache.
+    An explicit data.root is the only place looked at (the files' folder itself, or a root in torchvision's
+    layout above it); otherwise the system copy, then muso's download cache.
     """
+    files = FILES[cfg.name]
     if cfg.root:
         root = Path(os.path.expanduser(str(cfg.root)))
-        return _idx_root(root) or _idx_root(root / TORCHVISION_CLASS[cfg.name] / "raw")
-    for root in (SYSTEM_ROOTS.get(cfg.name), _download_root() / TORCHVISION_CLASS[cfg.name] / "raw"):
-        if root is not None and _idx_root(root):
-            return root
-    return None
+        candidates = [root, root / files.folder]
+    else:
+        candidates = [SYSTEM_ROOTS.get(cfg.name), _download_root() / files.folder]
+    return next((c for c in candidates if c is not None and files.holds(cfg.name, c)), None)
 
 
-def _missing_idx_error(cfg, detail: str = "") -> UsageError:
+def _missing_files_error(cfg, detail: str = "") -> UsageError:
     where = f" data.root={cfg.root} does not hold them," if cfg.root else " no system copy,"
     system = SYSTEM_ROOTS.get(cfg.name)
-    hint = (f"on Debian/Ubuntu `apt-get install dataset-{cfg.name.replace('_', '-')}` (files land in {system}); "
-            if system else "")
+    ways = [f"on Debian/Ubuntu `apt-get install dataset-{cfg.name.replace('_', '-')}` (files land in {system})"
+            ] if system else []
+    ways += [f"{FILES[cfg.name].get} and pass data.root=<folder>", "`pip install torchvision` to download"]
     return UsageError("data.root", f"{cfg.name} files not found:{where} and no download possible{detail}.",
-                      f"{hint}or put {', '.join(s + '.gz' for pair in IDX_FILES.values() for s in pair)} in a "
-                      f"folder and pass data.root=<folder>; or `pip install torchvision` to download.")
+                      "; or ".join(ways) + ".")
 
 
-def _check_idx(cfg) -> None:
-    if _locate_idx(cfg) is not None:
+def _check_files(cfg) -> None:
+    if _locate(cfg) is not None:
         return
     if not cfg.download:
-        raise _missing_idx_error(cfg, " (data.download=false)")
+        raise _missing_files_error(cfg, " (data.download=false)")
     try:
         import torchvision.datasets  # noqa: F401
     except Exception as e:
-        raise _missing_idx_error(cfg, f" (torchvision does not import: {type(e).__name__})") from None
+        raise _missing_files_error(cfg, f" (torchvision does not import: {type(e).__name__})") from None
 
 
-def _load_idx(cfg) -> Dataset:
-    root = _locate_idx(cfg)
-    if root is None:
+def _load_files(cfg) -> Dataset:
+    folder = _locate(cfg)
+    if folder is None:
         try:
-            root = _torchvision_download(cfg.name, Path(cfg.root or _download_root()))
+            folder = _torchvision_download(cfg.name, Path(cfg.root or _download_root()))
         except Exception as e:
-            raise _missing_idx_error(cfg, f" ({e})") from None
-    return _load_idx_dataset(cfg.name, root)
+            raise _missing_files_error(cfg, f" ({e})") from None
+    return FILES[cfg.name].read(cfg.name, folder)
 
 
 def _load_digits(cfg) -> Dataset:
@@ -212,7 +345,10 @@ class Source:
 
 
 REGISTRY: dict[str, Source] = {
-    "fashion_mnist": Source(_check_idx, _load_idx, lambda cfg: ((1, 28, 28), 10)),
+    "fashion_mnist": Source(_check_files, _load_files, lambda cfg: ((1, 28, 28), 10)),
+    "mnist": Source(_check_files, _load_files, lambda cfg: ((1, 28, 28), 10)),
+    "cifar10": Source(_check_files, _load_files, lambda cfg: ((3, 32, 32), 10), augment=random_crop_flip),
+    "cifar100": Source(_check_files, _load_files, lambda cfg: ((3, 32, 32), 100), augment=random_crop_flip),
     "digits": Source(_always_available, _load_digits, lambda cfg: ((1, 8, 8), 10)),
     "synthetic": Source(_always_available, _load_synthetic, lambda cfg: ((int(cfg.dim),), int(cfg.num_classes))),
 }
