@@ -190,6 +190,11 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
     if cfg.model.name in models.REGISTRY:
         errors += models.check(cfg.model)
     errors = [e for e in errors if e is not None]
+    if not errors:  # model and data must fit together (e.g. a CNN needs images): build it for free on meta
+        try:
+            models.build(cfg.model, *data_mod.spec(cfg.data), width=cfg.model.base_width, device="meta")
+        except UsageError as e:
+            errors.append(e)
     if check_data and not errors:
         try:
             data_mod.check_available(cfg.data)

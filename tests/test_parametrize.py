@@ -89,7 +89,7 @@ def test_embedding_layout_is_fan_in_first():
 
 
 def test_mismatched_base_model_is_refused():
-    with pytest.raises(ValueError, match="not in the base model"):
+    with pytest.raises(ValueError, match="not in the base"):
         P.infer_roles(MLP((784,), 10, 64, depth=4), mlp(64, "meta"))
     with pytest.raises(ValueError, match="only the first two dimensions"):
         P.infer_roles(nn.Conv2d(3, 8, 5), nn.Conv2d(3, 8, 3).to("meta"))
