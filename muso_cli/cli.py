@@ -57,9 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse(prog: str, args: Sequence[str], description: str,
-           extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    """Options of a subcommand; everything that is not an option is a Hydra override."""
+           extra: Callable[[argparse.ArgumentParser], None] | None = None,
+           positionals: Sequence[tuple[str, dict]] = ()) -> argparse.Namespace:
+    """Options of a subcommand; after its ``positionals``, every other argument is a Hydra override."""
     parser = argparse.ArgumentParser(prog=f"muso {prog}", description=description)
+    for name, kwargs in positionals:
+        parser.add_argument(name, **kwargs)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.width=1024 optimizer=kfac")
     if extra:
         extra(parser)
@@ -224,6 +227,204 @@ def cmd_coord_check(args: list[str]) -> int:
     return 1 if ns.strict and (judged.verdict != "flat").any() else 0
 
 
+# ------------------------------------------------------------------------------------------------------
+# Studies: muso sweep / transfer / status / run-trial
+
+STUDY_ARG = ("study", {"help": "the study folder (printed by muso sweep)"})
+
+
+def _study_overrides(overrides: list[str]) -> list[str]:
+    """A study decides the parameterization itself (study.params): refuse a param= override."""
+    for o in overrides:
+        if o.split("=", 1)[0].lstrip("+~") == "param":
+            raise UsageError("param", "a study compares the parameterizations in study.params.",
+                             f"write study.params=[{o.split('=', 1)[1]}] instead of {o}.")
+    return overrides
+
+
+def _print_plan(study_path, trials, study_mod) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame([{"param": t.param, "width": t.width, "lr": t.lr, "damping": t.damping, "seed": t.seed}
+                       for t in trials])
+    print(f"study {study_path}: {len(trials)} trials")
+    for (param, width), g in df.groupby(["param", "width"]):
+        damp = sorted(g.damping.dropna().unique())
+        print(f"  {param:>6} width {width:>5}: {g.lr.nunique()} lr {_grid(sorted(g.lr.unique()))}"
+              + (f" × {len(damp)} damping {_grid(damp)}" if damp else "") + f" × {g.seed.nunique()} seeds")
+
+
+def _grid(values) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]" if len(values) <= 6 else \
+        f"[{values[0]:.3g} … {values[-1]:.3g}]"
+
+
+def _launch_and_summarise(study, trials, cfg) -> int:
+    from .launch import launch
+    from .train import Interrupted
+
+    try:
+        counts = launch(study, trials, cfg.launcher)
+    except Interrupted:
+        print(f"interrupted: finished results are kept; run the same command again to finish {study.path}",
+              file=sys.stderr)
+        return 130
+    summary = ", ".join(f"{counts[k]} {k}" for k in ("ok", "diverged", "failed", "running", "pending") if counts[k])
+    print(f"{study.path}: {summary}")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_sweep(args: list[str]) -> int:
+    ns = _parse("sweep", args, "Grid of learning rate × damping (× seeds) per parameterization at the base width "
+                "(and at study.widths); resumable: finished trials are skipped, failed ones retried.",
+                lambda p: p.add_argument("--dry-run", action="store_true", help="print the plan and its size"))
+    from . import study as S
+    from .config import to_container
+
+    overrides = _study_overrides(ns.overrides)
+    cfg = compose_valid(overrides)
+    params = S.check_study(cfg)[0]
+    param_configs = {p: to_container(compose_valid([*overrides, f"param={p}"])) for p in params}
+    trials = S.plan_sweep(cfg, param_configs)
+    study = S.Study(Path(cfg.study.root) / S.study_name(cfg))
+    if ns.dry_run:
+        _print_plan(study.path, trials, S)
+        done = sum(1 for t in trials if study.path.exists() and study.status(t) in ("ok", "diverged"))
+        print(f"{done} of them finished already; {len(trials) - done} to run (launcher={cfg.launcher.name})")
+        return 0
+    study = S.open_or_create(cfg, overrides)
+    trials = study.add(trials)
+    _print_plan(study.path, trials, S)
+    return _launch_and_summarise(study, trials, cfg)
+
+
+def _open_study(path: str):
+    from .study import Study
+    return Study.open(path)
+
+
+def cmd_transfer(args: list[str]) -> int:
+    ns = _parse("transfer", args, "Pick each parameterization's best (lr, damping) at the base width from a sweep "
+                "and train it at study.widths.",
+                lambda p: p.add_argument("--dry-run", action="store_true", help="print the choice and the plan"),
+                positionals=[STUDY_ARG])
+    from . import study as S
+
+    study = _open_study(ns.study)
+    spec = study.spec()
+    cfg = compose_valid([*spec["overrides"], *_study_overrides(ns.overrides)])
+    S.check_same_base(study, cfg)
+    if cfg.study.widths is None:
+        raise UsageError("study.widths", "transfer needs the target widths.", "e.g. study.widths=[256,1024,2048].")
+    widths = check_widths("study.widths", cfg.study.widths, minimum=cfg.model.base_width)
+    seeds = S.check_study(cfg)[3]
+    best = S.select_best(study, cfg.study.metric, cfg.model.base_width)
+    missing = [p for p in S.check_study(cfg)[0] if p not in best]
+    if not best:
+        raise UsageError("study", f"{study.path} has no finished sweep trial at the base width "
+                         f"{cfg.model.base_width}.", f"run `muso sweep` first (or finish it: muso status {study.path}).")
+    print(f"best setting at base width {cfg.model.base_width} by final {cfg.study.metric}:")
+    for param, b in best.items():
+        damping = "" if b["damping"] is None else f" damping={b['damping']:.3g}"
+        partial = "" if b["finished"] == b["planned"] else f" (from {b['finished']}/{b['planned']} finished trials)"
+        print(f"  {param:>6}: lr={b['lr']:.4g}{damping}  {cfg.study.metric}={b['value']:.4f}{partial}")
+    if missing:
+        print(f"  no finished trials for {', '.join(missing)}: not transferred", file=sys.stderr)
+    runtime = to_container_runtime(cfg)
+    planned = [t for t in S.plan_transfer(study, best, widths, seeds)]
+    for t in planned:
+        t.config = S.with_runtime(t.config, runtime)
+    if ns.dry_run:
+        _print_plan(study.path, planned, S)
+        return 0
+    trials = study.add(planned)
+    transfers = study.transfers()
+    for param, b in best.items():
+        ids = [t.id for t in trials if t.param == param]
+        old = transfers.get(param, {})
+        if (old.get("lr"), old.get("damping")) != (b["lr"], b["damping"]):
+            old = {}
+        transfers[param] = {**b, "widths": sorted(set(old.get("widths", [])) | set(widths)),
+                            "transfer_trials": list(dict.fromkeys(old.get("transfer_trials", []) + ids))}
+    study.write_transfers(transfers)
+    _print_plan(study.path, trials, S)
+    return _launch_and_summarise(study, trials, cfg)
+
+
+def to_container_runtime(cfg) -> dict:
+    from .config import to_container
+    return to_container(cfg)
+
+
+def cmd_status(args: list[str]) -> int:
+    ns = _parse("status", args, "Counts of a study's trials by status.",
+                lambda p: p.add_argument("--list", action="store_true", help="one line per trial"),
+                positionals=[STUDY_ARG])
+    study = _open_study(ns.study)
+    from collections import Counter
+
+    trials = study.trials()
+    statuses = {t.index: study.status(t) for t in trials}
+    if ns.list:
+        for t in trials:
+            print(f"{t.index:>5}  {t.id}  {t.phase:<8}  {statuses[t.index]:<8}  {t.label()}")
+    counts = Counter(statuses.values())
+    by_phase = Counter((t.phase, statuses[t.index]) for t in trials)
+    print(f"{study.path}: {len(trials)} trials: " + ", ".join(
+        f"{counts[k]} {k}" for k in ("ok", "diverged", "failed", "running", "pending")))
+    for phase in sorted({t.phase for t in trials}):
+        print(f"  {phase:<8} " + ", ".join(f"{by_phase[phase, k]} {k}" for k in
+                                           ("ok", "diverged", "failed", "running", "pending") if by_phase[phase, k]))
+    return 0
+
+
+def cmd_run_trial(args: list[str]) -> int:
+    ns = _parse("run-trial", args, "Run trial <index> of a study (skipped when finished). What launchers and "
+                "`sbatch --array` call: array task i runs trial i.",
+                positionals=[STUDY_ARG, ("index", {"type": int, "help": "the trial's index in trials.jsonl"})])
+    if ns.overrides:
+        raise UsageError("overrides", f"run-trial takes no overrides (got {' '.join(ns.overrides)}).",
+                         "a trial runs with the config stored in its study's trials.jsonl.")
+    from .launch import run_trial
+    from .train import Interrupted, graceful_stop
+
+    study = _open_study(ns.study)
+    trial = study.trial(ns.index)
+    try:
+        with graceful_stop():
+            result = run_trial(study, trial)
+    except Interrupted:
+        print(f"trial {ns.index} interrupted; a checkpoint is in {study.trial_dir(trial)}", file=sys.stderr)
+        return 130
+    print(f"trial {ns.index} ({trial.label()}): {result['status']}")
+    return 1 if result["status"] == "failed" else 0
+
+
+def cmd_report(args: list[str]) -> int:
+    ns = _parse("report", args, "Tables and plots of a study: results.parquet/csv, report.md, loss_vs_lr.png, "
+                "heatmap_<param>.png, curves.png.",
+                lambda p: p.add_argument("--out", help="report folder (default: <study>/report)"),
+                positionals=[STUDY_ARG])
+    from . import report
+
+    study = _open_study(ns.study)
+    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides)], check_data=False)
+    from .study import METRICS
+    if cfg.study.metric not in METRICS:
+        raise UsageError("study.metric", f"must be one of {', '.join(METRICS)}, got {cfg.study.metric!r}.",
+                         "e.g. study.metric=test_acc.")
+    out = Path(ns.out) if ns.out else study.path / "report"
+    res = report.build(study, out, cfg.study.metric, cfg.model.base_width)
+    skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
+    print(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
+    headline = res["tables"].get("headline")
+    if headline is not None and not headline.empty:
+        print(f"headline ({cfg.study.metric} of the transferred setting per width):")
+        print(headline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def _timestamp() -> str:
     from datetime import datetime
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -233,4 +434,9 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": cmd_run,
     "params": cmd_params,
     "coord-check": cmd_coord_check,
+    "sweep": cmd_sweep,
+    "transfer": cmd_transfer,
+    "status": cmd_status,
+    "run-trial": cmd_run_trial,
+    "report": cmd_report,
 }

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT, METRICS, CONFIG, CHECKPOINT = "result.json", "metrics.jsonl", "config.yaml", "checkpoint.pt"
+HEARTBEAT = "running.json"   # present while a process trains the run; refreshed at every evaluation
+STALE_SECONDS = 900          # a heartbeat older than this (from another host) no longer counts as running
 FINAL_STATUSES = ("ok", "diverged")   # a trial with one of these is finished and never rerun
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -57,6 +59,39 @@ def read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def read_json_lines(path: Path) -> list[dict] | None:
+    """The objects of a JSON-lines file, or None when the file is missing, unreadable or malformed."""
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+
+
+def beat(run_dir: Path) -> None:
+    """Write or refresh the heartbeat of a run in progress (host, pid, time)."""
+    import socket
+    import time
+
+    write_json(Path(run_dir) / HEARTBEAT, {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether a live process trains this run: its pid is alive (same host) or its heartbeat is fresh (other host)."""
+    import socket
+    import time
+
+    beat_ = read_json(Path(run_dir) / HEARTBEAT)
+    if not beat_:
+        return False
+    if beat_.get("host") == socket.gethostname():
+        try:
+            os.kill(int(beat_["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            return False
+        return True
+    return time.time() - float(beat_.get("time", 0)) < STALE_SECONDS
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -106,8 +141,7 @@ class Recorder:
         """Write result.json and close the W&B run with the result as its summary."""
         write_json(self.out_dir / RESULT, result)
         if self.wandb is not None:
-            for key, value in _flatten(finite_or_none(result)).items():
-                self.wandb.summary[key] = value
+            self.wandb.summary.update(_flatten(finite_or_none(result)))
             self.wandb.finish(exit_code=0 if result.get("status") in FINAL_STATUSES else 1)
             self.wandb = None
 

@@ -1,0 +1,394 @@
+"""Studies: a grid of trials at the base width (sweep), its best setting carried to larger widths (transfer).
+
+A study is a folder::
+
+    study.yaml      what the study is: name, the overrides it was made with, the hash of its base config
+    trials.jsonl    the numbered trial list, append-only: index, id, phase, param, width, lr, damping, seed and
+                    the trial's full resolved config (self-contained: `muso run-trial <study> <i>` and a plain
+                    `sbatch --array` need nothing else)
+    trials/<id>/    one folder per trial: config.yaml, metrics.jsonl, result.json (track.py)
+    transfer.json   the settings chosen for transfer, per parameterization, with the trials they came from
+
+A trial's id is a hash of its resolved config (launcher, logger and other keys that do not change the numbers
+left out), so planning the same sweep again finds the same trials: finished ones (ok, diverged) are skipped,
+failed ones retried, and a finished result is never overwritten. At the base width the parameterizations
+coincide, so their trials share one id and one run; the list keeps an entry per parameterization.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from . import track
+from .config import UsageError, check_widths, to_container
+from .parametrize import PARAMS, SECOND_ORDER, resolve_damping_rule
+
+SPEC, TRIALS, TRANSFER = "study.yaml", "trials.jsonl", "transfer.json"
+# Config sections and keys that do not change a trial's numbers: left out of its id.
+NON_SEMANTIC = ("launcher", "logger", "study", "coord", "device", "hydra")
+NON_SEMANTIC_TRAIN = ("progress", "threads", "checkpoint_every", "eval_batch_size")
+METRICS = {"train_loss": "min", "test_loss": "min", "test_acc": "max"}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Grids
+
+_LOG_GRID = re.compile(r"log(2|10):(-?[\d.]+):(-?[\d.]+)(?::([\d.]+))?$")
+
+
+def parse_grid(key: str, spec: Any) -> list[float]:
+    """A grid of positive values from a list, a number, or ``logB:lo:hi[:step]`` (B^lo … B^hi, step in exponents).
+
+    >>> parse_grid("study.lr", "log2:-3:0")
+    [0.125, 0.25, 0.5, 1.0]
+    """
+    if OmegaConf.is_list(spec) or isinstance(spec, (list, tuple)):
+        values = list(spec)
+    elif isinstance(spec, str):
+        m = _LOG_GRID.match(spec.strip())
+        if not m:
+            raise UsageError(key, f"cannot read the grid {spec!r}.",
+                             f"write a list ({key}=[0.1,0.3]) or a log range ({key}=log2:-8:0 or log10:-4:-1:0.5).")
+        base, lo, hi, step = int(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4) or 1)
+        if hi < lo or step <= 0:
+            raise UsageError(key, f"the range {spec!r} is empty.", f"use lo ≤ hi and a positive step.")
+        n = int(math.floor((hi - lo) / step + 1e-9)) + 1
+        values = [float(base) ** round(lo + i * step, 10) for i in range(n)]
+    else:
+        values = [spec]
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                              for v in values):
+        raise UsageError(key, f"must hold positive numbers, got {spec!r}.", f"e.g. {key}=log2:-8:0.")
+    return [float(v) for v in values]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Trials
+
+def semantic_config(config: dict) -> dict:
+    """The part of a resolved config that decides a trial's numbers.
+
+    At the base width every multiplier is m**e = 1, so SP, µP and second-order µP are the same network and the
+    same optimizer there: the parameterization's name is left out (one trial serves all of them), and the somup
+    damping rule, whose multipliers are 1 there, counts as constant.
+    """
+    out = {k: v for k, v in config.items() if k not in NON_SEMANTIC}
+    out["train"] = {k: v for k, v in config["train"].items() if k not in NON_SEMANTIC_TRAIN}
+    if config["model"]["width"] == config["model"]["base_width"]:
+        out["param"] = {k: v for k, v in config["param"].items() if k != "name"}
+        opt = config["optimizer"]
+        rule = resolve_damping_rule(opt["name"], config["param"]["name"], opt.get("damping_rule", "auto"))
+        if rule is not None:
+            out["optimizer"] = {**opt, "damping_rule": "constant" if rule == "somup" else rule}
+    return out
+
+
+def _digest(obj: dict, n: int = 12) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:n]
+
+
+def trial_id(config: dict) -> str:
+    """12 hex digits of the SHA-256 of the semantic config (canonical JSON)."""
+    return _digest(semantic_config(config))
+
+
+def base_config(config: dict) -> dict:
+    """The semantic config without the values a study varies (param, width, lr, damping, seed)."""
+    base = semantic_config(config)
+    base.pop("param")
+    base.pop("seed")
+    base["model"] = {k: v for k, v in base["model"].items() if k != "width"}
+    base["optimizer"] = {k: v for k, v in base["optimizer"].items() if k not in ("lr", "damping")}
+    return base
+
+
+def with_runtime(config: dict, runtime: dict) -> dict:
+    """``config`` with the non-semantic sections (launcher, logger, device, progress…) taken from ``runtime``."""
+    out = {**config, **{k: runtime[k] for k in NON_SEMANTIC if k in runtime}}
+    out["train"] = {**config["train"], **{k: runtime["train"][k] for k in NON_SEMANTIC_TRAIN}}
+    return out
+
+
+@dataclass
+class Trial:
+    """One training run of a study. lr and damping are base values (at base width); width is model.width."""
+
+    index: int
+    id: str
+    phase: str           # sweep | transfer
+    param: str
+    width: int
+    lr: float
+    damping: float | None
+    seed: int
+    config: dict = field(repr=False)
+
+    def label(self) -> str:
+        damping = "" if self.damping is None else f" damping={self.damping:.3g}"
+        return f"{self.param} w={self.width} lr={self.lr:.3g}{damping} seed={self.seed}"
+
+
+def make_trial(config: dict, phase: str) -> Trial:
+    opt = config["optimizer"]
+    return Trial(index=-1, id=trial_id(config), phase=phase, param=config["param"]["name"],
+                 width=int(config["model"]["width"]), lr=float(opt["lr"]),
+                 damping=float(opt["damping"]) if "damping" in opt else None, seed=int(config["seed"]),
+                 config=config)
+
+
+def with_values(config: dict, *, width: int | None = None, lr: float | None = None, damping: float | None = None,
+                seed: int | None = None) -> dict:
+    """A copy of a resolved config with the grid values set."""
+    out = json.loads(json.dumps(config))
+    if width is not None:
+        out["model"]["width"] = int(width)
+    if lr is not None:
+        out["optimizer"]["lr"] = float(lr)
+    if damping is not None:
+        out["optimizer"]["damping"] = float(damping)
+    if seed is not None:
+        out["seed"] = int(seed)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# The study folder
+
+class Study:
+    """A study folder (see the module docstring). Only the planning process writes study.yaml, trials.jsonl and
+    transfer.json (atomically); trials write only their own folders."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def trial_dir(self, trial: Trial) -> Path:
+        return self.path / "trials" / trial.id
+
+    # --- reading --------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> "Study":
+        """An existing study, or UsageError naming the path and the fix."""
+        study = cls(Path(path))
+        if not (study.path / SPEC).is_file() or not (study.path / TRIALS).is_file():
+            raise UsageError("study", f"{path} is not a study folder (no {SPEC} and {TRIALS}).",
+                             "pass the folder `muso sweep` printed, e.g. studies/<name>.")
+        if track.read_json_lines(study.path / TRIALS) is None or study.spec() is None:
+            raise UsageError("study", f"{path}: {SPEC} or {TRIALS} cannot be read.",
+                             "check the folder's permissions; if the files were edited by hand, restore them.")
+        return study
+
+    def spec(self) -> dict | None:
+        try:
+            spec = yaml.safe_load((self.path / SPEC).read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return spec if isinstance(spec, dict) else None
+
+    def trials(self) -> list[Trial]:
+        return [Trial(**row) for row in track.read_json_lines(self.path / TRIALS) or []]
+
+    def trial(self, index: int) -> Trial:
+        trials = self.trials()
+        if not 0 <= index < len(trials):
+            raise UsageError("index", f"study {self.name} has trials 0–{len(trials) - 1}, not {index}.",
+                             "use an index from `muso status <study> --list`.")
+        return trials[index]
+
+    def result(self, trial: Trial) -> dict | None:
+        return track.read_json(self.trial_dir(trial) / track.RESULT)
+
+    def status(self, trial: Trial) -> str:
+        """ok | diverged | failed (from result.json) | running (a live heartbeat) | pending."""
+        result = self.result(trial)
+        if result and result.get("status") in (*track.FINAL_STATUSES, "failed"):
+            return result["status"]
+        return "running" if track.is_running(self.trial_dir(trial)) else "pending"
+
+    def transfers(self) -> dict:
+        return track.read_json(self.path / TRANSFER) or {}
+
+    # --- writing (the planning process only) -----------------------------------------------------------
+    def write_spec(self, spec: dict) -> None:
+        track.write_atomic(self.path / SPEC, yaml.safe_dump(spec, sort_keys=False))
+
+    def add(self, planned: Iterable[Trial]) -> list[Trial]:
+        """Merge planned trials into the list and return them with their indices.
+
+        Entries are keyed by (id, param). One already listed keeps its index and phase; its runtime sections
+        (launcher, logger, device…) are refreshed from the plan, so array jobs started later run with the latest
+        settings.
+        """
+        trials = self.trials()
+        by_key = {(t.id, t.param): t for t in trials}
+        out = []
+        for t in planned:
+            key = (t.id, t.param)
+            if key in by_key:
+                by_key[key].config = with_runtime(by_key[key].config, t.config)
+            else:
+                t.index = len(trials)
+                trials.append(t)
+                by_key[key] = t
+            out.append(by_key[key])
+        lines = [json.dumps(asdict(t), sort_keys=True) for t in trials]
+        track.write_atomic(self.path / TRIALS, "".join(line + "\n" for line in lines))
+        return out
+
+    def write_transfers(self, transfers: dict) -> None:
+        track.write_json(self.path / TRANSFER, transfers)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Planning a sweep
+
+def study_name(cfg: DictConfig) -> str:
+    """study.name, or <model>-<data>-<optimizer>-<hash of the base config>: rerunning a sweep finds its study."""
+    if cfg.study.name:
+        return str(cfg.study.name)
+    return f"{cfg.model.name}-{cfg.data.name}-{cfg.optimizer.name}-{_digest(base_config(to_container(cfg)), 6)}"
+
+
+def check_study(cfg: DictConfig) -> tuple[list[str], list[float], list[float | None], list[int], list[int]]:
+    """Validate the study keys: (params, lrs, dampings, seeds, sweep widths); UsageError naming the key."""
+    s = cfg.study
+    params = list(s.params) if OmegaConf.is_list(s.params) else [s.params]
+    bad = [p for p in params if p not in PARAMS]
+    if not params or bad:
+        raise UsageError("study.params", f"unknown parameterization(s) {bad or params}.",
+                         f"use a list of {', '.join(PARAMS)}, e.g. study.params=[sp,somup].")
+    lrs = parse_grid("study.lr", s.lr)
+    if s.damping is not None and cfg.optimizer.name not in SECOND_ORDER:
+        raise UsageError("study.damping", f"optimizer={cfg.optimizer.name} has no damping.",
+                         "leave study.damping=null, or use optimizer=kfac / optimizer=shampoo.")
+    if cfg.optimizer.name in SECOND_ORDER:
+        dampings: list[float | None] = parse_grid("study.damping",
+                                                  cfg.optimizer.damping if s.damping is None else s.damping)
+    else:
+        dampings = [None]
+    seeds = list(s.seeds) if OmegaConf.is_list(s.seeds) else [s.seeds]
+    if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise UsageError("study.seeds", f"must be a list of integers, got {s.seeds!r}.", "e.g. study.seeds=[0,1].")
+    widths = check_widths("study.widths", s.widths if s.widths is not None else [cfg.model.base_width])
+    if s.metric not in METRICS:
+        raise UsageError("study.metric", f"must be one of {', '.join(METRICS)}, got {s.metric!r}.",
+                         "e.g. study.metric=train_loss.")
+    return params, lrs, dampings, seeds, widths
+
+
+def plan_sweep(cfg: DictConfig, param_configs: dict[str, dict]) -> list[Trial]:
+    """The sweep's trials: params × widths × lr × damping × seeds (``param_configs``: resolved config per param)."""
+    params, lrs, dampings, seeds, widths = check_study(cfg)
+    trials = []
+    for param in params:
+        for width in widths:
+            for lr in lrs:
+                for damping in dampings:
+                    for seed in seeds:
+                        config = with_values(param_configs[param], width=width, lr=lr, damping=damping, seed=seed)
+                        trials.append(make_trial(config, "sweep"))
+    return trials
+
+
+def open_or_create(cfg: DictConfig, overrides: list[str]) -> Study:
+    """The study folder for ``cfg`` (created when new). A named study made with other settings is refused."""
+    study = Study(Path(cfg.study.root) / study_name(cfg))
+    check_same_base(study, cfg)
+    if not (study.path / SPEC).exists():
+        base = base_config(to_container(cfg))
+        study.write_spec({"name": study.name, "base_hash": _digest(base), "overrides": list(overrides),
+                          "base_config": base})
+    return study
+
+
+def check_same_base(study: Study, cfg: DictConfig) -> None:
+    """UsageError when ``cfg`` changes a setting the study's trials share (anything but the grid values)."""
+    spec = study.spec() if (study.path / SPEC).exists() else None
+    if spec is None:
+        return
+    base = base_config(to_container(cfg))
+    if spec.get("base_hash") != _digest(base):
+        changed = sorted(_diff(spec.get("base_config", {}), base))
+        raise UsageError(changed[0] if changed else "study.name",
+                         f"study {study.name} was made with other settings (changed: {', '.join(changed)}; "
+                         f"made with: {' '.join(spec.get('overrides', [])) or 'the defaults'}).",
+                         "use the study's settings, or start a new study with study.name=<new name>.")
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in set(a) | set(b) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Selecting the best setting at the base width
+
+def objective(result: dict | None, metric: str) -> float | None:
+    """The selection value of a result, as a loss (lower is better): diverged → +inf; failed/missing → None."""
+    if not result or result.get("status") not in track.FINAL_STATUSES:
+        return None
+    if result["status"] == "diverged":
+        return math.inf
+    value = (result.get("final") or {}).get(metric)
+    if value is None or not math.isfinite(value):
+        return math.inf
+    return -value if METRICS[metric] == "max" else value
+
+
+def select_best(study: Study, metric: str, base_width: int) -> dict[str, dict]:
+    """Per parameterization: the (lr, damping) with the best mean objective over seeds at the base width.
+
+    Returns {param: {lr, damping, value, trials: [ids], finished, planned}}: value in the metric's own units
+    (+inf for a diverged setting), finished / planned counts of that parameterization's base-width trials.
+    """
+    groups: dict[tuple, list[tuple[Trial, float | None]]] = {}
+    for t in study.trials():
+        if t.width == base_width and t.phase == "sweep":
+            groups.setdefault((t.param, t.lr, t.damping), []).append((t, objective(study.result(t), metric)))
+    best: dict[str, dict] = {}
+    scores: dict[str, float] = {}
+    counts: dict[str, list[int]] = {}
+    for (param, lr, damping), members in groups.items():
+        values = [v for _, v in members if v is not None]
+        finished, planned = counts.setdefault(param, [0, 0])
+        counts[param] = [finished + len(values), planned + len(members)]
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        if param not in scores or mean < scores[param]:
+            scores[param] = mean
+            best[param] = {"lr": lr, "damping": damping, "value": -mean if METRICS[metric] == "max" else mean,
+                           "metric": metric, "trials": [t.id for t, _ in members]}
+    for param, choice in best.items():
+        choice["finished"], choice["planned"] = counts[param]
+    return best
+
+
+def plan_transfer(study: Study, best: dict[str, dict], widths: list[int], seeds: list[int]) -> list[Trial]:
+    """Trials of each parameterization's best setting at ``widths`` (config of the best sweep trial, new width).
+
+    The source is looked up by (id, param): at the base width one run serves every parameterization, and each
+    entry keeps its own parameterization's config.
+    """
+    by_key = {(t.id, t.param): t for t in study.trials()}
+    trials = []
+    for param, choice in best.items():
+        source = by_key[choice["trials"][0], param].config
+        for width in widths:
+            for seed in seeds:
+                trials.append(make_trial(with_values(source, width=width, seed=seed), "transfer"))
+    return trials
