@@ -358,13 +358,18 @@ def to_container_runtime(cfg) -> dict:
 
 def cmd_status(args: list[str]) -> int:
     ns = _parse("status", args, "Counts of a study's trials by status.",
-                lambda p: p.add_argument("--list", action="store_true", help="one line per trial"),
+                lambda p: (p.add_argument("--list", action="store_true", help="one line per trial"),
+                           p.add_argument("--pending", action="store_true",
+                                          help="print only the indices still to run, as an sbatch --array spec")),
                 positionals=[STUDY_ARG])
     study = _open_study(ns.study)
     from collections import Counter
 
     trials = study.trials()
     statuses = {t.index: study.status(t) for t in trials}
+    if ns.pending:
+        print(_ranges(sorted(i for i, s in statuses.items() if s in ("pending", "failed"))))
+        return 0
     if ns.list:
         for t in trials:
             print(f"{t.index:>5}  {t.id}  {t.phase:<8}  {statuses[t.index]:<8}  {t.label()}")
@@ -378,23 +383,40 @@ def cmd_status(args: list[str]) -> int:
     return 0
 
 
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] → '0-2,5,7-8' (an sbatch --array spec)."""
+    parts, start = [], None
+    for i, x in enumerate(indices):
+        if start is None:
+            start = x
+        if i + 1 == len(indices) or indices[i + 1] != x + 1:
+            parts.append(f"{start}-{x}" if x != start else str(x))
+            start = None
+    return ",".join(parts)
+
+
 def cmd_run_trial(args: list[str]) -> int:
     ns = _parse("run-trial", args, "Run trial <index> of a study (skipped when finished). What launchers and "
                 "`sbatch --array` call: array task i runs trial i.",
+                lambda p: p.add_argument("--requeue", type=int, metavar="N", default=0,
+                                         help="under Slurm: when signalled (USR1/USR2/TERM) checkpoint, requeue "
+                                              "this task and exit; at most N times"),
                 positionals=[STUDY_ARG, ("index", {"type": int, "help": "the trial's index in trials.jsonl"})])
     if ns.overrides:
         raise UsageError("overrides", f"run-trial takes no overrides (got {' '.join(ns.overrides)}).",
                          "a trial runs with the config stored in its study's trials.jsonl.")
-    from .launch import run_trial
+    from .launch import SLURM_STOP_SIGNALS, requeue_self, run_trial
     from .train import Interrupted, graceful_stop
 
     study = _open_study(ns.study)
     trial = study.trial(ns.index)
     try:
-        with graceful_stop():
+        with graceful_stop(SLURM_STOP_SIGNALS if ns.requeue else None):
             result = run_trial(study, trial)
     except Interrupted:
         print(f"trial {ns.index} interrupted; a checkpoint is in {study.trial_dir(trial)}", file=sys.stderr)
+        if ns.requeue:
+            requeue_self(ns.requeue)
         return 130
     print(f"trial {ns.index} ({trial.label()}): {result['status']}")
     return 1 if result["status"] == "failed" else 0

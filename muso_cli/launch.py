@@ -1,4 +1,5 @@
-"""Launching a study's trials: one after another in this process (``launcher=local``).
+"""Launching a study's trials: in this process (``local``), in a pool of worker processes on this node, one
+per GPU slot (``pool``), or as Slurm array jobs through submitit (``slurm``).
 
 Every launcher runs :func:`run_trial`, which skips a finished trial, so a trial list can be launched again and
 again (after an interruption, a crash, or from several Slurm array tasks) without rerunning finished work.
@@ -6,6 +7,8 @@ Progress (trials done / total, ETA) is printed here; the runs themselves stay qu
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -71,7 +74,214 @@ def _local(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progre
             progress.update(trial, run_trial(study, trial))
 
 
-LAUNCHERS: dict[str, Callable[[Study, list[Trial], DictConfig, Progress], None]] = {"local": _local}
+# ------------------------------------------------------------------------------------------------------
+# launcher=pool: worker processes, each pinned to a GPU slot (or a share of the CPU cores).
+
+def pool_slots(lcfg: DictConfig, n_gpus: int, n_cpus: int) -> tuple[list[int | None], int]:
+    """(the GPU of each worker, None on CPU; torch threads per worker)."""
+    if n_gpus:
+        per_gpu = int(lcfg.per_gpu)
+        slots: list[int | None] = [gpu for gpu in range(n_gpus) for _ in range(per_gpu)]
+        if lcfg.workers:
+            slots = [slots[i % len(slots)] for i in range(int(lcfg.workers))]
+    else:
+        slots = [None] * int(lcfg.workers or n_cpus)
+    threads = int(lcfg.threads or max(1, n_cpus // len(slots)))
+    return slots, threads
+
+
+def _worker_init(slots, threads: int) -> None:
+    """In each new worker: take a GPU slot (before CUDA starts), set torch threads, leave Ctrl-C to the parent."""
+    gpu = slots.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _worker_run(study_path: str, index: int) -> dict:
+    study = Study(study_path)
+    with train.graceful_stop((signal.SIGTERM, signal.SIGUSR1)):
+        return run_trial(study, study.trial(index))
+
+
+def _pool(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progress) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    import torch
+
+    slots, threads = pool_slots(lcfg, torch.cuda.device_count(), os.cpu_count() or 1)
+    slots = slots[:len(trials)] or slots[:1]
+    ctx = mp.get_context("spawn")  # no forked CUDA or thread-pool state
+    queue = ctx.Queue()
+    for slot in slots:
+        queue.put(slot)
+    todo = list(trials)
+    with train.graceful_stop():
+        while todo:
+            with ProcessPoolExecutor(len(slots), mp_context=ctx, initializer=_worker_init,
+                                     initargs=(queue, threads)) as pool:
+                futures = {pool.submit(_worker_run, str(study.path), t.index): t for t in todo}
+                todo = []
+                while futures:
+                    done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        trial = futures.pop(future)
+                        try:
+                            progress.update(trial, future.result())
+                        except BrokenProcessPool:
+                            todo.append(trial)  # its worker (or a neighbour) died: decided below
+                        except train.Interrupted:
+                            pass
+                    if train.STOP.signum is not None:
+                        _stop_workers(pool, futures)
+                        raise train.Interrupted(f"stopped by signal {train.STOP.signum}")
+            todo = _after_crash(study, todo, progress)
+            for slot in slots:  # the next pool's workers take their slots afresh
+                queue.put(slot)
+
+
+def _stop_workers(pool, futures: dict) -> None:
+    """Cancel trials not started; ask running ones to checkpoint and stop; wait for them."""
+    from concurrent.futures import wait
+
+    for future in futures:
+        future.cancel()
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+    wait(futures)
+
+
+def _after_crash(study: Study, trials: list[Trial], progress: Progress) -> list[Trial]:
+    """Trials whose worker died: one that had started (it may be the cause: out of memory, a segfault) gets a
+    failed result; one that had not started goes round again."""
+    again = []
+    for t in trials:
+        folder = study.trial_dir(t)
+        if (folder / track.HEARTBEAT).exists() and not track.is_running(folder):
+            result = {"status": "failed", "error": "the worker process running this trial died (killed, out of "
+                      "memory, or crashed)"}
+            track.write_json(folder / track.RESULT, result)
+            (folder / track.HEARTBEAT).unlink(missing_ok=True)
+            progress.update(t, result)
+        elif study.status(t) in ("pending", "failed"):
+            again.append(t)
+    return again
+
+
+# ------------------------------------------------------------------------------------------------------
+# launcher=slurm: array jobs through submitit; a signalled task checkpoints, requeues itself and resumes.
+
+SLURM_STOP_SIGNALS = (signal.SIGUSR2, signal.SIGUSR1, signal.SIGTERM)  # time-out/preemption warnings, scancel
+
+
+def slurm_job_id() -> str | None:
+    """This Slurm task's job id (``<array job>_<task>`` for an array task), or None outside Slurm."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array:
+        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_self(max_requeue: int) -> None:
+    """Requeue this Slurm task (its trials resume from their checkpoints) and exit without a result.
+
+    Raises RuntimeError when the task was requeued ``max_requeue`` times already, or outside Slurm.
+    """
+    import subprocess
+
+    job = slurm_job_id()
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if job is None or restarts >= max_requeue:
+        raise RuntimeError(f"not requeued: {'not a Slurm job' if job is None else f'requeued {restarts} times'}")
+    print(f"muso: requeueing Slurm job {job} (restart {restarts + 1} of at most {max_requeue})", file=sys.stderr,
+          flush=True)
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+    sys.exit(-1)  # like submitit: no result is written, the requeued task runs the same trials again
+
+
+class SlurmTask:
+    """What one array task runs: a chunk of a study's trials (submitit pickles this object).
+
+    It replaces submitit's own time-out handler (which checkpoints from inside the signal handler, possibly
+    mid-step) with muso's: the trial stops at a step boundary, saves a checkpoint, and the task requeues.
+    """
+
+    def __init__(self, study_path: str, max_requeue: int):
+        self.study_path, self.max_requeue = study_path, max_requeue
+
+    def __call__(self, indices: list[int]) -> list[str]:
+        study = Study(self.study_path)
+        statuses = []
+        with train.graceful_stop(SLURM_STOP_SIGNALS):
+            for index in indices:
+                try:
+                    statuses.append(run_trial(study, study.trial(index))["status"])
+                except train.Interrupted:
+                    requeue_self(self.max_requeue)
+        return statuses
+
+
+def _slurm(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progress) -> None:
+    import submitit
+
+    folder = lcfg.folder or study.path / "slurm"
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(lcfg.max_requeue))
+    params = dict(job_name=f"muso-{study.name}", time=int(lcfg.time_min), cpus_per_task=int(lcfg.cpus_per_task),
+                  array_parallelism=int(lcfg.array_parallelism), signal_delay_s=int(lcfg.signal_delay_s),
+                  setup=list(lcfg.setup), additional_parameters=dict(lcfg.additional))
+    optional = {"partition": lcfg.partition, "qos": lcfg.qos, "account": lcfg.account,
+                "gpus_per_task": lcfg.gpus_per_task or None, "mem": f"{lcfg.mem_gb}GB" if lcfg.mem_gb else None}
+    executor.update_parameters(**params, **{k: v for k, v in optional.items() if v is not None})
+    k = int(lcfg.trials_per_task)
+    chunks = [[t.index for t in trials[i:i + k]] for i in range(0, len(trials), k)]
+    jobs = executor.map_array(SlurmTask(str(study.path), int(lcfg.max_requeue)), chunks)
+    job_ids = sorted({j.job_id.split("_")[0] for j in jobs})
+    track.write_json(study.path / "slurm_jobs.json", {"jobs": job_ids, "tasks": len(chunks), "trials": len(trials)})
+    print(f"submitted {len(trials)} trials as {len(chunks)} Slurm array tasks (job {', '.join(job_ids)}); "
+          f"logs in {folder}", file=sys.stderr, flush=True)
+    if not lcfg.wait:
+        print(f"not waiting: follow with `muso status {study.path}`", file=sys.stderr)
+        return
+    _follow(study, trials, job_ids, float(lcfg.poll_s), progress)
+
+
+def _follow(study: Study, trials: list[Trial], job_ids: list[str], poll_s: float, progress: Progress) -> None:
+    """Report results as they land, until every trial is finished or the jobs have left the queue.
+
+    Ctrl-C stops the watching, not the jobs."""
+    import subprocess
+
+    seen: set[str] = set()
+    with train.graceful_stop():
+        while True:
+            for t in trials:
+                result = study.result(t) if t.id not in seen else None
+                if result and result.get("status") in (*track.FINAL_STATUSES, "failed"):
+                    seen.add(t.id)
+                    progress.update(t, result)
+            if len(seen) == len(trials):
+                return
+            queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True,
+                                    text=True).stdout.split()
+            if not queued and not any(track.is_running(study.trial_dir(t)) for t in trials if t.id not in seen):
+                missing = len(trials) - len(seen)
+                print(f"the Slurm jobs ended with {missing} trials unfinished (see the logs in "
+                      f"{study.path / 'slurm'}); run the same command again to retry them", file=sys.stderr)
+                return
+            if train.STOP.signum is not None:
+                print(f"stopped watching; jobs {', '.join(job_ids)} keep running (muso status {study.path}; "
+                      f"scancel {' '.join(job_ids)} to stop them)", file=sys.stderr)
+                raise train.Interrupted("stopped watching the Slurm jobs")
+            time.sleep(poll_s)
+
+
+LAUNCHERS: dict[str, Callable[[Study, list[Trial], DictConfig, Progress], None]] = {
+    "local": _local, "pool": _pool, "slurm": _slurm}
 
 
 def launch(study: Study, trials: list[Trial], lcfg: DictConfig) -> Counter:

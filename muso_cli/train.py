@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import platform
 import signal
 import sys
@@ -44,14 +45,17 @@ class _StopFlag:
 STOP = _StopFlag()
 
 
-@contextmanager
-def graceful_stop(signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)):
-    """Within this block the listed signals request a stop at the next step boundary instead of killing.
+DEFAULT_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
-    A second Ctrl-C aborts at once. Outside the main thread this is a no-op.
+
+@contextmanager
+def graceful_stop(signals=None):
+    """Within this block the listed signals (default SIGTERM, SIGUSR1, Ctrl-C) request a stop at the next step
+    boundary instead of killing. A second Ctrl-C aborts at once. Outside the main thread this is a no-op.
     """
     import threading
 
+    signals = DEFAULT_STOP_SIGNALS if signals is None else signals
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -185,7 +189,8 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
                               metrics=checkpoint["metrics"] if checkpoint else None)
     track.beat(out_dir)
     base_result = {"muso_version": __version__, "torch_version": torch.__version__, "device": str(device),
-                   "host": platform.node(), "started_at": _now()}
+                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "host": platform.node(),
+                   "started_at": _now()}
     try:
         result = _train(cfg, out_dir, device, recorder, checkpoint, quiet)
     except Interrupted:
