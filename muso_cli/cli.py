@@ -259,10 +259,20 @@ def _grid(values) -> str:
         f"[{values[0]:.3g} … {values[-1]:.3g}]"
 
 
-def _launch_and_summarise(study, trials, cfg) -> int:
+def _plan_flags(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
+    parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    parser.add_argument("--no-launch", action="store_true",
+                        help="write the study's trial list and run nothing (for your own sbatch --array line)")
+
+
+def _launch_and_summarise(study, trials, cfg, no_launch: bool = False) -> int:
     from .launch import launch
     from .train import Interrupted
 
+    if no_launch:
+        print(f"trials written, none launched. Run them with e.g.\n  sbatch --array=$(muso status {study.path} "
+              f"--pending) scripts/slurm_array.sh {study.path}\nor `muso run-trial {study.path} <index>`.")
+        return 0
     try:
         counts = launch(study, trials, cfg.launcher)
     except Interrupted:
@@ -277,7 +287,7 @@ def _launch_and_summarise(study, trials, cfg) -> int:
 def cmd_sweep(args: list[str]) -> int:
     ns = _parse("sweep", args, "Grid of learning rate × damping (× seeds) per parameterization at the base width "
                 "(and at study.widths); resumable: finished trials are skipped, failed ones retried.",
-                lambda p: p.add_argument("--dry-run", action="store_true", help="print the plan and its size"))
+                lambda p: _plan_flags(p, "print the plan and its size"))
     from . import study as S
     from .config import to_container
 
@@ -295,7 +305,7 @@ def cmd_sweep(args: list[str]) -> int:
     study = S.open_or_create(cfg, overrides)
     trials = study.add(trials)
     _print_plan(study.path, trials, S)
-    return _launch_and_summarise(study, trials, cfg)
+    return _launch_and_summarise(study, trials, cfg, ns.no_launch)
 
 
 def _open_study(path: str):
@@ -306,8 +316,7 @@ def _open_study(path: str):
 def cmd_transfer(args: list[str]) -> int:
     ns = _parse("transfer", args, "Pick each parameterization's best (lr, damping) at the base width from a sweep "
                 "and train it at study.widths.",
-                lambda p: p.add_argument("--dry-run", action="store_true", help="print the choice and the plan"),
-                positionals=[STUDY_ARG])
+                lambda p: _plan_flags(p, "print the choice and the plan"), positionals=[STUDY_ARG])
     from . import study as S
 
     study = _open_study(ns.study)
@@ -348,7 +357,7 @@ def cmd_transfer(args: list[str]) -> int:
                             "transfer_trials": list(dict.fromkeys(old.get("transfer_trials", []) + ids))}
     study.write_transfers(transfers)
     _print_plan(study.path, trials, S)
-    return _launch_and_summarise(study, trials, cfg)
+    return _launch_and_summarise(study, trials, cfg, ns.no_launch)
 
 
 def to_container_runtime(cfg) -> dict:

@@ -239,7 +239,7 @@ def _slurm(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progre
     executor.update_parameters(**params, **{k: v for k, v in optional.items() if v is not None})
     k = int(lcfg.trials_per_task)
     chunks = [[t.index for t in trials[i:i + k]] for i in range(0, len(trials), k)]
-    jobs = executor.map_array(SlurmTask(str(study.path), int(lcfg.max_requeue)), chunks)
+    jobs = executor.map_array(SlurmTask(str(study.path.resolve()), int(lcfg.max_requeue)), chunks)
     job_ids = sorted({j.job_id.split("_")[0] for j in jobs})
     track.write_json(study.path / "slurm_jobs.json", {"jobs": job_ids, "tasks": len(chunks), "trials": len(trials)})
     print(f"submitted {len(trials)} trials as {len(chunks)} Slurm array tasks (job {', '.join(job_ids)}); "

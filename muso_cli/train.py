@@ -181,8 +181,9 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     device = resolve_device(cfg.device)
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
+    threads = cfg.train.threads or os.environ.get("SLURM_CPUS_PER_TASK")  # a Slurm task: the CPUs it was given
+    if threads:
+        torch.set_num_threads(int(threads))
     checkpoint = _load_checkpoint(out_dir)
     recorder = track.Recorder(out_dir, to_container(cfg), wandb_cfg=OmegaConf.to_container(cfg.logger),
                               run_id=run_id, group=group, job_type=job_type, tags=tags,
@@ -191,6 +192,10 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
     base_result = {"muso_version": __version__, "torch_version": torch.__version__, "device": str(device),
                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "host": platform.node(),
                    "started_at": _now()}
+    if "SLURM_JOB_ID" in os.environ:
+        base_result["slurm"] = {"job_id": os.environ["SLURM_JOB_ID"],
+                                "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
+                                "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
     try:
         result = _train(cfg, out_dir, device, recorder, checkpoint, quiet)
     except Interrupted:
