@@ -26,16 +26,6 @@ LOWER_IS_BETTER_LABEL = {"train_loss": "final train loss", "test_loss": "final t
                          "test_acc": "final test accuracy"}
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if not isinstance(v, list) else str(v)
-    return out
-
-
 def collect(study: Study, metric: str) -> tuple[pd.DataFrame, dict[str, int]]:
     """(one row per trial entry, counts of skipped entries by reason: pending / running / unreadable)."""
     rows, skipped = [], {"pending": 0, "running": 0, "unreadable": 0}
@@ -56,7 +46,8 @@ def collect(study: Study, metric: str) -> tuple[pd.DataFrame, dict[str, int]]:
                **{f"final_{k}": final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
                **{f"best_{k}": best.get(k) for k in ("train_loss", "test_loss", "test_acc")},
                "steps": result.get("steps"), "wall_seconds": result.get("wall_seconds"), "device": result.get("device"),
-               **{f"config.{k}": v for k, v in _flatten(t.config).items()}}
+               **{f"config.{k}": str(v) if isinstance(v, list) else v  # lists: one parquet type per column
+                  for k, v in track.flatten(t.config, ".").items()}}
         rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty:

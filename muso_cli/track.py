@@ -141,7 +141,7 @@ class Recorder:
         """Write result.json and close the W&B run with the result as its summary."""
         write_json(self.out_dir / RESULT, result)
         if self.wandb is not None:
-            self.wandb.summary.update(_flatten(finite_or_none(result)))
+            self.wandb.summary.update(flatten(finite_or_none(result)))
             self.wandb.finish(exit_code=0 if result.get("status") in FINAL_STATUSES else 1)
             self.wandb = None
 
@@ -152,11 +152,12 @@ class Recorder:
             self.wandb = None
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, sep: str = "/", prefix: str = "") -> dict:
+    """{"a": {"b": 1}} → {"a/b": 1}: nested keys joined by ``sep``."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
+            out.update(flatten(v, sep, f"{prefix}{k}{sep}"))
         else:
             out[f"{prefix}{k}"] = v
     return out
