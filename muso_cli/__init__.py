@@ -2,9 +2,13 @@
 
 Public API for your own models::
 
-    from muso_cli import parametrize          # roles, the SP / µP / second-order µP table, init and param groups
-    plan = parametrize.make_plan(model, base_model, param="somup", optimizer="kfac")
+    from muso_cli import parametrize, KFAC, Shampoo   # the table as code; second-order optimizers
+    plan = parametrize.make_plan(model, base_model, param="somup", optimizer="kfac", delta=delta_model)
+    plan.init_(model)
+    opt = KFAC(model, plan.param_groups(model, lr=0.1), damping=1e-3, damping_rule=plan.damping_rule)
 """
 __version__ = "0.1.0"
 
 from . import parametrize  # noqa: E402,F401
+from .optim.kfac import KFAC  # noqa: E402,F401
+from .optim.shampoo import Shampoo  # noqa: E402,F401

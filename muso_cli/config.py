@@ -165,9 +165,10 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
             add(_positive(cfg, f"optimizer.{key}", **kw))
         for key, choices in optim.CHOICES.get(opt, {}).items():
             add(_one_of(cfg, f"optimizer.{key}", choices))
-    m = cfg.optimizer.get("momentum")
-    if _is_number(m) and not 0 <= m < 1:
-        add(UsageError("optimizer.momentum", f"must be in [0, 1), got {m}.", "e.g. optimizer.momentum=0.9."))
+    for key, example in (("momentum", 0.9), ("ema_decay", 0.95)):  # decay rates: in [0, 1)
+        value = cfg.optimizer.get(key)
+        if _is_number(value) and not 0 <= value < 1:
+            add(UsageError(f"optimizer.{key}", f"must be in [0, 1), got {value}.", f"e.g. optimizer.{key}={example}."))
     add(_positive(cfg, "train.steps", integer=True, optional=True))
     add(_positive(cfg, "train.epochs"))
     add(_positive(cfg, "train.batch_size", integer=True))

@@ -12,7 +12,7 @@ Three calls::
     model = make_model(width=1024)
     plan = parametrize.make_plan(model, base, param="somup", optimizer="kfac", delta=delta)
     plan.init_(model)                               # N(0, (σ·k/√fan_in)²) per layer
-    opt = KFAC(model, plan.param_groups(model, lr=0.1), damping=1e-3)
+    opt = KFAC(model, plan.param_groups(model, lr=0.1), damping=1e-3, damping_rule=plan.damping_rule)
 
 Roles come from shapes alone (never from module names), as in microsoft/mup's ``set_base_shapes``: a weight
 whose fan-in and fan-out both differ between the base model and a *delta* model (the same architecture at
