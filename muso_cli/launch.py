@@ -91,19 +91,29 @@ def pool_slots(lcfg: DictConfig, n_gpus: int, n_cpus: int) -> tuple[list[int | N
 
 
 def _worker_init(slots, threads: int) -> None:
-    """In each new worker: take a GPU slot (before CUDA starts), set torch threads, leave Ctrl-C to the parent."""
+    """In each new worker: take a GPU slot (before CUDA starts), set torch threads, and make stop signals set
+    the stop flag only. Ctrl-C goes to the parent, which passes the stop on as SIGTERM; a worker must never
+    die of it, since one killed while writing to the pool's result queue holds its lock and deadlocks the rest."""
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, _request_stop)
     import torch
     torch.set_num_threads(threads)
 
 
+def _request_stop(signum, frame) -> None:
+    train.STOP.signum = signum
+
+
 def _worker_run(study_path: str, index: int) -> dict:
+    """A trial in a worker: it checkpoints at the next step once a stop is requested; queued ones never start."""
+    if train.STOP.signum is not None:
+        raise train.Interrupted("stop requested before the trial started")
     study = Study(study_path)
-    with train.graceful_stop((signal.SIGTERM, signal.SIGUSR1)):
-        return run_trial(study, study.trial(index))
+    return run_trial(study, study.trial(index))
 
 
 def _pool(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progress) -> None:
@@ -145,7 +155,7 @@ def _pool(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progres
 
 
 def _stop_workers(pool, futures: dict) -> None:
-    """Cancel trials not started; ask running ones to checkpoint and stop; wait for them."""
+    """Cancel trials not started; ask every worker to stop (running trials checkpoint); wait for them."""
     from concurrent.futures import wait
 
     for future in futures:

@@ -79,17 +79,26 @@ def _wait_for(predicate, timeout=120):
 
 
 def test_sigterm_stops_the_pool_with_checkpoints_and_a_rerun_finishes(tmp_path):
-    proc, args, study = _sweep_process(tmp_path, "study.lr=log2:-7:0")
-    _wait_for(lambda: len(list(study.path.glob("trials/*/result.json"))) >= 2)
+    proc, args, study = _sweep_process(tmp_path, "study.lr=log2:-7:0", "train.steps=3000")
+
+    def both_workers_mid_trial():
+        beating = [p.parent for p in study.path.glob("trials/*/running.json")]
+        return len(beating) == 2 and all(len(track.read_metrics(d / "metrics.jsonl")) >= 2 for d in beating)
+
+    _wait_for(both_workers_mid_trial)
+    in_flight = {p.parent for p in study.path.glob("trials/*/running.json")}
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert {p.parent for p in study.path.glob("trials/*/checkpoint.pt")} == in_flight  # they saved their state
     finished = {p: p.read_bytes() for p in study.path.glob("trials/*/result.json")}
-    assert 2 <= len(finished) < 8
-    assert list(study.path.glob("trials/*/checkpoint.pt"))  # the trials in flight saved their state
-    assert main(["sweep", *args, "study.lr=log2:-7:0"]) == 0
+    assert len(finished) < 8
+    assert main(["sweep", *args, "study.lr=log2:-7:0", "train.steps=3000"]) == 0
     assert all(study.status(t) == "ok" for t in study.trials())
-    assert all(p.read_bytes() == b for p, b in finished.items())
+    assert all(p.read_bytes() == b for p, b in finished.items())  # finished results untouched
+    for d in in_flight:  # resumed, not restarted: one row per evaluation, no repeats
+        steps = [m["step"] for m in track.read_metrics(d / "metrics.jsonl")]
+        assert steps == sorted(set(steps)) and steps[-1] == 3000
 
 
 def _children(pid: int) -> list[int]:
