@@ -1,0 +1,80 @@
+"""The coordinate check decides for K-FAC and Shampoo (../shared/PARAMETERIZATION.md §4–5).
+
+Physics checked, on the MLP 784 → M → M → 10 with real Fashion-MNIST, one batch of 32, 3 steps at lr 0.1,
+curvature and inverses updated every step, slopes of log2 RMS Δh against log2 width fitted from 4× the base width:
+- second-order µP (somup) with K-FAC (damping rules somup and trace) and with Shampoo (relative ε): every hidden
+  Δh and the output Δf flat (|slope| ≤ 0.15);
+- SP with K-FAC: hidden Δh ∝ width^-1/2 (the features freeze: the lazy regime);
+- first-order µP rules (mup) with K-FAC: the output Δf shrinks (its lr multiplier 1/m is wrong for K-FAC);
+- mup with Shampoo: the input and hidden Δh grow (lr m at the input where √m is right).
+The fast tests use cross-entropy at base width 32 (widths 32 → 1024); the slow one the prototype's own setting
+(MSE on one-hot targets, base 64, widths 64 → 4096), where step 1 is compared with its published slopes.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import needs_fmnist
+from muso_cli import coord
+from muso_cli.config import compose
+
+pytestmark = needs_fmnist
+
+KFAC = ["optimizer=kfac", "optimizer.curvature_interval=1", "optimizer.inverse_interval=1", "optimizer.damping=0.1"]
+SHAMPOO = ["optimizer=shampoo", "optimizer.statistics_interval=1", "optimizer.inverse_interval=1",
+           "optimizer.damping=0.1"]
+FAST = ["model.base_width=32", "coord.widths=[32,64,128,256,512,1024]"]
+
+
+def dh_slopes(*overrides: str) -> pd.Series:
+    cfg = compose(["optimizer.lr=0.1", "coord.steps=3", "coord.seeds=2", *overrides])
+    s = coord.slopes(coord.measure(cfg), coord.fit_from_width(cfg))
+    return s[s.metric == "dh"].set_index(["role", "step"])["slope"]
+
+
+def assert_flat(slope: pd.Series, steps=(1, 2, 3), tolerance=0.15) -> None:
+    for step in steps:
+        for role in ("hidden", "output"):
+            assert abs(slope[role, step]) <= tolerance, (role, step, slope.to_dict())
+
+
+@pytest.mark.parametrize("optimizer", [
+    pytest.param([*KFAC], id="kfac-somup-damping"),
+    pytest.param([*KFAC, "optimizer.damping_rule=trace"], id="kfac-trace-damping"),
+    pytest.param([*SHAMPOO], id="shampoo-relative-eps"),
+])
+def test_second_order_mup_keeps_every_hidden_update_and_the_output_flat(optimizer):
+    assert_flat(dh_slopes(*FAST, "param=somup", *optimizer))
+
+
+def test_sp_with_kfac_freezes_hidden_features_as_width_grows():
+    slope = dh_slopes(*FAST, "param=sp", *KFAC)
+    for step in (1, 2, 3):
+        assert -0.65 <= slope["hidden", step] <= -0.35  # ∝ width^-1/2
+        assert slope["input", step] <= -0.35
+
+
+def test_first_order_mup_rules_with_kfac_shrink_the_output_update():
+    slope = dh_slopes(*FAST, "param=mup", *KFAC)
+    for step in (1, 2, 3):
+        assert slope["output", step] <= -0.15
+        assert abs(slope["hidden", step]) <= 0.15  # the input layer degenerates into SGD-µP (damping dominates)
+
+
+def test_first_order_mup_rules_with_shampoo_grow_the_input_update():
+    slope = dh_slopes(*FAST, "param=mup", *SHAMPOO)
+    assert slope["input", 1] >= 0.35 and slope["hidden", 1] >= 0.3
+
+
+@pytest.mark.slow
+def test_prototype_setting_mse_to_width_4096():
+    """MSE on one-hot targets, base 64, widths 64 → 4096, fitted from 256 (PARAMETERIZATION.md §5, step 1)."""
+    wide = ["train.loss=mse", "coord.widths=[64,128,256,512,1024,2048,4096]"]
+    assert_flat(dh_slopes(*wide, "param=somup", *KFAC), steps=(1, 2, 3))
+    assert_flat(dh_slopes(*wide, "param=somup", *KFAC, "optimizer.damping_rule=trace"), steps=(1,))
+    assert_flat(dh_slopes(*wide, "param=somup", *SHAMPOO, "optimizer.eigh_dtype=float32"), steps=(1,))
+    sp = dh_slopes(*wide, "param=sp", *KFAC)
+    assert -0.65 <= sp["hidden", 1] <= -0.35
+    mup = dh_slopes(*wide, "param=mup", *KFAC)
+    assert mup["output", 1] <= -0.2
