@@ -36,8 +36,17 @@ data:
 	  echo "      or put the four *-ubyte.gz files in a folder and pass data.root=<folder>, or pip install torchvision."; \
 	fi
 
+# The demo: K-FAC on Fashion-MNIST, SP against second-order µP. Tune lr × damping at width 64, train the best
+# setting of each at widths 256, 1024 and 2048, and report whether the optimum transferred (~3 min on 2 cores).
+DEMO := outputs/demo/mlp-kfac
+DEMO_ARGS := optimizer=kfac data.n_train=20000 data.n_test=5000 train.steps=300 train.eval_every=100 \
+	train.eval_train_samples=5000 study.params=[sp,somup] study.lr=log2:-5:0 study.damping=[0.1,0.3,1] \
+	study.root=outputs/demo study.name=mlp-kfac
+
 demo: setup
-	$(MUSO) run model.width=256 optimizer=sgd optimizer.lr=0.1 train.epochs=1 hydra.run.dir=outputs/demo
+	$(MUSO) sweep $(DEMO_ARGS)
+	$(MUSO) transfer $(DEMO) study.widths=[256,1024,2048]
+	$(MUSO) report $(DEMO)
 
 test: setup
 	$(BIN)/pytest -q -m "not slow"

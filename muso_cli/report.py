@@ -94,13 +94,14 @@ def drift(opt: pd.DataFrame, base_width: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["param", "width", "lr*", "drift_octaves", "lr_slope"])
 
 
-def regret(df: pd.DataFrame, transfers: dict, opt: pd.DataFrame) -> pd.DataFrame:
-    """Loss at the transferred setting minus the best loss at that width, where a grid exists there."""
+def regret(df: pd.DataFrame, transfers: dict, opt: pd.DataFrame, base_width: int) -> pd.DataFrame:
+    """Loss at the transferred setting minus the best loss at that width, where a grid exists there (above the
+    base width, where the transferred setting is the best by construction)."""
     means = _setting_means(df)
     rows = []
     for _, o in opt.iterrows():
         choice = transfers.get(o.param)
-        if not choice:
+        if not choice or o.width == base_width:
             continue
         same = means[(means.param == o.param) & (means.width == o.width) & np.isclose(means.lr, choice["lr"])]
         if choice.get("damping") is not None:
@@ -157,7 +158,9 @@ def headline(tr: pd.DataFrame, drift_df: pd.DataFrame, regret_df: pd.DataFrame, 
             row["lr_slope"] = last.lr_slope
         r = regret_df[regret_df.param == param]
         if len(r):
-            row["regret"] = r.sort_values("width").iloc[-1].regret
+            last = r.sort_values("width").iloc[-1]
+            row["regret"] = last.regret
+            row["regret_at"] = int(last.width)
         w = wider[wider.param == param]
         row["wider_is_better"] = w.wider_is_better.iloc[0] if len(w) else "n/a"
         rows.append(row)
@@ -289,7 +292,7 @@ def build(study: Study, out_dir: Path, metric: str, base_width: int) -> dict:
         opt = optima(df)
         tables["optima"] = opt.assign(**{"loss*": sign * opt["loss*"]})
         tables["drift"] = drift(opt, base_width)
-        reg = regret(df, transfers, opt)
+        reg = regret(df, transfers, opt, base_width)
         tables["regret"] = reg.assign(transferred_loss=sign * reg.transferred_loss, best_loss=sign * reg.best_loss)
         tr = transferred(df, transfers)
         tables["transferred"] = tr.assign(loss=sign * tr.loss)
