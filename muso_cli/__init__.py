@@ -9,6 +9,8 @@ Public API for your own models::
 """
 __version__ = "0.1.0"
 
-from . import parametrize  # noqa: E402,F401
-from .optim.kfac import KFAC  # noqa: E402,F401
-from .optim.shampoo import Shampoo  # noqa: E402,F401
+from . import parametrize  # noqa: E402
+from .optim.kfac import KFAC  # noqa: E402
+from .optim.shampoo import Shampoo  # noqa: E402
+
+__all__ = ["KFAC", "Shampoo", "parametrize", "__version__"]

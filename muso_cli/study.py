@@ -59,7 +59,7 @@ def parse_grid(key: str, spec: Any) -> list[float]:
                              f"write a list ({key}=[0.1,0.3]) or a log range ({key}=log2:-8:0 or log10:-4:-1:0.5).")
         base, lo, hi, step = int(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4) or 1)
         if hi < lo or step <= 0:
-            raise UsageError(key, f"the range {spec!r} is empty.", f"use lo ≤ hi and a positive step.")
+            raise UsageError(key, f"the range {spec!r} is empty.", "use lo ≤ hi and a positive step.")
         n = int(math.floor((hi - lo) / step + 1e-9)) + 1
         values = [float(base) ** round(lo + i * step, 10) for i in range(n)]
     else:

@@ -300,22 +300,6 @@ def test_mc_fisher_survives_an_inplace_activation():
     assert opt.layers["0"].B is not None and torch.isfinite(model[0].weight).all()
 
 
-def test_lambda_lr_scales_the_step():
-    torch.manual_seed(12)
-    model = MLP((10,), 4, width=16)
-    twin = copy.deepcopy(model)
-    x, y = torch.randn(8, 10), torch.randint(0, 4, (8,))
-    steps = []
-    for m, factor in ((model, 1.0), (twin, 0.25)):
-        opt = KFAC(m, lr=0.2, damping=0.1)
-        torch.optim.lr_scheduler.LambdaLR(opt, lambda step, f=factor: f)
-        before = [p.detach().clone() for p in m.parameters()]
-        train_step(m, opt, x, y)
-        steps.append([p.detach() - b for p, b in zip(m.parameters(), before)])
-    for full, scaled in zip(*steps):
-        torch.testing.assert_close(scaled, 0.25 * full, rtol=1e-5, atol=1e-7)
-
-
 def test_a_dropped_optimizer_stops_recording():
     """Hooks hold their layer weakly: a model outlives the optimizers of a sweep without feeding dead ones."""
     torch.manual_seed(13)

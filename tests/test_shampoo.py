@@ -199,23 +199,6 @@ def test_state_dict_round_trip_continues_identically(grafting):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
-def test_lambda_lr_scales_the_step():
-    torch.manual_seed(7)
-    model = MLP((10,), 4, width=16)
-    twin = copy.deepcopy(model)
-    x, y = torch.randn(8, 10), torch.randint(0, 4, (8,))
-    deltas = []
-    for m, factor in ((model, 1.0), (twin, 0.25)):
-        opt = Shampoo(m, lr=0.05, damping=1e-2)
-        torch.optim.lr_scheduler.LambdaLR(opt, lambda step, f=factor: f)
-        before = [p.detach().clone() for p in m.parameters()]
-        backward(m, x, y)
-        opt.step()
-        deltas.append([p.detach() - b for p, b in zip(m.parameters(), before)])
-    for full, scaled in zip(*deltas):
-        torch.testing.assert_close(scaled, 0.25 * full, rtol=1e-5, atol=1e-7)
-
-
 def test_float32_eigh_matches_explicit_roots():
     """eigh_dtype="float32": the same roots to float32 accuracy."""
     torch.manual_seed(8)
