@@ -15,30 +15,41 @@ from ..config import UsageError
 
 
 class CNN(nn.Sequential):
-    """conv3×3(C → c) → ReLU → max-pool 2 → conv3×3(c → 2c) → ReLU → max-pool 2 → flatten → Linear → classes.
+    """conv3×3(C → c) → ReLU → max-pool 2 → conv3×3(c → 2c) → ReLU → max-pool 2 → [avg-pool to p×p] → flatten →
+    Linear → classes.
 
-    c = channels · k. Input [N, C, H, W] → logits [N, num_classes]; the readout sees 2c · ⌊H/4⌋ · ⌊W/4⌋ features
-    (flatten, as in the usual "two convs + a dense readout" CNN), so its fan-in grows with k.
+    c = channels · k. Input [N, C, H, W] → logits [N, num_classes]. The readout sees 2c·p² features with
+    ``readout_pool`` = p (adaptive average pooling), or 2c·⌊H/4⌋·⌊W/4⌋ with None (the plain flatten: 1568·k
+    features on 28×28 images, whose K-FAC/Shampoo factors are then 1568k × 1568k). Either way its fan-in grows
+    with k.
     """
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, channels: int):
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, channels: int,
+                 readout_pool: int | None = 2):
         in_ch, h, w = input_shape
         c1, c2 = channels, 2 * channels
-        super().__init__(OrderedDict(
+        layers = OrderedDict(
             conv1=nn.Conv2d(in_ch, c1, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-            conv2=nn.Conv2d(c1, c2, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-            flatten=nn.Flatten(), readout=nn.Linear(c2 * (h // 4) * (w // 4), num_classes),
-        ))
+            conv2=nn.Conv2d(c1, c2, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d(2))
+        if readout_pool:
+            layers["pool3"] = nn.AdaptiveAvgPool2d(readout_pool)
+        features = c2 * (readout_pool ** 2 if readout_pool else (h // 4) * (w // 4))
+        layers.update(flatten=nn.Flatten(), readout=nn.Linear(features, num_classes))
+        super().__init__(layers)
 
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, width: int) -> CNN:
-    # two stride-2 max-pools before the flatten: 4×4 is the smallest input that leaves a non-empty readout
-    return CNN(image_shape("cnn", input_shape, min_size=4), num_classes, cfg.channels * width)
+    # two stride-2 max-pools before the readout: 4×4 is the smallest input that leaves a non-empty map
+    return CNN(image_shape("cnn", input_shape, min_size=4), num_classes, cfg.channels * width,
+               cfg.get("readout_pool"))
 
 
 def check(cfg) -> list[tuple[str, str, str]]:
     """(key, problem, fix) for each bad CNN option."""
-    return channel_problems(cfg)
+    pool = cfg.get("readout_pool")
+    bad_pool = pool is not None and not (isinstance(pool, int) and not isinstance(pool, bool) and pool > 0)
+    return channel_problems(cfg) + ([("model.readout_pool", f"must be a positive integer or null, got {pool!r}.",
+                                      "e.g. model.readout_pool=2, or null for the plain flatten.")] if bad_pool else [])
 
 
 # ------------------------------------------------------------------------------------------------------
