@@ -9,13 +9,14 @@ MUSO := $(BIN)/muso
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export WANDB_SILENT := true
 
-.PHONY: help setup data demo test test-slow test-all bench lock clean
+.PHONY: help setup data demo test test-slow test-all lock clean repro repro-coord repro-mlp-lr repro-cnn-damping repro-nngp repro-resnet
 
 help:
 	@echo "make demo       set up, then run the demo on Fashion-MNIST (CPU, a few minutes)"
 	@echo "make test       set up, then run the fast tests"
 	@echo "make test-slow  the slow tests (full width ranges, Slurm); CI runs them"
-	@echo "make repro-*    reproduce the paper's experiments (see README)"
+	@echo "make repro-*    reproduce the paper's experiments: repro-coord, repro-mlp-lr, repro-cnn-damping,"
+	@echo "                repro-nngp (CPU-sized) and repro-resnet (GPU); results in docs/results.md"
 
 setup: $(STAMP) data
 
@@ -56,6 +57,70 @@ test-slow: setup
 
 test-all: setup
 	$(BIN)/pytest -q
+
+# ------------------------------------------------------------------------------------------------------
+# Reproducing Ishikawa & Karakida (ICLR 2024). Each target writes its own folder under $(REPRO) and is sized
+# for a 2-core CPU; the variables give the full size on GPUs, e.g.
+#   make repro-mlp-lr DEVICE=cuda LAUNCHER="launcher=pool launcher.per_gpu=4" MLP_WIDTHS=[64,256,1024,4096,16384]
+# Measured results: docs/results.md.
+REPRO ?= outputs/repro
+DEVICE ?= auto
+LAUNCHER ?= launcher=pool
+SEEDS ?= [0,1]
+COMMON = device=$(DEVICE) $(LAUNCHER) study.root=$(REPRO) study.seeds=$(SEEDS)
+
+repro: repro-coord repro-mlp-lr repro-cnn-damping repro-nngp
+
+# Δh per layer against width: SGD / Adam / K-FAC / Shampoo × sp / mup / somup, one figure (~5 min).
+COORD_WIDTHS ?= [64,128,256,512,1024,2048]
+repro-coord: setup
+	$(BIN)/python scripts/repro_coord.py --out $(REPRO)/coord --widths $(COORD_WIDTHS) --device $(DEVICE)
+
+# Learning-rate transfer: MLP on Fashion-MNIST, lr grid at every width, sp / mup / somup, K-FAC to width 2048
+# and Shampoo to 1024 on CPU (~1 h); the report gives the optimum's drift and the regret of the transfer.
+MLP_LR = data.n_train=20000 train.steps=300 train.eval_every=100 train.eval_train_samples=5000 \
+	study.params=[sp,mup,somup] study.lr=log2:-6:1
+MLP_WIDTHS ?= [64,256,1024,2048]
+MLP_TRANSFER ?= [256,1024,2048]
+SHAMPOO_WIDTHS ?= [64,256,1024]
+SHAMPOO_TRANSFER ?= [256,1024]
+repro-mlp-lr: setup
+	$(MUSO) sweep optimizer=kfac optimizer.damping=0.1 $(MLP_LR) $(COMMON) study.widths=$(MLP_WIDTHS) study.name=mlp-lr-kfac
+	$(MUSO) transfer $(REPRO)/mlp-lr-kfac study.widths=$(MLP_TRANSFER)
+	$(MUSO) report $(REPRO)/mlp-lr-kfac
+	$(MUSO) sweep optimizer=shampoo $(MLP_LR) $(COMMON) study.widths=$(SHAMPOO_WIDTHS) study.name=mlp-lr-shampoo
+	$(MUSO) transfer $(REPRO)/mlp-lr-shampoo study.widths=$(SHAMPOO_TRANSFER)
+	$(MUSO) report $(REPRO)/mlp-lr-shampoo
+
+# Damping transfer: the 3-layer CNN on Fashion-MNIST with MSE, K-FAC at lr 0.03, a damping grid in half decades
+# at channel multipliers 1, 2, 4 (~20 min on 2 cores); the report's damping* per width is the result.
+CNN_WIDTHS ?= [1,2,4]
+CNN_TRANSFER ?= [2,4]
+repro-cnn-damping: setup
+	$(MUSO) sweep model=cnn optimizer=kfac train.loss=mse data.n_train=10000 train.steps=200 train.eval_every=100 \
+		train.eval_train_samples=5000 study.params=[sp,somup] study.lr=[0.03] study.damping=log10:-3:1:0.5 \
+		$(COMMON) study.widths=$(CNN_WIDTHS) study.name=cnn-damping
+	$(MUSO) transfer $(REPRO)/cnn-damping study.widths=$(CNN_TRANSFER)
+	$(MUSO) report $(REPRO)/cnn-damping
+
+# NNGP bias: K-FAC with a zero-initialised readout against the µP readout, over batch sizes (a Hydra multirun).
+repro-nngp: setup
+	$(BIN)/python scripts/repro_nngp.py --out $(REPRO)/nngp --device $(DEVICE)
+
+# ResNet-18 on CIFAR-100 at channel multipliers 1 → 16, K-FAC and Shampoo, sp vs somup: a GPU target. Needs
+# the CIFAR-100 python batches under DATA_ROOT (or torchvision to download them); hours on one GPU.
+DATA_ROOT ?= data
+repro-resnet: setup
+	$(MUSO) sweep model=resnet18 data=cifar100 data.root=$(DATA_ROOT) optimizer=kfac train.epochs=20 \
+		train.batch_size=128 train.lr_schedule=cosine study.params=[sp,somup] study.lr=log2:-6:0 \
+		study.damping=log10:-3:0 $(COMMON) study.name=resnet-kfac
+	$(MUSO) transfer $(REPRO)/resnet-kfac study.widths=[2,4,8,16]
+	$(MUSO) report $(REPRO)/resnet-kfac
+	$(MUSO) sweep model=resnet18 data=cifar100 data.root=$(DATA_ROOT) optimizer=shampoo train.epochs=20 \
+		train.batch_size=128 train.lr_schedule=cosine study.params=[sp,somup] study.lr=log2:-8:-2 \
+		$(COMMON) study.name=resnet-shampoo
+	$(MUSO) transfer $(REPRO)/resnet-shampoo study.widths=[2,4,8,16]
+	$(MUSO) report $(REPRO)/resnet-shampoo
 
 lock: $(STAMP)
 	@{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -vi '^muso' | sed 's/+cpu$$//'; echo "torchvision==0.28.0"; } > constraints.new && mv constraints.new constraints.txt

@@ -87,7 +87,8 @@ def drift(opt: pd.DataFrame, base_width: int) -> pd.DataFrame:
         if base.empty:
             continue
         lr0 = float(base["lr*"].iloc[0])
-        slope = float(np.polyfit(np.log2(g.width), np.log2(g["lr*"]), 1)[0]) if len(g) >= 2 else math.nan
+        # rounded: a flat optimum fits a slope of ~1e-17, which should read as 0
+        slope = round(float(np.polyfit(np.log2(g.width), np.log2(g["lr*"]), 1)[0]), 4) + 0.0 if len(g) >= 2 else math.nan
         for _, r in g.iterrows():
             rows.append({"param": param, "width": r.width, "lr*": r["lr*"], "drift_octaves": math.log2(r["lr*"] / lr0),
                          "lr_slope": slope})
