@@ -38,7 +38,7 @@ data:
 	fi
 
 # The demo: K-FAC on Fashion-MNIST, SP against second-order µP. Tune lr × damping at width 64, train the best
-# setting of each at widths 256, 1024 and 2048, and report whether the optimum transferred (~3 min on 2 cores).
+# setting of each at widths 256, 1024 and 2048, and report whether the optimum transferred (~1.5–2 min on 2 cores).
 DEMO := outputs/demo/mlp-kfac
 DEMO_ARGS := optimizer=kfac data.n_train=20000 data.n_test=5000 train.steps=300 train.eval_every=100 \
 	train.eval_train_samples=5000 study.params=[sp,somup] study.lr=log2:-5:0 study.damping=[0.1,0.3,1] \
@@ -71,13 +71,13 @@ COMMON = device=$(DEVICE) $(LAUNCHER) study.root=$(REPRO) study.seeds=$(SEEDS)
 
 repro: repro-coord repro-mlp-lr repro-cnn-damping repro-nngp
 
-# Δh per layer against width: SGD / Adam / K-FAC / Shampoo × sp / mup / somup, one figure (~5 min).
+# Δh per layer against width: SGD / Adam / K-FAC / Shampoo × sp / mup / somup, one figure (~2 min).
 COORD_WIDTHS ?= [64,128,256,512,1024,2048]
 repro-coord: setup
 	$(BIN)/python scripts/repro_coord.py --out $(REPRO)/coord --widths $(COORD_WIDTHS) --device $(DEVICE)
 
 # Learning-rate transfer: MLP on Fashion-MNIST, lr grid at every width, sp / mup / somup, K-FAC to width 2048
-# and Shampoo to 1024 on CPU (~1 h); the report gives the optimum's drift and the regret of the transfer.
+# and Shampoo to 1024 on CPU (~35 min); the report gives the optimum's drift and the regret of the transfer.
 MLP_LR = data.n_train=20000 train.steps=300 train.eval_every=100 train.eval_train_samples=5000 \
 	study.params=[sp,mup,somup] study.lr=log2:-6:1
 MLP_WIDTHS ?= [64,256,1024,2048]
@@ -93,7 +93,7 @@ repro-mlp-lr: setup
 	$(MUSO) report $(REPRO)/mlp-lr-shampoo
 
 # Damping transfer: the 3-layer CNN on Fashion-MNIST with MSE, K-FAC at lr 0.03, a damping grid in half decades
-# at channel multipliers 1, 2, 4 (~20 min on 2 cores); the report's damping* per width is the result.
+# at channel multipliers 1, 2, 4 (~30 min on 2 cores); the report's damping* per width is the result.
 CNN_WIDTHS ?= [1,2,4]
 CNN_TRANSFER ?= [2,4]
 repro-cnn-damping: setup
@@ -103,7 +103,8 @@ repro-cnn-damping: setup
 	$(MUSO) transfer $(REPRO)/cnn-damping study.widths=$(CNN_TRANSFER)
 	$(MUSO) report $(REPRO)/cnn-damping
 
-# NNGP bias: K-FAC with a zero-initialised readout against the µP readout, over batch sizes (a Hydra multirun).
+# NNGP bias: K-FAC (lr 0.1, ρ 1) with a zero-initialised readout against the µP readout, batch 32 … 2048, as one
+# Hydra multirun (~5 min).
 repro-nngp: setup
 	$(BIN)/python scripts/repro_nngp.py --out $(REPRO)/nngp --device $(DEVICE)
 

@@ -4,12 +4,13 @@
 final/best metrics, the flattened config). Transfer metrics, per parameterization and width:
 
 - lr* and damping*: the best grid point at that width (mean over seeds of the selection loss; diverged = +inf);
-- drift: log2(lr*_width / lr*_base) in octaves, and the slope of log2 lr* against log2 width;
+- drift: log2(lr*_width / lr*_base) in octaves, and the slope of log2 lr* against log2 width (the same for
+  damping* where damping was swept);
 - regret: loss at the transferred setting minus the best loss at that width (where a grid exists there);
 - wider is better: whether the transferred setting's loss falls (or stays) as the width grows.
 
-Files written: results.parquet, results.csv, report.md (every table), loss_vs_lr.png, heatmap_<param>.png,
-curves.png. Unreadable or half-written trial folders are counted and skipped, never fatal.
+Files written: results.parquet, results.csv, report.md (every table), loss_vs_lr.png, loss_vs_damping.png and
+heatmap_<param>.png (when damping was swept), curves.png. Unreadable or half-written trial folders are counted and skipped, never fatal.
 """
 from __future__ import annotations
 
@@ -66,11 +67,11 @@ def _setting_means(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def optima(df: pd.DataFrame) -> pd.DataFrame:
-    """Best grid point per (param, width) where at least two learning rates were tried there."""
+    """Best grid point per (param, width) where a grid (at least two settings of lr and/or damping) was tried."""
     means = _setting_means(df[df.phase == "sweep"])
     rows = []
     for (param, width), g in means.groupby(["param", "width"]):
-        if g.lr.nunique() < 2:
+        if len(g) < 2:
             continue
         best = g.loc[g.objective.idxmin()]
         rows.append({"param": param, "width": width, "lr*": best.lr, "damping*": best.damping,
@@ -78,21 +79,33 @@ def optima(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["param", "width", "lr*", "damping*", "loss*", "grid"])
 
 
+def _log2_slope(widths, values) -> float:
+    """Slope of log2(values) against log2(widths), rounded (a flat optimum fits ~1e-17, which should read 0)."""
+    if len(widths) < 2 or not np.all(np.asarray(values, float) > 0):
+        return math.nan
+    return round(float(np.polyfit(np.log2(widths), np.log2(np.asarray(values, float)), 1)[0]), 4) + 0.0
+
+
 def drift(opt: pd.DataFrame, base_width: int) -> pd.DataFrame:
-    """lr* drift in octaves from the base width, per width, and the slope of log2 lr* vs log2 width."""
+    """Drift of the optimum from the base width, per width: lr* in octaves (log2 lr*/lr*_base) and the slope of
+    log2 lr* against log2 width; the same for damping* (NaN for first-order optimizers, which have none)."""
     rows = []
     for param, g in opt.groupby("param"):
         g = g.sort_values("width")
         base = g[g.width == base_width]
         if base.empty:
             continue
-        lr0 = float(base["lr*"].iloc[0])
-        # rounded: a flat optimum fits a slope of ~1e-17, which should read as 0
-        slope = round(float(np.polyfit(np.log2(g.width), np.log2(g["lr*"]), 1)[0]), 4) + 0.0 if len(g) >= 2 else math.nan
+        lr0, d0 = float(base["lr*"].iloc[0]), base["damping*"].iloc[0]
+        has_damping = pd.notna(d0) and g["damping*"].notna().all()
+        lr_slope = _log2_slope(g.width, g["lr*"])
+        damping_slope = _log2_slope(g.width, g["damping*"]) if has_damping else math.nan
         for _, r in g.iterrows():
             rows.append({"param": param, "width": r.width, "lr*": r["lr*"], "drift_octaves": math.log2(r["lr*"] / lr0),
-                         "lr_slope": slope})
-    return pd.DataFrame(rows, columns=["param", "width", "lr*", "drift_octaves", "lr_slope"])
+                         "lr_slope": lr_slope, "damping*": r["damping*"],
+                         "damping_drift_octaves": math.log2(r["damping*"] / d0) if has_damping else math.nan,
+                         "damping_slope": damping_slope})
+    return pd.DataFrame(rows, columns=["param", "width", "lr*", "drift_octaves", "lr_slope", "damping*",
+                                       "damping_drift_octaves", "damping_slope"])
 
 
 def regret(df: pd.DataFrame, transfers: dict, opt: pd.DataFrame, base_width: int) -> pd.DataFrame:
@@ -157,6 +170,8 @@ def headline(tr: pd.DataFrame, drift_df: pd.DataFrame, regret_df: pd.DataFrame, 
             row["drift_octaves"] = last.drift_octaves
             row["drift_at"] = int(last.width)
             row["lr_slope"] = last.lr_slope
+            if pd.notna(last.damping_drift_octaves):
+                row["damping_drift_octaves"] = last.damping_drift_octaves
         r = regret_df[regret_df.param == param]
         if len(r):
             last = r.sort_values("width").iloc[-1]
@@ -178,9 +193,10 @@ def _plt():
     return plt
 
 
-def plot_loss_vs_lr(df: pd.DataFrame, path: Path, metric: str) -> None:
+def plot_loss_vs_lr(df: pd.DataFrame, path: Path, metric: str, axis: str = "lr") -> None:
     """One panel per parameterization: loss against log2(lr) (best damping per lr), a curve per width,
-    the optimum marked (★), diverged settings marked (×) at the top of the panel."""
+    the optimum marked (★), diverged settings marked (×) at the top of the panel. ``axis="damping"``: the same
+    against log10(damping), best lr per damping (the damping-transfer picture)."""
     plt = _plt()
     means = _setting_means(df[df.phase == "sweep"])
     params = sorted(means.param.unique())
@@ -194,8 +210,9 @@ def plot_loss_vs_lr(df: pd.DataFrame, path: Path, metric: str) -> None:
     colors = {w: plt.cm.viridis(i / max(1, len(widths) - 1)) for i, w in enumerate(widths)}
     for ax, param in zip(axes[0], params):
         for width, g in means[means.param == param].groupby("width"):
-            per_lr = g.loc[g.groupby("lr").objective.idxmin()].sort_values("lr")
-            x, y = np.log2(per_lr.lr.to_numpy()), sign * per_lr.objective.to_numpy()
+            per_x = g.loc[g.groupby(axis).objective.idxmin()].sort_values(axis)
+            log = np.log2 if axis == "lr" else np.log10
+            x, y = log(per_x[axis].to_numpy(float)), sign * per_x.objective.to_numpy()
             ok = np.isfinite(y)
             ax.plot(x[ok], y[ok], marker="o", ms=3, color=colors[width], label=f"width {width}")
             ax.scatter(x[~ok], np.full((~ok).sum(), cap), marker="x", color=colors[width])
@@ -203,7 +220,7 @@ def plot_loss_vs_lr(df: pd.DataFrame, path: Path, metric: str) -> None:
                 i = int(np.argmin(sign * y[ok])) if sign > 0 else int(np.argmax(y[ok]))
                 ax.scatter(x[ok][i], y[ok][i], marker="*", s=140, color=colors[width], edgecolor="k", zorder=5)
         ax.set_title(param)
-        ax.set_xlabel("log2 learning rate (base)")
+        ax.set_xlabel("log2 learning rate (base)" if axis == "lr" else "log10 damping (base)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(LOWER_IS_BETTER_LABEL[metric] + " (× = diverged)")
     axes[0][-1].legend(fontsize=7)
@@ -300,6 +317,8 @@ def build(study: Study, out_dir: Path, metric: str, base_width: int) -> dict:
         tables["wider"] = wider_is_better(tr)
         tables["headline"] = headline(tr, tables["drift"], reg, tables["wider"], transfers, sign)
         plot_loss_vs_lr(df, out_dir / "loss_vs_lr.png", metric)
+        if df[df.phase == "sweep"].damping.nunique() >= 2:
+            plot_loss_vs_lr(df, out_dir / "loss_vs_damping.png", metric, axis="damping")
         plot_heatmaps(df, lambda p: out_dir / f"heatmap_{p}.png", metric)
         plot_curves(study, df, transfers, out_dir / "curves.png")
     _write_markdown(out_dir / "report.md", study, tables, skipped, len(df), metric, out_dir)
@@ -312,7 +331,7 @@ def _write_markdown(path: Path, study: Study, tables: dict, skipped: dict, n: in
         + f". Selection metric: {LOWER_IS_BETTER_LABEL[metric]}.", ""]
     titles = {"headline": "Headline: transferred setting per parameterization",
               "optima": "Best (lr, damping) per width (grids only)",
-              "drift": "Drift of the optimal lr (octaves from the base width)",
+              "drift": "Drift of the optimum (octaves from the base width; damping: log2 of its ratio too)",
               "regret": "Regret of the transferred setting", "transferred": "Transferred setting per width",
               "wider": "Wider is better?"}
     for key, title in titles.items():

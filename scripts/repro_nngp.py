@@ -9,6 +9,7 @@ accuracy per batch size and readout) and nngp.png (test accuracy against batch s
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -23,9 +24,9 @@ def collect(runs: Path) -> pd.DataFrame:
     rows = []
     for result_path in sorted(runs.glob("*/result.json")):
         result = read_json(result_path)
-        config = yaml.safe_load((result_path.parent / "config.yaml").read_text())
         if result is None:
             continue
+        config = yaml.safe_load((result_path.parent / "config.yaml").read_text())
         final = result.get("final") or {}
         rows.append({"batch_size": config["train"]["batch_size"], "seed": config["seed"],
                      "readout": "zero" if config["param"]["readout_zero_init"] else "µP",
@@ -60,25 +61,34 @@ def run() -> None:
     ap.add_argument("--batch-sizes", default="32,128,512,2048")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--damping", type=float, default=1.0,
+                    help="K-FAC ρ; 0.1 diverges at batch 32 and 128 (rank-32 factors from the first batch)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     out = Path(args.out)
     started = time.time()
-    overrides = ["optimizer=kfac", "param=somup", f"model.width={args.width}", "optimizer.lr=0.1",
-                 "optimizer.damping=0.1", f"train.steps={args.steps}", "train.eval_every=100",
+    overrides = ["optimizer=kfac", "param=somup", f"model.width={args.width}", f"optimizer.lr={args.lr}",
+                 f"optimizer.damping={args.damping}", f"train.steps={args.steps}", "train.eval_every=100",
                  "train.eval_train_samples=5000", "train.progress=false", f"device={args.device}",
                  f"train.batch_size={args.batch_sizes}", "param.readout_zero_init=false,true", f"seed={args.seeds}",
                  f"hydra.sweep.dir={out / 'runs'}"]
+    shutil.rmtree(out / "runs", ignore_errors=True)  # a rerun must not read an earlier run's numbered folders
     code = muso(["run", "-m", *overrides])
     if code:
         raise SystemExit(code)
     df = collect(out / "runs")
     df.to_csv(out / "nngp.csv", index=False)
-    summary = df.groupby(["readout", "batch_size"]).test_acc.agg(["mean", "std", "count"]).reset_index()
-    title = f"K-FAC, somup, MLP width {args.width}, {args.steps} steps, Fashion-MNIST"
+    summary = df.groupby(["readout", "batch_size"]).agg(
+        mean=("test_acc", "mean"), std=("test_acc", "std"), ok=("status", lambda s: int((s == "ok").sum())),
+        diverged=("status", lambda s: int((s == "diverged").sum()))).reset_index()
+    title = (f"K-FAC (lr {args.lr:g}, ρ {args.damping:g}), somup, MLP width {args.width}, {args.steps} steps, "
+             "Fashion-MNIST")
     plot(summary, out / "nngp.png", title)
     table = summary.pivot(index="batch_size", columns="readout", values="mean")
     table["zero − µP"] = table["zero"] - table["µP"]
+    table["diverged (zero, µP)"] = [", ".join(str(int(summary[(summary.batch_size == b) & (summary.readout == r)]
+                                                         .diverged.sum())) for r in ("zero", "µP")) for b in table.index]
     (out / "summary.md").write_text(f"# NNGP bias of a zero readout under K-FAC\n\n{title}; test accuracy, mean over "
                                     f"seeds {args.seeds}.\n\n{table.to_markdown(floatfmt='.4f')}\n\n"
                                     f"wall time {time.time() - started:.0f} s\n")

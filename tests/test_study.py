@@ -199,7 +199,7 @@ def test_report_tables_plots_and_skipped_folders(tmp_path, capsys):
     for png in ("loss_vs_lr.png", "curves.png"):
         assert (report / png).stat().st_size > 10_000
     md = (report / "report.md").read_text()
-    assert "## Drift of the optimal lr" in md and "## Regret of the transferred setting" in md
+    assert "## Drift of the optimum" in md and "## Regret of the transferred setting" in md
 
     # drift and regret, recomputed here from the table
     res = __import__("muso_cli.report", fromlist=["x"])
@@ -214,6 +214,23 @@ def test_report_tables_plots_and_skipped_folders(tmp_path, capsys):
         regret = tables["regret"].set_index(["param", "width"]).loc[(param, 32), "regret"]
         assert regret == pytest.approx(at_32.final_train_loss.iloc[0] - best[32].final_train_loss)
         assert regret >= 0
+
+
+def test_report_of_a_damping_only_grid_gives_the_damping_drift(tmp_path, capsys):
+    """The paper's damping-transfer study fixes lr and sweeps damping: the optimum and its drift come from the
+    damping grid (log2 of damping*/damping*_base), not from the (single) lr."""
+    study = sweep(tmp_path, "optimizer=kfac", "study.lr=[0.5]", "study.damping=[0.01,0.1,1]", "study.params=[somup]",
+                  "study.widths=[16,32]")
+    res = __import__("muso_cli.report", fromlist=["x"])
+    tables = res.build(study, tmp_path / "r", "train_loss", 16)["tables"]
+    df = pd.read_parquet(tmp_path / "r" / "results.parquet")
+    best = {w: g.groupby("damping").final_train_loss.mean().idxmin() for w, g in df.groupby("width")}
+    drift = tables["drift"].set_index("width")
+    assert list(drift.index) == [16, 32] and (drift["drift_octaves"] == 0).all()
+    assert drift.loc[32, "damping*"] == pytest.approx(best[32])
+    assert drift.loc[32, "damping_drift_octaves"] == pytest.approx(math.log2(best[32] / best[16]))
+    assert tables["optima"].grid.tolist() == [3, 3]
+    assert (tmp_path / "r" / "loss_vs_damping.png").stat().st_size > 10_000
 
 
 # ------------------------------------------------------------------------------------------------------
