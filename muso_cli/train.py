@@ -261,7 +261,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
         track.write_atomic(out_dir / track.CHECKPOINT, buffer.getvalue())
 
     status, reason = "ok", None
-    if step == 0:
+    if initial_loss is None:  # not when resuming, even from a checkpoint taken at step 0 (its row is recorded)
         row = eval_row()
         recorder.log(row)
         initial_loss = row["train_loss"]

@@ -1,7 +1,7 @@
 """`make repro-coord`: coordinate checks of SGD / Adam / K-FAC / Shampoo × sp / mup / somup in one figure.
 
 MLP 784 → M → M → 10 on Fashion-MNIST, one batch of 32, cross-entropy, base width 64, widths 64 → 2048
-(--widths to change; 64 → 16384 on a GPU), 3 steps, 2 seeds. Writes into --out (default outputs/repro/coord):
+(--widths to change; e.g. 64 → 8192 on a GPU), 3 steps, 2 seeds. Writes into --out (default outputs/repro/coord):
 coord_grid.png (rows: optimizers, columns: parameterizations; RMS Δh of each layer against width at the last
 step), slopes.csv (every case, layer and step; fitted from 4× the base width) and summary.md (the verdict table).
 """
