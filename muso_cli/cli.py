@@ -452,6 +452,12 @@ def cmd_report(args: list[str]) -> int:
     if headline is not None and not headline.empty:
         print(f"headline ({cfg.study.metric} of the transferred setting per width):")
         print(headline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    transferred = res["tables"].get("transferred")
+    if transferred is not None and not transferred.empty:
+        acc = transferred.pivot_table(index="param", columns="width", values="test_acc", dropna=False)
+        acc.columns = [f"w{w}" for w in acc.columns]
+        print("test accuracy of the transferred setting per width (blank: diverged):")
+        print(acc.reset_index().to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
     print(f"report: {out / 'report.md'}")
     return 0
 
