@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -224,21 +224,30 @@ class Layer:
             self._factored = (d, x)
         return self._factored
 
+    def factored_if_cheaper(self, use_factored: bool, cost: Callable[[int], int]) -> tuple[Tensor, Tensor] | None:
+        """The exact factored gradient (Δ, X) when ``use_factored``, this step has one forward/backward pair and
+        ``cost(R)`` (the factored computation's flops for R rows) is below the dense d_out·d_in·(d_out + d_in)."""
+        rows = self.captured_rows() if use_factored else None
+        if rows is None or cost(rows) >= self.d_out * self.d_in * (self.d_out + self.d_in):
+            return None
+        return self.factored_grad()
+
     def two_sided(self, left: Tensor, right: Tensor, use_factored: bool) -> Tensor:
-        """left @ G @ right [d_out, d_in] for left [d_out, d_out] and right [d_in, d_in].
+        """left @ G @ right [d_out, d_in] in the parameters' dtype, for left [d_out, d_out] and right [d_in, d_in]
+        (statistics may be kept in a wider dtype than the parameters: the product is then formed in theirs).
 
         With ``use_factored`` and an exact factored gradient, computes (left Δᵀ)(X right) when that is cheaper.
         Sets ``self.path`` to the form used.
         """
-        rows = self.captured_rows() if use_factored else None
-        if rows is not None:
-            dense = self.d_out * self.d_in * (self.d_out + self.d_in)
-            factored = rows * (self.d_out ** 2 + self.d_in ** 2 + self.d_out * self.d_in)
-            pair = self.factored_grad() if factored < dense else None
-            if pair is not None:
-                d, x = pair
-                self.path = "factored"
-                return (left @ d.T) @ (x @ right)
+        if left.dtype != self.weight.dtype:
+            self.path = "dense"
+            return (left @ self.grad_matrix().to(left.dtype) @ right).to(self.weight.dtype)
+        pair = self.factored_if_cheaper(
+            use_factored, lambda rows: rows * (self.d_out ** 2 + self.d_in ** 2 + self.d_out * self.d_in))
+        if pair is not None:
+            d, x = pair
+            self.path = "factored"
+            return (left @ d.T) @ (x @ right)
         self.path = "dense"
         return left @ self.grad_matrix() @ right
 

@@ -132,10 +132,7 @@ class KFACLayer(Layer):
 
     def precondition(self, lowrank: bool) -> Tensor:
         """(B + ρ_B I)⁻¹ G (A + ρ_A I)⁻¹ [d_out, d_in] in the parameters' dtype."""
-        dtype = self.A_inv.dtype
-        if dtype == self.weight.dtype:
-            return self.two_sided(self.B_inv, self.A_inv, lowrank)
-        return (self.B_inv @ self.grad_matrix().to(dtype) @ self.A_inv).to(self.weight.dtype)
+        return self.two_sided(self.B_inv, self.A_inv, lowrank)
 
 
 class KFAC(LayerwiseOptimizer):

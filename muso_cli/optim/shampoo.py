@@ -56,12 +56,8 @@ class ShampooLayer(Layer):
 
     def update_statistics(self, statistics: str, ema_decay: float, lowrank: bool) -> None:
         """Fold this step's G Gᵀ and Gᵀ G into L and R (from the captured rows when exact and cheaper)."""
-        rows = self.captured_rows() if lowrank else None
-        pair = None
-        if rows is not None:
-            dense = self.d_out * self.d_in * (self.d_out + self.d_in)
-            factored = 2 * rows ** 2 * (self.d_out + self.d_in) + rows * (self.d_out ** 2 + self.d_in ** 2)
-            pair = self.factored_grad() if factored < dense else None
+        pair = self.factored_if_cheaper(
+            lowrank, lambda rows: 2 * rows ** 2 * (self.d_out + self.d_in) + rows * (self.d_out ** 2 + self.d_in ** 2))
         dtype = statistics_dtype(self.weight)
         if pair is not None:
             d, x = pair
@@ -104,10 +100,7 @@ class ShampooLayer(Layer):
 
     def precondition(self, lowrank: bool) -> Tensor:
         """(L + ε_L I)^-e G (R + ε_R I)^-e [d_out, d_in] in the parameters' dtype."""
-        dtype = self.L_root.dtype
-        if dtype == self.weight.dtype:
-            return self.two_sided(self.L_root, self.R_root, lowrank)
-        return (self.L_root @ self.grad_matrix().to(dtype) @ self.R_root).to(self.weight.dtype)
+        return self.two_sided(self.L_root, self.R_root, lowrank)
 
     def graft(self, direction: Tensor, grafting: str, statistics: str, ema_decay: float, graft_eps: float) -> Tensor:
         """``direction`` rescaled to the Frobenius norm of the grafted optimizer's update (sgd or adagrad)."""
