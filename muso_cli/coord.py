@@ -22,6 +22,7 @@ from torch import nn
 from . import data as data_mod
 from . import optim
 from .parametrize import LAYER_TYPES
+from .plots import pyplot
 from .train import LOSSES, build_model_and_plan, resolve_device
 
 COLUMNS = ["width", "layer", "role", "step", "metric", "value"]
@@ -118,10 +119,7 @@ def verdicts(slope_df: pd.DataFrame, tolerance: float, step: int | None = None) 
 
 def plot(df: pd.DataFrame, path: Path, title: str, fit_from: float | None = None) -> None:
     """One panel per step: RMS Δh (Δf for the readout) against width, log–log, a line per layer."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     dh = df[df.metric == "dh"]
     steps = sorted(dh.step.unique())
     fig, axes = plt.subplots(1, len(steps), figsize=(3.6 * len(steps), 3.3), squeeze=False, sharey=True)

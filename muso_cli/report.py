@@ -10,7 +10,8 @@ final/best metrics, the flattened config). Transfer metrics, per parameterizatio
 - wider is better: whether the transferred setting's loss falls (or stays) as the width grows.
 
 Files written: results.parquet, results.csv, report.md (every table), loss_vs_lr.png, loss_vs_damping.png and
-heatmap_<param>.png (when damping was swept), curves.png. Unreadable or half-written trial folders are counted and skipped, never fatal.
+heatmap_<param>.png (when damping was swept), curves.png. Unreadable or half-written trial folders are counted
+and skipped, never fatal.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import track
+from .plots import pyplot
 from .study import METRICS, Study, objective
 
 LOWER_IS_BETTER_LABEL = {"train_loss": "final train loss", "test_loss": "final test loss",
@@ -186,18 +188,11 @@ def headline(tr: pd.DataFrame, drift_df: pd.DataFrame, regret_df: pd.DataFrame, 
 # ------------------------------------------------------------------------------------------------------
 # Plots
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_loss_vs_lr(df: pd.DataFrame, path: Path, metric: str, axis: str = "lr") -> None:
     """One panel per parameterization: loss against log2(lr) (best damping per lr), a curve per width,
     the optimum marked (★), diverged settings marked (×) at the top of the panel. ``axis="damping"``: the same
     against log10(damping), best lr per damping (the damping-transfer picture)."""
-    plt = _plt()
+    plt = pyplot()
     means = _setting_means(df[df.phase == "sweep"])
     params = sorted(means.param.unique())
     fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), squeeze=False, sharey=True)
@@ -231,7 +226,7 @@ def plot_loss_vs_lr(df: pd.DataFrame, path: Path, metric: str, axis: str = "lr")
 
 def plot_heatmaps(df: pd.DataFrame, path_for, metric: str) -> list[Path]:
     """Per parameterization, lr × damping heatmaps of the loss, one panel per width (diverged: blank, ×)."""
-    plt = _plt()
+    plt = pyplot()
     means = _setting_means(df[df.phase == "sweep"])
     if means.damping.nunique() < 2:
         return []
@@ -267,7 +262,7 @@ def plot_heatmaps(df: pd.DataFrame, path_for, metric: str) -> list[Path]:
 
 def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path) -> bool:
     """Training curves (train loss vs step) per width at the transferred setting, one panel per param."""
-    plt = _plt()
+    plt = pyplot()
     params = [p for p in transfers if not df[df.trial_id.isin(transfers[p].get("transfer_trials", []))].empty]
     if not params:
         return False

@@ -21,6 +21,7 @@ import pandas as pd
 
 from muso_cli import coord
 from muso_cli.config import compose
+from muso_cli.plots import pyplot
 
 KFAC = ["optimizer=kfac", "optimizer.curvature_interval=1", "optimizer.inverse_interval=1"]
 SHAMPOO = ["optimizer=shampoo", "optimizer.statistics_interval=1", "optimizer.inverse_interval=1"]
@@ -56,10 +57,7 @@ def summarize(slopes: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot(results: dict, path: Path, step: int, fit_from: float) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(results)
     cols = 4
     rows = -(-n // cols)

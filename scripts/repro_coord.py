@@ -15,6 +15,7 @@ import pandas as pd
 
 from muso_cli import coord
 from muso_cli.config import compose
+from muso_cli.plots import pyplot
 
 OPTIMIZERS = {
     "sgd": ["optimizer=sgd", "optimizer.lr=0.1"],
@@ -28,10 +29,7 @@ PARAMS = ("sp", "mup", "somup")
 
 
 def plot_grid(results: dict, path: Path, step: int, fit_from: float) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(len(OPTIMIZERS), len(PARAMS), figsize=(3.3 * len(PARAMS), 2.6 * len(OPTIMIZERS)),
                              sharex=True, squeeze=False)
     for i, opt in enumerate(OPTIMIZERS):

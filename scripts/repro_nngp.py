@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from muso_cli.cli import main as muso
+from muso_cli.plots import pyplot
 from muso_cli.track import read_json
 
 
@@ -36,10 +37,7 @@ def collect(runs: Path) -> pd.DataFrame:
 
 
 def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for readout, g in summary.groupby("readout"):
         ax.errorbar(g.batch_size, g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=f"{readout} readout")
