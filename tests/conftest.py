@@ -13,6 +13,18 @@ needs_fmnist = pytest.mark.skipif(not os.path.exists(FMNIST_SYSTEM),
                                   reason="Debian's dataset-fashion-mnist is not installed (make setup installs it)")
 
 
+def coord_dh_slopes(*overrides: str):
+    """The coordinate check's slopes of log2 RMS Δh against log2 width (the readout's Δh is Δf), one row per
+    (layer, role, step), for the config composed from ``overrides``, fitted from ``coord.fit_from`` (default 4×
+    the base width), as ``muso coord-check`` fits them."""
+    from muso_cli import coord
+    from muso_cli.config import compose
+
+    cfg = compose(list(overrides))
+    s = coord.slopes(coord.measure(cfg), coord.fit_from_width(cfg))
+    return s[s.metric == "dh"]
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """Run each test from its own folder, with W&B files and muso's download cache kept inside it."""

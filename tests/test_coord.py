@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import needs_fmnist
+from conftest import coord_dh_slopes, needs_fmnist
 from muso_cli import coord
 from muso_cli.cli import main
 from muso_cli.config import compose
@@ -23,11 +23,10 @@ WIDTHS = "[64,128,256,512,1024,2048]"
 LR = {"sgd": 0.1, "adam": 1e-3}
 
 
-def dh_slopes(optimizer: str, param: str, *extra: str) -> pd.DataFrame:
-    cfg = compose([f"optimizer={optimizer}", f"param={param}", f"optimizer.lr={LR[optimizer]}",
-                   f"coord.widths={WIDTHS}", "coord.steps=3", "coord.seeds=2", *extra])
-    s = coord.slopes(coord.measure(cfg), coord.fit_from_width(cfg))
-    return s[s.metric == "dh"].set_index(["role", "step"])["slope"]
+def dh_slopes(optimizer: str, param: str, *extra: str) -> pd.Series:
+    slopes = coord_dh_slopes(f"optimizer={optimizer}", f"param={param}", f"optimizer.lr={LR[optimizer]}",
+                             f"coord.widths={WIDTHS}", "coord.steps=3", "coord.seeds=2", *extra)
+    return slopes.set_index(["role", "step"])["slope"]
 
 
 @needs_fmnist

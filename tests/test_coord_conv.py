@@ -11,9 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import needs_fmnist
-from muso_cli import coord
-from muso_cli.config import compose
+from conftest import coord_dh_slopes, needs_fmnist
 
 pytestmark = needs_fmnist
 
@@ -22,10 +20,8 @@ SHAMPOO = ["optimizer=shampoo", "optimizer.statistics_interval=1", "optimizer.in
 
 
 def dh_slopes(*overrides: str, seeds: int = 2) -> pd.DataFrame:
-    cfg = compose(["model.base_width=1", "coord.fit_from=2", "optimizer.lr=0.1", "optimizer.damping=0.1",
-                   "coord.steps=3", f"coord.seeds={seeds}", *overrides])
-    s = coord.slopes(coord.measure(cfg), coord.fit_from_width(cfg))
-    return s[s.metric == "dh"]
+    return coord_dh_slopes("model.base_width=1", "coord.fit_from=2", "optimizer.lr=0.1", "optimizer.damping=0.1",
+                           "coord.steps=3", f"coord.seeds={seeds}", *overrides)
 
 
 def assert_flat(slopes: pd.DataFrame, tolerance: float = 0.15, steps=(1, 2, 3)) -> None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import needs_fmnist
-from muso_cli import coord
-from muso_cli.config import compose
+from conftest import coord_dh_slopes, needs_fmnist
 
 pytestmark = needs_fmnist
 
@@ -28,9 +26,8 @@ FAST = ["model.base_width=32", "coord.widths=[32,64,128,256,512,1024]"]
 
 
 def dh_slopes(*overrides: str) -> pd.Series:
-    cfg = compose(["optimizer.lr=0.1", "coord.steps=3", "coord.seeds=2", *overrides])
-    s = coord.slopes(coord.measure(cfg), coord.fit_from_width(cfg))
-    return s[s.metric == "dh"].set_index(["role", "step"])["slope"]
+    slopes = coord_dh_slopes("optimizer.lr=0.1", "coord.steps=3", "coord.seeds=2", *overrides)
+    return slopes.set_index(["role", "step"])["slope"]
 
 
 def assert_flat(slope: pd.Series, steps=(1, 2, 3), tolerance=0.15) -> None:
