@@ -12,7 +12,7 @@ Three calls::
     model = make_model(width=1024)
     plan = parametrize.make_plan(model, base, param="somup", optimizer="kfac", delta=delta)
     plan.init_(model)                               # N(0, (σ·k/√fan_in)²) per layer
-    opt = KFAC(model, plan.param_groups(model, lr=0.1), damping=1e-3, damping_rule=plan.damping_rule)
+    opt = KFAC(plan.param_groups(model, lr=0.1), model=model, damping=1e-3)  # the plan sets damping_rule
 
 Roles come from shapes alone (never from module names), as in microsoft/mup's ``set_base_shapes``: a weight
 whose fan-in and fan-out both differ between the base model and a *delta* model (the same architecture at
@@ -26,24 +26,17 @@ parameterizations coincide (except for the damping rule).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 import torch
 from torch import nn
 
 ROLES = ("input", "hidden", "output", "vector", "fixed")
 PARAMS = ("sp", "mup", "somup")
-OPTIMIZERS = ("sgd", "adam", "kfac", "shampoo")
-SECOND_ORDER = ("kfac", "shampoo")
-DAMPING_RULES = {
-    "kfac": ("constant", "somup", "trace", "pi"),
-    "shampoo": ("constant", "somup", "relative"),
-}
-# Rules whose value the optimizer computes from the curvature factors at run time (multiplier 1 here).
-ADAPTIVE_RULES = ("trace", "pi", "relative")
 
 # ------------------------------------------------------------------------------------------------------
-# The table (../shared/PARAMETERIZATION.md §3). Every entry is an exponent e of the width multiplier m:
-# the multiplier is m**e relative to the base width. One place; nothing else in muso encodes a scaling.
+# The table (docs/parameterization.md). Every entry is an exponent e of the width multiplier m: the
+# multiplier is m**e relative to the base width. One place; nothing else in muso encodes a scaling.
 
 _Z = {"input": 0.0, "hidden": 0.0, "output": 0.0, "vector": 0.0, "fixed": 0.0}
 
@@ -52,6 +45,25 @@ def _row(input: float, hidden: float, output: float, vector: float = 0.0) -> dic
     return {"input": input, "hidden": hidden, "output": output, "vector": vector, "fixed": 0.0}
 
 
+@dataclass(frozen=True)
+class Preconditioned:
+    """Second-order µP's lr rule for a preconditioner of total inverse power ``power`` (K-FAC 1; Shampoo with
+    exponent e per side 2e): exponent (1 − power)·(g_out − g_in), where g_in / g_out say whether fan-in /
+    fan-out grow (GROWS). K-FAC's lr is then width-free; Shampoo's (e = 1/4) is m^½ / 1 / m^-½ for input /
+    hidden / output. An optimizer whose power is a hyperparameter (Shampoo's exponent) passes it to make_plan.
+    """
+
+    power: float
+
+    def exponent(self, role: str, power: float | None = None) -> float:
+        if role not in GROWS:
+            return 0.0
+        g_in, g_out = GROWS[role]
+        return (1.0 - (self.power if power is None else power)) * (g_out - g_in)
+
+
+GROWS: dict[str, tuple[int, int]] = {"input": (0, 1), "hidden": (1, 1), "output": (1, 0)}  # (g_in, g_out)
+
 # Init: W ~ N(0, (σ·k/√fan_in)²) with k = m**INIT[param][role]. µP's readout std shrinks as 1/width.
 INIT: dict[str, dict[str, float]] = {
     "sp": _Z,
@@ -59,12 +71,9 @@ INIT: dict[str, dict[str, float]] = {
     "somup": _row(0, 0, -0.5),
 }
 
-# Learning rate: η_layer = η · m**LR[param][optimizer][role]. A string entry points at another cell.
-# "preconditioned" is second-order µP's rule for a preconditioner of total inverse power p
-# (K-FAC: p = 1; Shampoo with exponent e per side: p = 2e): exponent (1 − p)·(g_out − g_in), where g_in/g_out
-# say whether fan-in/fan-out grow (GROWS below). K-FAC's lr is width-free; Shampoo's (e = 1/4) is
-# m^1/2 / 1 / m^-1/2 for input / hidden / output.
-LR: dict[str, dict[str, dict[str, float] | str]] = {
+# Learning rate: η_layer = η · m**LR[param][optimizer][role]. A string entry points at another cell. The columns
+# of this table are the optimizers muso knows.
+LR: dict[str, dict[str, dict[str, float] | str | Preconditioned]] = {
     "sp": {"sgd": _Z, "adam": _Z, "kfac": _Z, "shampoo": _Z},
     "mup": {
         "sgd": _row(1, 0, -1, vector=1),
@@ -75,16 +84,20 @@ LR: dict[str, dict[str, dict[str, float] | str]] = {
     "somup": {
         "sgd": "mup.sgd",
         "adam": "mup.adam",
-        "kfac": "preconditioned",
-        "shampoo": "preconditioned",
+        "kfac": Preconditioned(1.0),
+        "shampoo": Preconditioned(0.5),
     },
 }
-GROWS: dict[str, tuple[int, int]] = {"input": (0, 1), "hidden": (1, 1), "output": (1, 0)}  # (g_in, g_out)
+OPTIMIZERS = tuple(LR["sp"])
 
-# Damping: the value used for a layer's factor F is ρ · m**DAMPING[optimizer][rule][F][role].
-# K-FAC factors: A = E[x xᵀ] (layer inputs), B = E[δ δᵀ] (output gradients); their nonzero eigenvalues under
-# µP are Θ(|x|²) = Θ(1) / Θ(M) / Θ(M) and Θ(|δ|²) = Θ(1/M) / Θ(1/M) / Θ(1) for input / hidden / output.
-# Shampoo: L and R share the nonzero eigenvalue |x|²|δ|² = Θ(1/M) / Θ(1) / Θ(M).
+# Optimizers whose update treats a Linear/Conv2d layer's weight and bias as one matrix [W | b] (the bias as an
+# extra input column): their param groups are whole layers, and a layer's bias takes its weight's lr.
+LAYERWISE = ("kfac", "shampoo")
+
+# Damping: the value used for a layer's factor F is ρ · m**DAMPING[optimizer][rule][F][role]. The optimizers
+# listed here are the *damped* ones. K-FAC factors: A = E[x xᵀ] (layer inputs), B = E[δ δᵀ] (output gradients);
+# their nonzero eigenvalues under µP are Θ(|x|²) = Θ(1) / Θ(M) / Θ(M) and Θ(|δ|²) = Θ(1/M) / Θ(1/M) / Θ(1) for
+# input / hidden / output. Shampoo: L and R share the nonzero eigenvalue |x|²|δ|² = Θ(1/M) / Θ(1) / Θ(M).
 DAMPING: dict[str, dict[str, dict[str, dict[str, float]]]] = {
     "kfac": {
         "constant": {"A": _Z, "B": _Z},
@@ -98,36 +111,49 @@ DAMPING: dict[str, dict[str, dict[str, dict[str, float]]]] = {
         "relative": {"eps": _Z},       # ε·λ_max of each factor: width-free by construction
     },
 }
+DAMPING_RULES = {opt: tuple(rules) for opt, rules in DAMPING.items()}
+# Rules whose value the optimizer computes from the curvature factors at run time (multiplier 1 here).
+ADAPTIVE_RULES = ("trace", "pi", "relative")
 # damping_rule=auto picks, per optimizer and parameterization:
 DEFAULT_DAMPING_RULE: dict[str, dict[str, str]] = {
     "kfac": {"sp": "constant", "mup": "constant", "somup": "somup"},
     "shampoo": {"sp": "relative", "mup": "relative", "somup": "relative"},
 }
-DEFAULT_POWER = {"kfac": 1.0, "shampoo": 0.5}  # total inverse power p of the preconditioner
+
+# Weight decay: every optimizer here decays a parameter by lr_layer · λ_layer per step (torch's SGD and AdamW,
+# and K-FAC / Shampoo, which add λ·W to the preconditioned direction). λ_layer = λ · m**(c · e_lr), with e_lr
+# the layer's lr exponent above and c = WEIGHT_DECAY[rule]:
+#   decoupled (default)  c = −1: lr_layer · λ_layer = η·λ at every width, a width-free decay timescale
+#                        (as CompleteP, u-µP and Megatron's µP recipes keep η·λ fixed);
+#   coupled              c = 0: λ as given, so the decay per step follows each layer's lr multiplier (what a
+#                        single weight_decay passed to torch with µP param groups does).
+# Vector parameters (biases, norm gains: fewer than 2 dimensions) are not decayed unless decay_vectors=True.
+WEIGHT_DECAY: dict[str, float] = {"decoupled": -1.0, "coupled": 0.0}
+
+
+def is_damped(optimizer: str) -> bool:
+    """Whether ``optimizer`` has a damping hyperparameter (a column of the damping table)."""
+    return optimizer in DAMPING
 
 
 def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None) -> float:
     """Exponent e of the lr multiplier m**e for a parameter of ``role``.
 
-    ``power`` is the preconditioner's total inverse power (K-FAC 1, Shampoo 2·exponent); it only matters for
-    second-order µP with K-FAC / Shampoo.
+    ``power`` is the preconditioner's total inverse power when the optimizer's hyperparameters set it (Shampoo:
+    2·exponent); it only matters for second-order µP's preconditioned rule.
     """
-    cell: dict[str, float] | str = LR[param][optimizer]
-    while isinstance(cell, str) and cell != "preconditioned":
+    cell = LR[param][optimizer]
+    while isinstance(cell, str):
         p, o = cell.split(".")
         cell = LR[p][o]
-    if cell == "preconditioned":
-        if role not in GROWS:
-            return 0.0
-        g_in, g_out = GROWS[role]
-        p = DEFAULT_POWER[optimizer] if power is None else power
-        return (1.0 - p) * (g_out - g_in)
+    if isinstance(cell, Preconditioned):
+        return cell.exponent(role, power)
     return cell[role]
 
 
 def resolve_damping_rule(optimizer: str, param: str, rule: str = "auto") -> str | None:
-    """The damping rule in effect (None for first-order optimizers)."""
-    if optimizer not in SECOND_ORDER:
+    """The damping rule in effect (None for optimizers without damping)."""
+    if not is_damped(optimizer):
         return None
     if rule == "auto":
         return DEFAULT_DAMPING_RULE[optimizer][param]
@@ -135,6 +161,24 @@ def resolve_damping_rule(optimizer: str, param: str, rule: str = "auto") -> str 
         raise ValueError(f"unknown damping rule {rule!r} for {optimizer}; use one of "
                          f"{', '.join(DAMPING_RULES[optimizer])} or auto")
     return rule
+
+
+def identity(optimizer: str, param: str, *, damping_rule: str = "auto", weight_decay_rule: str = "decoupled",
+             at_base_width: bool) -> dict[str, str | None]:
+    """The choices of the parameterization that decide a run's numbers: {param, damping_rule, weight_decay_rule}.
+
+    At the base width every multiplier is m**e = 1, so SP, µP and second-order µP are the same network and the
+    same optimizer there: the parameterization and the weight-decay rule drop out (None), and a damping rule
+    that acts through width multipliers only (somup) is the constant rule. Only an adaptive damping rule (trace,
+    pi, relative) still counts. Studies key their trials on this, so one base-width run serves every
+    parameterization.
+    """
+    rule = resolve_damping_rule(optimizer, param, damping_rule)
+    if not at_base_width:
+        return {"param": param, "damping_rule": rule, "weight_decay_rule": weight_decay_rule}
+    if rule is not None and rule not in ADAPTIVE_RULES:
+        rule = "constant"
+    return {"param": None, "damping_rule": rule, "weight_decay_rule": None}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -235,21 +279,25 @@ def _classify(name: str, shape: tuple[int, ...], bshape: tuple[int, ...], dshape
 
 @dataclass
 class Plan:
-    """Per-parameter init, lr and damping multipliers of a parameterization applied to one model.
+    """Per-parameter init, lr, weight-decay and damping multipliers of a parameterization applied to one model.
 
     Multipliers are relative to the base width (all 1 at m = 1, except adaptive damping rules).
     init_std[name]: the init standard deviation (absolute; 0.0 for a zero-initialised readout; None: the
-    module's own init, e.g. norm gains). damping_mult[layer]: {"A", "B"} for K-FAC, {"eps"} for Shampoo.
+    module's own init, e.g. norm gains). lr_mult[name]: a layerwise optimizer's bias carries its weight's.
+    weight_decay_mult[name]: 0.0 for a parameter that is not decayed. damping_mult[layer]: {"A", "B"} for
+    K-FAC, {"eps"} for Shampoo.
     """
 
     param: str
     optimizer: str
     damping_rule: str | None
+    weight_decay_rule: str
     sigma: float
     readout_zero_init: bool
     specs: dict[str, ParamSpec]
     lr_mult: dict[str, float]
     init_std: dict[str, float | None]
+    weight_decay_mult: dict[str, float] = field(default_factory=dict)
     damping_mult: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def init_(self, model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
@@ -267,39 +315,51 @@ class Plan:
                             .mul_(std).to(p.device))
         return model
 
-    def param_groups(self, model: nn.Module, lr: float, **options) -> list[dict]:
-        """torch param groups carrying each layer's lr (``lr`` × multiplier) and damping multipliers.
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float | None = None, **options) -> list[dict]:
+        """torch param groups carrying each parameter's lr (``lr`` × multiplier) and its damping multipliers.
 
-        First-order optimizers: one group per parameter. K-FAC / Shampoo: one group per Linear/Conv2d layer
-        (weight and bias together: the bias is preconditioned with its weight, the input augmented by a
-        constant) with keys ``layer``, ``damping_A``/``damping_B`` or ``damping_eps``; other parameters one
-        group each (the optimizer updates them like SGD with their own lr multiplier). ``options`` are copied
-        into every group.
+        Every group has ``params``, ``param_names`` (torch's key), ``lr`` and ``role``. Layerwise optimizers
+        (K-FAC, Shampoo): one group per Linear/Conv2d layer, weight then bias (the bias is preconditioned with
+        its weight, the input augmented by a constant), with ``layer``, ``damping_rule`` and ``damping_A`` /
+        ``damping_B`` or ``damping_eps``; every other parameter a group of its own. With ``weight_decay`` (λ at
+        the base width) each group gets ``weight_decay`` = λ × its multiplier, and a layer group also
+        ``bias_weight_decay`` for its bias. ``options`` are copied into every group.
         """
         params = dict(model.named_parameters())
         groups: list[dict] = []
         by_layer: dict[str, list[str]] = {}
+
+        def decay(name: str) -> dict:
+            return {} if weight_decay is None else {"weight_decay": weight_decay * self.weight_decay_mult[name]}
+
         for name, spec in self.specs.items():
-            if self.optimizer in SECOND_ORDER and spec.layer is not None:
+            if self.optimizer in LAYERWISE and spec.layer is not None:
                 by_layer.setdefault(spec.layer, []).append(name)
             else:
-                groups.append({"params": [params[name]], "lr": lr * self.lr_mult[name], "names": [name],
-                               "role": spec.role, **options})
+                groups.append({"params": [params[name]], "param_names": [name], "lr": lr * self.lr_mult[name],
+                               "role": spec.role, **decay(name), **options})
         for layer, names in by_layer.items():
-            weight = next(n for n in names if not self.specs[n].is_bias)
             names.sort(key=lambda n: self.specs[n].is_bias)  # weight first, then bias
-            groups.append({"params": [params[n] for n in names], "lr": lr * self.lr_mult[weight],
-                           "names": names, "role": self.specs[weight].role, "layer": layer,
-                           **{f"damping_{k}": v for k, v in self.damping_mult[layer].items()}, **options})
+            weight = names[0]
+            group = {"params": [params[n] for n in names], "param_names": names, "lr": lr * self.lr_mult[weight],
+                     "role": self.specs[weight].role, "layer": layer, **decay(weight)}
+            if weight_decay is not None and len(names) == 2:
+                group["bias_weight_decay"] = weight_decay * self.weight_decay_mult[names[1]]
+            if self.damping_rule is not None:
+                group["damping_rule"] = self.damping_rule
+                group.update({f"damping_{k}": v for k, v in self.damping_mult[layer].items()})
+            groups.append({**group, **options})
         return groups
 
     def rows(self) -> list[dict]:
-        """One row per parameter, for `muso params`: name, shape, role, m, init std, lr and damping mults."""
+        """One row per parameter, for `muso params`: name, shape, role, m, init std, lr, weight-decay and
+        damping multipliers."""
         out = []
         for name, s in self.specs.items():
             row = {"name": name, "shape": list(s.shape), "role": s.role, "width_mult": s.width_mult,
-                   "init_std": self.init_std[name], "lr_mult": self.lr_mult[name]}
-            if self.optimizer in SECOND_ORDER:
+                   "init_std": self.init_std[name], "lr_mult": self.lr_mult[name],
+                   "wd_mult": self.weight_decay_mult[name]}
+            if self.damping_rule is not None:
                 damping = self.damping_mult.get(s.layer or "", {}) if not s.is_bias else {}
                 row["damping_rule"] = self.damping_rule
                 for k in DAMPING[self.optimizer][self.damping_rule]:
@@ -309,18 +369,25 @@ class Plan:
 
 
 def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, delta: nn.Module | None = None,
-              damping_rule: str = "auto", sigma: float = 1.0, readout_zero_init: bool = False,
-              power: float | None = None) -> Plan:
+              damping_rule: str = "auto", weight_decay_rule: str = "decoupled", decay_vectors: bool = False,
+              sigma: float = 1.0, readout_zero_init: bool = False, power: float | None = None) -> Plan:
     """Apply the table to ``model`` given the base-width ``base`` and a ``delta`` model (see infer_roles).
 
-    param: sp | mup | somup. optimizer: sgd | adam | kfac | shampoo. damping_rule: auto | constant | somup |
-    trace | pi (K-FAC) or relative (Shampoo). sigma: init std × √fan_in. power: the preconditioner's total inverse
-    power (Shampoo: 2 × exponent; default 1 for K-FAC, 1/2 for Shampoo).
+    param: sp | mup | somup. optimizer: a column of the table (OPTIMIZERS). damping_rule: auto or one of
+    DAMPING_RULES[optimizer]. weight_decay_rule: decoupled | coupled (WEIGHT_DECAY); decay_vectors: decay
+    biases and norm gains too. sigma: init std × √fan_in. power: the preconditioner's total inverse power when
+    the optimizer's hyperparameters set it (Shampoo: 2 × exponent).
     """
     if param not in PARAMS:
         raise ValueError(f"unknown parameterization {param!r}; use one of {', '.join(PARAMS)}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if weight_decay_rule not in WEIGHT_DECAY:
+        raise ValueError(f"unknown weight-decay rule {weight_decay_rule!r}; use one of {', '.join(WEIGHT_DECAY)}")
+    if delta is None and _same_shapes(model, base):
+        warnings.warn("make_plan: the model has the base width and no delta model was given, so no dimension "
+                      "is seen to scale and every parameter is treated as fixed (SP). Pass delta=<the same "
+                      "model at another width, e.g. on the meta device>.", UserWarning, stacklevel=2)
     rule = resolve_damping_rule(optimizer, param, damping_rule)
     specs = infer_roles(model, base, delta)
     lr_mult, init_std, damping = {}, {}, {}
@@ -334,7 +401,16 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
             init_std[name] = 0.0 if s.is_bias else None
         if rule is not None and s.layer is not None and not s.is_bias:
             damping[s.layer] = {k: m ** exps[s.role] for k, exps in DAMPING[optimizer][rule].items()}
-    return Plan(param=param, optimizer=optimizer, damping_rule=rule, sigma=sigma,
-                readout_zero_init=readout_zero_init, specs=specs, lr_mult=lr_mult, init_std=init_std,
-                damping_mult=damping)
+    if optimizer in LAYERWISE:  # a layer's bias moves with its weight
+        weights = {s.layer: n for n, s in specs.items() if s.layer is not None and not s.is_bias}
+        lr_mult.update({n: lr_mult[weights[s.layer]] for n, s in specs.items() if s.is_bias})
+    c = WEIGHT_DECAY[weight_decay_rule]
+    weight_decay = {n: lr_mult[n] ** c if len(s.shape) >= 2 or decay_vectors else 0.0 for n, s in specs.items()}
+    return Plan(param=param, optimizer=optimizer, damping_rule=rule, weight_decay_rule=weight_decay_rule,
+                sigma=sigma, readout_zero_init=readout_zero_init, specs=specs, lr_mult=lr_mult, init_std=init_std,
+                weight_decay_mult=weight_decay, damping_mult=damping)
 
+
+def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
+    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()}  # noqa: E731
+    return shapes(a) == shapes(b)

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import track
 from .config import UsageError, check_widths, to_container
-from .parametrize import PARAMS, SECOND_ORDER, resolve_damping_rule
+from .parametrize import PARAMS, is_damped, resolve_damping_rule
 
 SPEC, TRIALS, TRANSFER = "study.yaml", "trials.jsonl", "transfer.json"
 # Config sections and keys that do not change a trial's numbers: left out of its id.
@@ -270,10 +270,10 @@ def check_study(cfg: DictConfig) -> tuple[list[str], list[float], list[float | N
         raise UsageError("study.params", f"unknown parameterization(s) {bad or params}.",
                          f"use a list of {', '.join(PARAMS)}, e.g. study.params=[sp,somup].")
     lrs = parse_grid("study.lr", s.lr)
-    if s.damping is not None and cfg.optimizer.name not in SECOND_ORDER:
+    if s.damping is not None and not is_damped(cfg.optimizer.name):
         raise UsageError("study.damping", f"optimizer={cfg.optimizer.name} has no damping.",
                          "leave study.damping=null, or use optimizer=kfac / optimizer=shampoo.")
-    if cfg.optimizer.name in SECOND_ORDER:
+    if is_damped(cfg.optimizer.name):
         dampings: list[float | None] = parse_grid("study.damping",
                                                   cfg.optimizer.damping if s.damping is None else s.damping)
     else:

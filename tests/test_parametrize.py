@@ -1,6 +1,6 @@
 """The parameterization core: roles from shapes, and every cell of the SP / µP / second-order µP table.
 
-Expected values are written out here from ../shared/PARAMETERIZATION.md §3, independently of the table in
+Expected values are written out here from docs/parameterization.md, independently of the table in
 muso_cli/parametrize.py, with m = 4 (width 256 over base width 64).
 """
 from __future__ import annotations
@@ -118,7 +118,7 @@ LR_EXPECTED = {
 def test_lr_multipliers(param, optimizer):
     plan = plan_for(param, optimizer)
     got = by_role(plan, plan.lr_mult)
-    if optimizer in P.SECOND_ORDER:
+    if optimizer in P.LAYERWISE:
         del got[VEC]  # a layer's bias is preconditioned with its weight and takes its lr (next test)
     for role, value in got.items():
         assert value == pytest.approx(LR_EXPECTED[param, optimizer][role]), role
@@ -128,7 +128,7 @@ def test_second_order_groups_give_biases_their_weights_lr():
     plan = plan_for("somup", "shampoo")
     groups = plan.param_groups(mlp(256), lr=0.1)
     layer0 = next(g for g in groups if g.get("layer") == "layers.0")
-    assert layer0["names"] == ["layers.0.weight", "layers.0.bias"]
+    assert layer0["param_names"] == ["layers.0.weight", "layers.0.bias"]
     assert layer0["lr"] == pytest.approx(0.1 * M ** 0.5)
 
 
@@ -218,16 +218,67 @@ def test_auto_damping_rule(optimizer, param, rule):
 def test_everything_is_one_at_the_base_width():
     for param in P.PARAMS:
         for optimizer in P.OPTIMIZERS:
-            plan = P.make_plan(mlp(64), mlp(64, "meta"), param, optimizer)
+            plan = P.make_plan(mlp(64), mlp(64, "meta"), param, optimizer, delta=mlp(128, "meta"))
+            assert plan.specs["layers.1.weight"].role == HID  # the delta model tells the roles apart
             assert set(plan.lr_mult.values()) == {1.0}
             assert all(v == 1.0 for d in plan.damping_mult.values() for v in d.values())
+
+
+def test_base_width_without_a_delta_model_warns():
+    with pytest.warns(UserWarning, match="no delta model"):
+        plan = P.make_plan(mlp(64), mlp(64, "meta"), "somup", "kfac")
+    assert {s.role for s in plan.specs.values()} == {"fixed"}
+
+
+@pytest.mark.parametrize("optimizer", P.OPTIMIZERS)
+def test_identity_at_the_base_width_is_the_same_for_every_parameterization(optimizer):
+    """At m = 1 the parameterizations coincide: one run serves them all (an adaptive damping rule still counts)."""
+    ids = {param: P.identity(optimizer, param, at_base_width=True) for param in P.PARAMS}
+    assert len({tuple(i.items()) for i in ids.values()}) == 1
+    wider = {param: P.identity(optimizer, param, at_base_width=False) for param in P.PARAMS}
+    assert len({tuple(i.items()) for i in wider.values()}) == 3
+    if P.is_damped(optimizer):
+        rule = "trace" if optimizer == "kfac" else "relative"
+        assert P.identity(optimizer, "somup", damping_rule=rule, at_base_width=True)["damping_rule"] == rule
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weight decay: λ_layer = λ·m^(c·e_lr); decoupled (c = −1) keeps lr_layer·λ_layer = η·λ, coupled (c = 0) keeps λ.
+
+@pytest.mark.parametrize("param, optimizer", sorted(LR_EXPECTED))
+def test_decoupled_weight_decay_keeps_lr_times_decay_fixed(param, optimizer):
+    plan = plan_for(param, optimizer)
+    groups = plan.param_groups(mlp(256), lr=0.1, weight_decay=0.01)
+    for g in groups:
+        if g["params"][0].dim() >= 2:
+            assert g["lr"] * g["weight_decay"] == pytest.approx(0.1 * 0.01), g["param_names"]
+        else:  # biases outside layer groups: not decayed by default
+            assert g["weight_decay"] == 0.0, g["param_names"]
+        assert g.get("bias_weight_decay", 0.0) == 0.0
+
+
+def test_coupled_weight_decay_and_decayed_vectors():
+    plan = plan_for("mup", "adam", weight_decay_rule="coupled", decay_vectors=True)
+    groups = {g["param_names"][0]: g for g in plan.param_groups(mlp(256), lr=0.1, weight_decay=0.01)}
+    assert {g["weight_decay"] for g in groups.values()} == {0.01}
+    assert groups["layers.1.weight"]["lr"] == pytest.approx(0.1 / M)
+    layer = {g["layer"]: g for g in plan_for("mup", "kfac", decay_vectors=True).param_groups(
+        mlp(256), lr=0.1, weight_decay=0.01) if "layer" in g}
+    assert layer["layers.0"]["bias_weight_decay"] == pytest.approx(0.01 / M)  # the bias moves with its weight
+    assert "weight_decay" not in plan.param_groups(mlp(256), lr=0.1)[0]  # no λ given: the optimizer's own
+
+
+def test_layer_groups_carry_the_damping_rule():
+    groups = [g for g in plan_for("somup", "kfac").param_groups(mlp(256), lr=0.1) if "layer" in g]
+    assert {g["damping_rule"] for g in groups} == {"somup"}
+    assert all("damping_rule" not in g for g in plan_for("somup", "sgd").param_groups(mlp(256), lr=0.1))
 
 
 def test_first_order_param_groups_one_per_parameter():
     plan = plan_for("mup", "sgd")
     groups = plan.param_groups(mlp(256), lr=0.5, weight_decay=0.0)
     assert len(groups) == 6 and all(len(g["params"]) == 1 for g in groups)
-    lrs = {g["names"][0]: g["lr"] for g in groups}
+    lrs = {g["param_names"][0]: g["lr"] for g in groups}
     assert lrs["layers.0.weight"] == pytest.approx(0.5 * M) and lrs["layers.2.weight"] == pytest.approx(0.5 / M)
     opt = torch.optim.SGD(groups, lr=0.5)  # torch accepts the extra keys
     assert opt.param_groups[0]["role"] == IN
