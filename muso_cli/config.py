@@ -14,30 +14,9 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import UsageError, UsageErrors
+
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # a link to the repository's conf/ (packaged with it)
-
-
-class UsageError(Exception):
-    """Bad input from the user: names the offending key and says how to fix it (exit status 2)."""
-
-    def __init__(self, key: str, problem: str, fix: str = ""):
-        self.key, self.problem, self.fix = key, problem, fix
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        text = f"{self.key}: {self.problem}"
-        return f"{text} Fix: {self.fix}" if self.fix else text
-
-
-class UsageErrors(UsageError):
-    """Several problems found at once; printed one per line."""
-
-    def __init__(self, errors: Sequence[UsageError]):
-        self.errors = list(errors)
-        Exception.__init__(self, str(self))
-
-    def __str__(self) -> str:
-        return "\n".join(str(e) for e in self.errors)
 
 
 def group_options(group: str, config_dir: Path = CONF_DIR) -> list[str]:
@@ -158,17 +137,8 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
     add(_one_of(cfg, "param.name", PARAMS))
     add(_positive(cfg, "param.sigma"))
     opt = cfg.optimizer.get("name")
-    if opt not in optim.BUILDERS:
-        add(UsageError("optimizer.name", f"unknown optimizer {opt!r}.", f"use one of {', '.join(optim.BUILDERS)}."))
-    else:
-        for key, kw in optim.CHECKS[opt].items():
-            add(_positive(cfg, f"optimizer.{key}", **kw))
-        for key, choices in optim.CHOICES.get(opt, {}).items():
-            add(_one_of(cfg, f"optimizer.{key}", choices))
-    for key, example in (("momentum", 0.9), ("ema_decay", 0.95)):  # decay rates: in [0, 1)
-        value = cfg.optimizer.get(key)
-        if _is_number(value) and not 0 <= value < 1:
-            add(UsageError(f"optimizer.{key}", f"must be in [0, 1), got {value}.", f"e.g. optimizer.{key}={example}."))
+    if opt not in optim.REGISTRY:
+        add(UsageError("optimizer.name", f"unknown optimizer {opt!r}.", f"use one of {', '.join(optim.REGISTRY)}."))
     add(_positive(cfg, "train.steps", integer=True, optional=True))
     add(_positive(cfg, "train.epochs"))
     add(_positive(cfg, "train.batch_size", integer=True))
@@ -193,7 +163,9 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
     errors = [e for e in errors if e is not None]
     if not errors:  # model and data must fit together (e.g. a CNN needs images): build it for free on meta
         try:
-            models.build(cfg.model, *data_mod.spec(cfg.data), width=cfg.model.base_width, device="meta")
+            from .train import build_model_and_plan
+            model, plan = build_model_and_plan(cfg, *data_mod.spec(cfg.data), device="meta")
+            errors += optim.check(cfg.optimizer, model, plan, cfg.train.loss)
         except UsageError as e:
             errors.append(e)
     if check_data and not errors:

@@ -165,7 +165,7 @@ def build_model_and_plan(cfg: DictConfig, input_shape, num_classes: int, width: 
     opt = cfg.optimizer
     plan = make_plan(model, base, cfg.param.name, opt.name, delta=delta, damping_rule=opt.get("damping_rule", "auto"),
                      sigma=cfg.param.sigma, readout_zero_init=cfg.param.readout_zero_init,
-                     power=optim.preconditioner_power(opt))
+                     power=optim.power(opt))
     plan.init_(model, torch.Generator().manual_seed(int(cfg.seed)))
     return model.to(device), plan
 

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from conftest import needs_fmnist
 from muso_cli import data
-from muso_cli.config import UsageError, compose
+from muso_cli.config import compose
+from muso_cli.errors import UsageError
 
 
 def write_idx(path, array: np.ndarray, gz: bool) -> None:

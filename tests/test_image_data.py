@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from muso_cli import data
 from muso_cli.cli import main
-from muso_cli.config import UsageError, compose, validate
+from muso_cli.config import compose, validate
+from muso_cli.errors import UsageError
 from muso_cli.track import read_json
 from test_data import write_idx
 

@@ -61,7 +61,7 @@ def test_a_failing_run_writes_a_failed_result_and_exits_1(tmp_path, monkeypatch)
     def boom(*a, **k):
         raise RuntimeError("out of cheese")
 
-    monkeypatch.setattr(train.optim, "build", boom)
+    monkeypatch.setattr(train, "evaluate", boom)  # inside the training loop (validation builds the optimizer too)
     out = tmp_path / "f"
     assert main(["run", *FAST, f"hydra.run.dir={out}"]) == 1
     result = read_json(out / "result.json")

@@ -15,7 +15,8 @@ import pytest
 
 from muso_cli import track
 from muso_cli.cli import main
-from muso_cli.config import UsageError, compose, to_container
+from muso_cli.config import compose, to_container
+from muso_cli.errors import UsageError
 from muso_cli.study import Study, parse_grid, trial_id, with_values
 from wandb_records import offline_run
 

@@ -10,7 +10,7 @@ import importlib
 import torch
 from torch import nn
 
-from ..config import UsageError
+from ..errors import UsageError
 
 # model name → module implementing build(cfg, input_shape, num_classes, width) and check(cfg)
 REGISTRY = {

@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from ..config import UsageError
+from ..errors import UsageError
 
 
 class CNN(nn.Sequential):

@@ -1,74 +1,118 @@
-"""Optimizers: torch's SGD/Adam, and muso's K-FAC and Shampoo, built from the config and a parameterization plan.
+"""The optimizers muso builds: one registry entry each (torch's SGD and AdamW, muso's K-FAC and Shampoo).
 
-Each builder receives the optimizer config node, the model, the plan (per-layer lr and damping multipliers)
-and the training loss (K-FAC's MC Fisher samples from the matching predictive distribution).
+An entry knows how to build its optimizer from the optimizer config node, the model, the parameterization
+plan (per-layer lr, weight-decay and damping multipliers) and the training loss, and which of its config keys
+set the preconditioner's power for the plan's lr rule. Its checks are the optimizer's own: :func:`check`
+builds it (on the meta model validation already has) and turns the constructor's ValueError into a
+UsageError naming the config key. Adding an optimizer means: its module, its entry here, its column in the
+table (muso_cli.parametrize), its YAML under conf/optimizer/, and its tests.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..parametrize import DAMPING_RULES, Plan
-from .kfac import FISHERS, INVERSES, KFAC
-from .shampoo import EIGH_DTYPES, GRAFTING, STATISTICS, Shampoo
+from ..errors import HyperparameterError, UsageError, check_positive
+from ..parametrize import Plan
+from .kfac import KFAC
+from .shampoo import Shampoo
+
+# Keys of an optimizer config node that are not constructor arguments: the name, and what the plan reads
+# (the plan resolves damping_rule and writes it into the groups itself).
+PLAN_KEYS = ("name", "damping_rule")
 
 
 def _sgd(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimizer:
-    groups = plan.param_groups(model, cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(plan.param_groups(model, cfg.lr, weight_decay=cfg.weight_decay), lr=cfg.lr,
+                           momentum=cfg.momentum, nesterov=bool(cfg.nesterov) and cfg.momentum > 0)
 
 
-def _adam(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimizer:
-    groups = plan.param_groups(model, cfg.lr)
-    cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
-    return cls(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+def _adamw(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimizer:
+    # AdamW with weight decay 0 is Adam, step for step; the groups carry the plan's width-aware decay
+    return torch.optim.AdamW(plan.param_groups(model, cfg.lr, weight_decay=cfg.weight_decay), lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
 def _kfac(cfg, model: nn.Module, plan: Plan, loss: str) -> KFAC:
-    return KFAC(model, plan.param_groups(model, cfg.lr), lr=cfg.lr, momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay, damping=cfg.damping, damping_rule=plan.damping_rule,
-                ema_decay=cfg.ema_decay, curvature_interval=cfg.curvature_interval,
+    # TODO(optim-house): one signature for both, cls(groups, model=model, loss=loss, **options)
+    groups = plan.param_groups(model, cfg.lr, weight_decay=cfg.weight_decay)
+    return KFAC(model, groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, damping=cfg.damping,
+                damping_rule=plan.damping_rule, ema_decay=cfg.ema_decay, curvature_interval=cfg.curvature_interval,
                 inverse_interval=cfg.inverse_interval, fisher=cfg.fisher, loss=loss, inverse=cfg.inverse,
                 lowrank=cfg.lowrank)
 
 
 def _shampoo(cfg, model: nn.Module, plan: Plan, loss: str) -> Shampoo:
-    return Shampoo(plan.param_groups(model, cfg.lr), lr=cfg.lr, momentum=cfg.momentum,
-                   weight_decay=cfg.weight_decay, damping=cfg.damping, damping_rule=plan.damping_rule,
-                   exponent=cfg.exponent, statistics=cfg.statistics, ema_decay=cfg.ema_decay,
-                   statistics_interval=cfg.statistics_interval, inverse_interval=cfg.inverse_interval,
-                   grafting=cfg.grafting, eigh_dtype=cfg.eigh_dtype, model=model, lowrank=cfg.lowrank)
+    groups = plan.param_groups(model, cfg.lr, weight_decay=cfg.weight_decay)
+    return Shampoo(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, damping=cfg.damping,
+                   damping_rule=plan.damping_rule, exponent=cfg.exponent, statistics=cfg.statistics,
+                   ema_decay=cfg.ema_decay, statistics_interval=cfg.statistics_interval,
+                   inverse_interval=cfg.inverse_interval, grafting=cfg.grafting, eigh_dtype=cfg.eigh_dtype,
+                   model=model, lowrank=cfg.lowrank)
 
 
-BUILDERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"sgd": _sgd, "adam": _adam, "kfac": _kfac,
-                                                             "shampoo": _shampoo}
-# Validation of each optimizer's config keys (muso_cli.config.validate): key → options of the check
-# (> 0 by default; allow_zero: ≥ 0; integer: an int), and keys restricted to a set of choices.
-CHECKS: dict[str, dict[str, dict]] = {
-    "sgd": {"lr": {}, "momentum": {"allow_zero": True}, "weight_decay": {"allow_zero": True}},
-    "adam": {"lr": {}, "eps": {}, "weight_decay": {"allow_zero": True}},
-    "kfac": {"lr": {}, "damping": {}, "momentum": {"allow_zero": True}, "weight_decay": {"allow_zero": True},
-             "ema_decay": {"allow_zero": True}, "curvature_interval": {"integer": True},
-             "inverse_interval": {"integer": True}},
-    "shampoo": {"lr": {}, "damping": {}, "momentum": {"allow_zero": True}, "weight_decay": {"allow_zero": True},
-                "exponent": {}, "ema_decay": {"allow_zero": True}, "statistics_interval": {"integer": True},
-                "inverse_interval": {"integer": True}},
-}
-CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
-    "kfac": {"damping_rule": ("auto", *DAMPING_RULES["kfac"]), "fisher": FISHERS, "inverse": INVERSES},
-    "shampoo": {"damping_rule": ("auto", *DAMPING_RULES["shampoo"]), "statistics": STATISTICS,
-                "grafting": GRAFTING, "eigh_dtype": tuple(EIGH_DTYPES)},
+@dataclass(frozen=True)
+class Entry:
+    """One optimizer muso can build.
+
+    build(cfg, model, plan, loss) → the optimizer. power(cfg): the preconditioner's total inverse power when a
+    hyperparameter sets it (Shampoo: 2·exponent), else None (the table's own). torch_errors: fragments of
+    torch's ValueError messages → the config key they are about (torch's optimizers raise plain ValueErrors).
+    """
+
+    build: Callable[..., torch.optim.Optimizer]
+    power: Callable[..., float | None] = lambda cfg: None
+    torch_errors: dict[str, str] = field(default_factory=dict)
+
+
+_TORCH_ERRORS = {"learning rate": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
+                 "epsilon": "eps", "beta parameter at index 0": "beta1", "beta parameter at index 1": "beta2",
+                 "Nesterov": "nesterov"}
+
+REGISTRY: dict[str, Entry] = {
+    "sgd": Entry(_sgd, torch_errors=_TORCH_ERRORS),
+    "adam": Entry(_adamw, torch_errors=_TORCH_ERRORS),
+    "kfac": Entry(_kfac),
+    "shampoo": Entry(_shampoo, power=lambda cfg: 2.0 * cfg.exponent),
 }
 
 
 def build(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> torch.optim.Optimizer:
     """The optimizer ``cfg.name`` over ``model`` with the plan's per-layer multipliers."""
-    return BUILDERS[cfg.name](cfg, model, plan, loss)
+    return REGISTRY[cfg.name].build(cfg, model, plan, loss)
 
 
-def preconditioner_power(cfg) -> float | None:
-    """Total inverse power of a second-order optimizer's preconditioner (None: the table's default)."""
-    return 2.0 * cfg.exponent if cfg.name == "shampoo" and "exponent" in cfg else None
+def power(cfg) -> float | None:
+    """Total inverse power of the preconditioner set by ``cfg``'s hyperparameters (None: the table's)."""
+    return REGISTRY[cfg.name].power(cfg)
+
+
+def check(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> list[UsageError]:
+    """Build the optimizer on ``model`` (the meta model costs nothing) and report what its constructor refuses,
+    as UsageErrors naming ``optimizer.<key>``. Unknown keys (``+optimizer.foo=1``) are refused too.
+
+    The base learning rate must be > 0 for every optimizer (torch accepts 0; a study of lr 0 learns nothing)."""
+    bad_lr = check_positive("optimizer.lr", cfg.get("lr"))
+    if bad_lr:
+        return [bad_lr]
+    try:
+        build(cfg, model, plan, loss)
+    except HyperparameterError as e:
+        return [UsageError(f"optimizer.{e.key}", e.problem, e.fix or f"see conf/optimizer/{cfg.name}.yaml.")]
+    except TypeError as e:
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if not m:
+            raise
+        return [UsageError(f"optimizer.{m.group(1)}", f"is not an option of optimizer={cfg.name}.",
+                           f"remove it; the options are in conf/optimizer/{cfg.name}.yaml.")]
+    except ValueError as e:
+        key = next((k for fragment, k in REGISTRY[cfg.name].torch_errors.items() if fragment in str(e)), "name")
+        return [UsageError(f"optimizer.{key}", f"{e}.", f"see conf/optimizer/{cfg.name}.yaml.")]
+    return []
+
+
+__all__ = ["KFAC", "REGISTRY", "Entry", "Shampoo", "build", "check", "power"]
