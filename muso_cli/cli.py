@@ -15,7 +15,9 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import CONF_DIR, UsageError, check_widths, compose, validate
+from .config import CONF_DIR, compose, to_container
+from .errors import UsageError, widths as check_widths
+from .validate import validate
 
 USAGE = """usage: muso <command> [overrides ...]
 
@@ -133,13 +135,14 @@ def _run_task(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from . import train
+    from .stop import Interrupted, graceful_stop
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     validate(cfg)
     try:
-        with train.graceful_stop():
+        with graceful_stop():
             result = train.run(cfg, out_dir, quiet=not cfg.train.progress)
-    except train.Interrupted:
+    except Interrupted:
         print(f"muso run: interrupted; a checkpoint is in {out_dir}. Resume with: muso run <same overrides> "
               f"hydra.run.dir={out_dir}", file=sys.stderr)
         raise
@@ -173,7 +176,7 @@ def cmd_params(args: list[str]) -> int:
                 lambda p: p.add_argument("--json", action="store_true", help="print JSON instead of a table"))
     cfg = compose_valid(ns.overrides, check_data=False)
     from . import data as data_mod
-    from .train import build_model_and_plan
+    from .setup import build_model_and_plan
 
     input_shape, num_classes = data_mod.spec(cfg.data)
     _, plan = build_model_and_plan(cfg, input_shape, num_classes)
@@ -201,19 +204,10 @@ def cmd_coord_check(args: list[str]) -> int:
                 lambda p: p.add_argument("--strict", action="store_true",
                                          help="exit 1 unless every hidden Δh and the output Δf are flat"))
     cfg = compose_valid(ns.overrides)
-    c = cfg.coord
-    widths = check_widths("coord.widths", c.widths, at_least=2)
-    for key in ("steps", "batch_size", "seeds"):
-        if not (isinstance(c[key], int) and c[key] >= 1):
-            raise UsageError(f"coord.{key}", f"must be a positive integer, got {c[key]!r}.", f"e.g. coord.{key}=3.")
-    if not (isinstance(c.tolerance, (int, float)) and c.tolerance > 0):
-        raise UsageError("coord.tolerance", f"must be > 0, got {c.tolerance!r}.", "e.g. coord.tolerance=0.15.")
     from . import coord
 
-    fit_from = coord.fit_from_width(cfg)
-    if sum(w >= fit_from for w in widths) < 2:
-        raise UsageError("coord.fit_from", f"leaves fewer than 2 widths ≥ {fit_from:g} to fit slopes "
-                         f"(widths {widths}).", "add wider widths, or set coord.fit_from to a smaller width.")
+    widths = coord.check(cfg)
+    c = cfg.coord
     out = Path(c.out or f"outputs/coord/{cfg.param.name}-{cfg.optimizer.name}-{_timestamp()}")
     print(f"coord-check: {cfg.model.name}, {cfg.optimizer.name} lr={cfg.optimizer.lr}, param={cfg.param.name}, "
           f"widths {widths}, {c.steps} steps, batch {c.batch_size}", file=sys.stderr)
@@ -242,7 +236,7 @@ def _study_overrides(overrides: list[str]) -> list[str]:
     return overrides
 
 
-def _print_plan(study_path, trials, study_mod) -> None:
+def _print_plan(study_path, trials) -> None:
     import pandas as pd
 
     df = pd.DataFrame([{"param": t.param, "width": t.width, "lr": t.lr, "damping": t.damping, "seed": t.seed}
@@ -267,7 +261,7 @@ def _plan_flags(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
 
 def _launch_and_summarise(study, trials, cfg, no_launch: bool = False) -> int:
     from .launch import launch
-    from .train import Interrupted
+    from .stop import Interrupted
 
     if no_launch:
         print(f"trials written, none launched. Run them with e.g.\n  sbatch --array=$(muso status {study.path} "
@@ -288,23 +282,22 @@ def cmd_sweep(args: list[str]) -> int:
     ns = _parse("sweep", args, "Grid of learning rate × damping (× seeds) per parameterization at the base width "
                 "(and at study.widths); resumable: finished trials are skipped, failed ones retried.",
                 lambda p: _plan_flags(p, "print the plan and its size"))
-    from . import study as S
-    from .config import to_container
+    from . import study as study_mod
 
     overrides = _study_overrides(ns.overrides)
     cfg = compose_valid(overrides)
-    params = S.check_study(cfg)[0]
-    param_configs = {p: to_container(compose_valid([*overrides, f"param={p}"])) for p in params}
-    trials = S.plan_sweep(cfg, param_configs)
-    study = S.Study(Path(cfg.study.root) / S.study_name(cfg))
+    grid = study_mod.check(cfg)
+    param_configs = {p: to_container(compose_valid([*overrides, f"param={p}"])) for p in grid.params}
+    trials = study_mod.plan_sweep(cfg, param_configs)
+    study = study_mod.Study(Path(cfg.study.root) / study_mod.study_name(cfg))
     if ns.dry_run:
-        _print_plan(study.path, trials, S)
+        _print_plan(study.path, trials)
         done = sum(1 for t in trials if study.path.exists() and study.status(t) in ("ok", "diverged"))
         print(f"{done} of them finished already; {len(trials) - done} to run (launcher={cfg.launcher.name})")
         return 0
-    study = S.open_or_create(cfg, overrides)
+    study = study_mod.open_or_create(cfg, overrides)
     trials = study.add(trials)
-    _print_plan(study.path, trials, S)
+    _print_plan(study.path, trials)
     return _launch_and_summarise(study, trials, cfg, ns.no_launch)
 
 
@@ -317,21 +310,31 @@ def cmd_transfer(args: list[str]) -> int:
     ns = _parse("transfer", args, "Pick each parameterization's best (lr, damping) at the base width from a sweep "
                 "and train it at study.widths.",
                 lambda p: _plan_flags(p, "print the choice and the plan"), positionals=[STUDY_ARG])
-    from . import study as S
+    from . import study as study_mod
 
     study = _open_study(ns.study)
-    spec = study.spec()
-    cfg = compose_valid([*spec["overrides"], *_study_overrides(ns.overrides)])
-    S.check_same_base(study, cfg)
+    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides)])
+    study_mod.check_same_base(study, cfg)
     if cfg.study.widths is None:
         raise UsageError("study.widths", "transfer needs the target widths.", "e.g. study.widths=[256,1024,2048].")
     widths = check_widths("study.widths", cfg.study.widths, minimum=cfg.model.base_width)
-    seeds = S.check_study(cfg)[3]
-    best = S.select_best(study, cfg.study.metric, cfg.model.base_width)
-    missing = [p for p in S.check_study(cfg)[0] if p not in best]
+    grid = study_mod.check(cfg)
+    best = study_mod.select_best(study, cfg.study.metric, cfg.model.base_width)
     if not best:
         raise UsageError("study", f"{study.path} has no finished sweep trial at the base width "
                          f"{cfg.model.base_width}.", f"run `muso sweep` first (or finish it: muso status {study.path}).")
+    _print_best(best, cfg, [p for p in grid.params if p not in best])
+    planned = study_mod.plan_transfer(study, best, widths, grid.seeds, runtime=to_container(cfg))
+    if ns.dry_run:
+        _print_plan(study.path, planned)
+        return 0
+    trials = study.add(planned)
+    study.record_transfers(best, trials, widths)
+    _print_plan(study.path, trials)
+    return _launch_and_summarise(study, trials, cfg, ns.no_launch)
+
+
+def _print_best(best: dict, cfg, missing: list[str]) -> None:
     print(f"best setting at base width {cfg.model.base_width} by final {cfg.study.metric}:")
     for param, b in best.items():
         damping = "" if b["damping"] is None else f" damping={b['damping']:.3g}"
@@ -339,30 +342,6 @@ def cmd_transfer(args: list[str]) -> int:
         print(f"  {param:>6}: lr={b['lr']:.4g}{damping}  {cfg.study.metric}={b['value']:.4f}{partial}")
     if missing:
         print(f"  no finished trials for {', '.join(missing)}: not transferred", file=sys.stderr)
-    runtime = to_container_runtime(cfg)
-    planned = [t for t in S.plan_transfer(study, best, widths, seeds)]
-    for t in planned:
-        t.config = S.with_runtime(t.config, runtime)
-    if ns.dry_run:
-        _print_plan(study.path, planned, S)
-        return 0
-    trials = study.add(planned)
-    transfers = study.transfers()
-    for param, b in best.items():
-        ids = [t.id for t in trials if t.param == param]
-        old = transfers.get(param, {})
-        if (old.get("lr"), old.get("damping")) != (b["lr"], b["damping"]):
-            old = {}
-        transfers[param] = {**b, "widths": sorted(set(old.get("widths", [])) | set(widths)),
-                            "transfer_trials": list(dict.fromkeys(old.get("transfer_trials", []) + ids))}
-    study.write_transfers(transfers)
-    _print_plan(study.path, trials, S)
-    return _launch_and_summarise(study, trials, cfg, ns.no_launch)
-
-
-def to_container_runtime(cfg) -> dict:
-    from .config import to_container
-    return to_container(cfg)
 
 
 def cmd_status(args: list[str]) -> int:
@@ -415,7 +394,7 @@ def cmd_run_trial(args: list[str]) -> int:
         raise UsageError("overrides", f"run-trial takes no overrides (got {' '.join(ns.overrides)}).",
                          "a trial runs with the config stored in its study's trials.jsonl.")
     from .launch import SLURM_STOP_SIGNALS, requeue_self, run_trial
-    from .train import Interrupted, graceful_stop
+    from .stop import Interrupted, graceful_stop
 
     study = _open_study(ns.study)
     trial = study.trial(ns.index)
@@ -440,10 +419,8 @@ def cmd_report(args: list[str]) -> int:
 
     study = _open_study(ns.study)
     cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides)], check_data=False)
-    from .study import METRICS
-    if cfg.study.metric not in METRICS:
-        raise UsageError("study.metric", f"must be one of {', '.join(METRICS)}, got {cfg.study.metric!r}.",
-                         "e.g. study.metric=test_acc.")
+    from .study import check_metric
+    check_metric(cfg.study.metric)
     out = Path(ns.out) if ns.out else study.path / "report"
     res = report.build(study, out, cfg.study.metric, cfg.model.base_width)
     skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)

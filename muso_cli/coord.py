@@ -4,7 +4,7 @@ For each width, from the same seed, take ``steps`` optimizer steps on one fixed 
 Conv2d layer, the RMS over all coordinates of its pre-activation h (the layer's output) and of its change
 Δh = h_t − h_0 from initialisation, both measured on that batch. The readout's output is the network output f,
 so its Δh is Δf. Fit the slope of log2(RMS) against log2(width): a parameterization is right when every hidden
-Δh and the output Δf are flat (|slope| ≲ 0.15), ../shared/PARAMETERIZATION.md §5. Widths near the base width
+Δh and the output Δf are flat (|slope| ≲ 0.15), docs/parameterization.md. Widths near the base width
 suffer finite-size effects, so slopes are fitted from ``fit_from`` (default 4 × base width) upward, and the
 slope from the base width is reported beside them.
 """
@@ -23,7 +23,10 @@ from . import data as data_mod
 from . import optim
 from .parametrize import LAYER_TYPES
 from .plots import pyplot
-from .train import LOSSES, build_model_and_plan, resolve_device
+from .errors import UsageError, check_positive, raise_all
+from .errors import widths as check_widths
+from .losses import LOSSES
+from .setup import build_model_and_plan, resolve_device
 
 COLUMNS = ["width", "layer", "role", "step", "metric", "value"]
 
@@ -53,7 +56,7 @@ def measure_width(cfg: DictConfig, width: int, steps: int, x: torch.Tensor, y: t
     model, plan = build_model_and_plan(cfg, input_shape, num_classes, width, device)
     roles = {s.layer: s.role for s in plan.specs.values() if s.layer is not None and not s.is_bias}
     optimizer = optim.build(cfg.optimizer, model, plan, cfg.train.loss)
-    loss_fn = LOSSES[cfg.train.loss]
+    loss_fn = LOSSES[cfg.train.loss].value
     model.train()
     h0 = _layer_outputs(model, x)
     rows = [dict(width=width, layer=n, role=roles[n], step=0, metric="h", value=_rms(h)) for n, h in h0.items()]
@@ -141,6 +144,20 @@ def plot(df: pd.DataFrame, path: Path, title: str, fit_from: float | None = None
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def check(cfg: DictConfig) -> list[int]:
+    """The coordinate check's keys (``coord.*``); returns the widths, or raises UsageError naming the key."""
+    c = cfg.coord
+    widths = check_widths("coord.widths", c.widths, at_least=2)
+    raise_all([*(check_positive(f"coord.{key}", c[key], integer=True) for key in ("steps", "batch_size", "seeds")),
+               check_positive("coord.tolerance", c.tolerance),
+               check_positive("coord.fit_from", c.fit_from, optional=True)])
+    fit_from = fit_from_width(cfg)
+    if sum(w >= fit_from for w in widths) < 2:
+        raise UsageError("coord.fit_from", f"leaves fewer than 2 widths ≥ {fit_from:g} to fit slopes "
+                         f"(widths {widths}).", "add wider widths, or set coord.fit_from to a smaller width.")
+    return widths
 
 
 def fit_from_width(cfg: DictConfig) -> float:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UsageError
+from .errors import UsageError, check_one_of, check_positive
 
 SYSTEM_ROOTS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 IDX_FILES = {
@@ -354,11 +354,21 @@ REGISTRY: dict[str, Source] = {
 }
 
 
-def check_available(cfg) -> None:
-    """Raise UsageError (naming the key and how to get the files) when ``cfg`` cannot be loaded."""
-    REGISTRY[cfg.name].check(cfg)
+def check(cfg, *, files: bool = True) -> list[UsageError | None]:
+    """Problems with the ``data.*`` keys; with ``files``, also whether the dataset can be loaded (the error names
+    the key and how to get the files)."""
+    if cfg.name not in REGISTRY:
+        return [check_one_of("data.name", cfg.name, REGISTRY)]
+    problems = [check_positive("data.n_train", cfg.get("n_train"), integer=True, optional=True),
+                check_positive("data.n_test", cfg.get("n_test"), integer=True, optional=True)]
     if cfg.get("augment") and REGISTRY[cfg.name].augment is None:
-        raise UsageError("data.augment", f"{cfg.name} has no augmentation.", "set data.augment=false.")
+        problems.append(UsageError("data.augment", f"{cfg.name} has no augmentation.", "set data.augment=false."))
+    if files and not any(problems):
+        try:
+            REGISTRY[cfg.name].check(cfg)
+        except UsageError as e:
+            problems.append(e)
+    return problems
 
 
 def spec(cfg) -> tuple[tuple[int, ...], int]:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import track, train
+from . import stop, track, train
 from .study import Study, Trial
 
 
@@ -70,7 +70,7 @@ def pending(study: Study, trials: list[Trial]) -> list[Trial]:
 
 
 def _local(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progress) -> None:
-    with train.graceful_stop():
+    with stop.graceful_stop():
         for trial in trials:
             progress.update(trial, run_trial(study, trial))
 
@@ -100,19 +100,15 @@ def _worker_init(slots, threads: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, _request_stop)
+        signal.signal(signum, stop.request_stop)
     import torch
     torch.set_num_threads(threads)
 
 
-def _request_stop(signum, frame) -> None:
-    train.STOP.signum = signum
-
-
 def _worker_run(study_path: str, index: int) -> dict:
     """A trial in a worker: it checkpoints at the next step once a stop is requested; queued ones never start."""
-    if train.STOP.signum is not None:
-        raise train.Interrupted("stop requested before the trial started")
+    if stop.STOP.signum is not None:
+        raise stop.Interrupted("stop requested before the trial started")
     study = Study(study_path)
     return run_trial(study, study.trial(index))
 
@@ -136,7 +132,7 @@ def _pool(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progres
     for slot in slots:
         queue.put(slot)
     todo = list(trials)
-    with train.graceful_stop():
+    with stop.graceful_stop():
         while todo:
             with ProcessPoolExecutor(len(slots), mp_context=ctx, initializer=_worker_init,
                                      initargs=(queue, threads)) as pool:
@@ -150,11 +146,11 @@ def _pool(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progres
                             progress.update(trial, future.result())
                         except BrokenProcessPool:
                             todo.append(trial)  # its worker (or a neighbour) died: decided below
-                        except train.Interrupted:
+                        except stop.Interrupted:
                             pass
-                    if train.STOP.signum is not None:
+                    if stop.STOP.signum is not None:
                         _stop_workers(pool, futures)
-                        raise train.Interrupted(f"stopped by signal {train.STOP.signum}")
+                        raise stop.Interrupted(f"stopped by signal {stop.STOP.signum}")
             todo = _after_crash(study, todo, progress)
             for slot in slots:  # the next pool's workers take their slots afresh
                 queue.put(slot)
@@ -245,11 +241,11 @@ class SlurmTask:
     def __call__(self, indices: list[int]) -> list[str]:
         study = Study(self.study_path)
         statuses = []
-        with train.graceful_stop(SLURM_STOP_SIGNALS):
+        with stop.graceful_stop(SLURM_STOP_SIGNALS):
             for index in indices:
                 try:
                     statuses.append(run_trial(study, study.trial(index))["status"])
-                except train.Interrupted:
+                except stop.Interrupted:
                     requeue_self(self.max_requeue)
         return statuses
 
@@ -285,7 +281,7 @@ def _follow(study: Study, trials: list[Trial], job_ids: list[str], poll_s: float
     import subprocess
 
     seen: set[str] = set()
-    with train.graceful_stop():
+    with stop.graceful_stop():
         while True:
             for t in trials:
                 result = study.result(t) if t.id not in seen else None
@@ -301,10 +297,10 @@ def _follow(study: Study, trials: list[Trial], job_ids: list[str], poll_s: float
                 print(f"the Slurm jobs ended with {missing} trials unfinished (see the logs in "
                       f"{study.path / 'slurm'}); run the same command again to retry them", file=sys.stderr)
                 return
-            if train.STOP.signum is not None:
+            if stop.STOP.signum is not None:
                 print(f"stopped watching; jobs {', '.join(job_ids)} keep running (muso status {study.path}; "
                       f"scancel {' '.join(job_ids)} to stop them)", file=sys.stderr)
-                raise train.Interrupted("stopped watching the Slurm jobs")
+                raise stop.Interrupted("stopped watching the Slurm jobs")
             time.sleep(poll_s)
 
 
@@ -315,7 +311,7 @@ LAUNCHERS: dict[str, Callable[[Study, list[Trial], DictConfig, Progress], None]]
 def launch(study: Study, trials: list[Trial], lcfg: DictConfig) -> Counter:
     """Run the unfinished ``trials`` with the launcher ``lcfg.name``; return counts of their statuses.
 
-    Raises train.Interrupted when stopped (finished results are kept; the rest resume on the next launch).
+    Raises stop.Interrupted when stopped (finished results are kept; the rest resume on the next launch).
     """
     todo = pending(study, trials)
     runs = len({t.id for t in trials})

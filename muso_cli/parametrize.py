@@ -301,12 +301,13 @@ class Plan:
     damping_mult: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def init_(self, model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
-        """Initialise ``model`` in place: weights N(0, init_std²), Linear/Conv biases 0, others untouched."""
+        """Initialise ``model`` in place: weights N(0, init_std²), Linear/Conv biases 0, others untouched
+        (tensors on the meta device have no values: nothing is drawn for them)."""
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, spec in self.specs.items():
                 p, std = params[name], self.init_std[name]
-                if std is None:
+                if std is None or p.is_meta:
                     continue
                 if std == 0.0:
                     p.zero_()

@@ -28,8 +28,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from . import track
-from .config import UsageError, check_widths, to_container
-from .parametrize import PARAMS, is_damped, resolve_damping_rule
+from .config import to_container
+from .errors import UsageError, is_int, widths as check_widths
+from .parametrize import PARAMS, identity, is_damped
 
 SPEC, TRIALS, TRANSFER = "study.yaml", "trials.jsonl", "transfer.json"
 # Config sections and keys that do not change a trial's numbers: left out of its id.
@@ -76,18 +77,18 @@ def parse_grid(key: str, spec: Any) -> list[float]:
 def semantic_config(config: dict) -> dict:
     """The part of a resolved config that decides a trial's numbers.
 
-    At the base width every multiplier is m**e = 1, so SP, µP and second-order µP are the same network and the
-    same optimizer there: the parameterization's name is left out (one trial serves all of them), and the somup
-    damping rule, whose multipliers are 1 there, counts as constant.
+    Sections that do not change the numbers (launcher, logger, …) are left out, and the parameterization's
+    choices are replaced by what the table says identifies the run (:func:`muso_cli.parametrize.identity`): at
+    the base width every parameterization is the same run, so one trial serves all of them.
     """
     out = {k: v for k, v in config.items() if k not in NON_SEMANTIC}
     out["train"] = {k: v for k, v in config["train"].items() if k not in NON_SEMANTIC_TRAIN}
-    if config["model"]["width"] == config["model"]["base_width"]:
-        out["param"] = {k: v for k, v in config["param"].items() if k != "name"}
-        opt = config["optimizer"]
-        rule = resolve_damping_rule(opt["name"], config["param"]["name"], opt.get("damping_rule", "auto"))
-        if rule is not None:
-            out["optimizer"] = {**opt, "damping_rule": "constant" if rule == "somup" else rule}
+    param, opt = config["param"], config["optimizer"]
+    ident = identity(opt["name"], param["name"], damping_rule=opt.get("damping_rule", "auto"),
+                     weight_decay_rule=param["weight_decay_rule"],
+                     at_base_width=config["model"]["width"] == config["model"]["base_width"])
+    out["param"] = {**param, "name": ident["param"], "weight_decay_rule": ident["weight_decay_rule"]}
+    out["optimizer"] = {**opt, "damping_rule": ident["damping_rule"]}
     return out
 
 
@@ -104,7 +105,8 @@ def trial_id(config: dict) -> str:
 def base_config(config: dict) -> dict:
     """The semantic config without the values a study varies (param, width, lr, damping, seed)."""
     base = semantic_config(config)
-    base.pop("param")
+    base["param"] = {k: v for k, v in base["param"].items() if k not in ("name", "weight_decay_rule")}
+    base["optimizer"].pop("damping_rule")
     base.pop("seed")
     base["model"] = {k: v for k, v in base["model"].items() if k != "width"}
     base["optimizer"] = {k: v for k, v in base["optimizer"].items() if k not in ("lr", "damping")}
@@ -247,7 +249,19 @@ class Study:
         track.write_atomic(self.path / TRIALS, "".join(line + "\n" for line in lines))
         return out
 
-    def write_transfers(self, transfers: dict) -> None:
+    def record_transfers(self, best: dict[str, dict], trials: list[Trial], widths: list[int]) -> None:
+        """Write transfer.json: per parameterization the chosen setting, the widths and the transfer trials.
+
+        A choice that did not change keeps the widths and trials recorded before; a changed one starts afresh.
+        """
+        transfers = self.transfers()
+        for param, b in best.items():
+            ids = [t.id for t in trials if t.param == param]
+            old = transfers.get(param, {})
+            if (old.get("lr"), old.get("damping")) != (b["lr"], b["damping"]):
+                old = {}
+            transfers[param] = {**b, "widths": sorted(set(old.get("widths", [])) | set(widths)),
+                                "transfer_trials": list(dict.fromkeys(old.get("transfer_trials", []) + ids))}
         track.write_json(self.path / TRANSFER, transfers)
 
 
@@ -261,8 +275,25 @@ def study_name(cfg: DictConfig) -> str:
     return f"{cfg.model.name}-{cfg.data.name}-{cfg.optimizer.name}-{_digest(base_config(to_container(cfg)), 6)}"
 
 
-def check_study(cfg: DictConfig) -> tuple[list[str], list[float], list[float | None], list[int], list[int]]:
-    """Validate the study keys: (params, lrs, dampings, seeds, sweep widths); UsageError naming the key."""
+@dataclass(frozen=True)
+class Grid:
+    """What a sweep varies: parameterizations × widths × base learning rates × base dampings × seeds.
+
+    dampings is [None] for optimizers without damping.
+    """
+
+    params: list[str]
+    lrs: list[float]
+    dampings: list[float | None]
+    seeds: list[int]
+    widths: list[int]
+
+    def __len__(self) -> int:
+        return len(self.params) * len(self.widths) * len(self.lrs) * len(self.dampings) * len(self.seeds)
+
+
+def check(cfg: DictConfig) -> Grid:
+    """The study keys as a Grid, or UsageError naming the key."""
     s = cfg.study
     params = list(s.params) if OmegaConf.is_list(s.params) else [s.params]
     bad = [p for p in params if p not in PARAMS]
@@ -279,27 +310,27 @@ def check_study(cfg: DictConfig) -> tuple[list[str], list[float], list[float | N
     else:
         dampings = [None]
     seeds = list(s.seeds) if OmegaConf.is_list(s.seeds) else [s.seeds]
-    if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+    if not seeds or not all(is_int(x) for x in seeds):
         raise UsageError("study.seeds", f"must be a list of integers, got {s.seeds!r}.", "e.g. study.seeds=[0,1].")
     widths = check_widths("study.widths", s.widths if s.widths is not None else [cfg.model.base_width])
-    if s.metric not in METRICS:
-        raise UsageError("study.metric", f"must be one of {', '.join(METRICS)}, got {s.metric!r}.",
+    check_metric(s.metric)
+    return Grid(params, lrs, dampings, seeds, widths)
+
+
+def check_metric(metric: Any) -> str:
+    """study.metric, or UsageError."""
+    if metric not in METRICS:
+        raise UsageError("study.metric", f"must be one of {', '.join(METRICS)}, got {metric!r}.",
                          "e.g. study.metric=train_loss.")
-    return params, lrs, dampings, seeds, widths
+    return metric
 
 
 def plan_sweep(cfg: DictConfig, param_configs: dict[str, dict]) -> list[Trial]:
     """The sweep's trials: params × widths × lr × damping × seeds (``param_configs``: resolved config per param)."""
-    params, lrs, dampings, seeds, widths = check_study(cfg)
-    trials = []
-    for param in params:
-        for width in widths:
-            for lr in lrs:
-                for damping in dampings:
-                    for seed in seeds:
-                        config = with_values(param_configs[param], width=width, lr=lr, damping=damping, seed=seed)
-                        trials.append(make_trial(config, "sweep"))
-    return trials
+    grid = check(cfg)
+    return [make_trial(with_values(param_configs[param], width=width, lr=lr, damping=damping, seed=seed), "sweep")
+            for param in grid.params for width in grid.widths for lr in grid.lrs for damping in grid.dampings
+            for seed in grid.seeds]
 
 
 def open_or_create(cfg: DictConfig, overrides: list[str]) -> Study:
@@ -378,11 +409,13 @@ def select_best(study: Study, metric: str, base_width: int) -> dict[str, dict]:
     return best
 
 
-def plan_transfer(study: Study, best: dict[str, dict], widths: list[int], seeds: list[int]) -> list[Trial]:
+def plan_transfer(study: Study, best: dict[str, dict], widths: list[int], seeds: list[int],
+                  runtime: dict | None = None) -> list[Trial]:
     """Trials of each parameterization's best setting at ``widths`` (config of the best sweep trial, new width).
 
     The source is looked up by (id, param): at the base width one run serves every parameterization, and each
-    entry keeps its own parameterization's config.
+    entry keeps its own parameterization's config. ``runtime``: a config whose non-semantic sections (launcher,
+    logger, device, …) the new trials take.
     """
     by_key = {(t.id, t.param): t for t in study.trials()}
     trials = []
@@ -390,5 +423,6 @@ def plan_transfer(study: Study, best: dict[str, dict], widths: list[int], seeds:
         source = by_key[choice["trials"][0], param].config
         for width in widths:
             for seed in seeds:
-                trials.append(make_trial(with_values(source, width=width, seed=seed), "transfer"))
+                config = with_values(source, width=width, seed=seed)
+                trials.append(make_trial(with_runtime(config, runtime) if runtime else config, "transfer"))
     return trials

@@ -14,12 +14,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import check_one_of
+
 RESULT, METRICS, CONFIG, CHECKPOINT = "result.json", "metrics.jsonl", "config.yaml", "checkpoint.pt"
 HEARTBEAT = "running.json"   # present while a process trains the run; refreshed at every evaluation
 STALE_SECONDS = 900          # a heartbeat older than this (from another host) no longer counts as running
 FINAL_STATUSES = ("ok", "diverged")   # a trial with one of these is finished and never rerun
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def check(cfg) -> list:
+    """Problems with the ``logger.*`` keys (the W&B mirror)."""
+    return [check_one_of("logger.mode", cfg.mode, ("disabled", "offline", "online"))]
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

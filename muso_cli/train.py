@@ -12,90 +12,22 @@ import io
 import math
 import os
 import platform
-import signal
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from . import __version__, models, optim
+from . import __version__, optim, track
 from . import data as data_mod
-from . import track
 from .config import to_container
-from .parametrize import Plan, make_plan
-
-
-class Interrupted(Exception):
-    """A stop was requested; the run saved a checkpoint and will resume when started again."""
-
-
-class _StopFlag:
-    """Set by a signal handler; the loop checks it between steps so checkpoints are always consistent."""
-
-    signum: int | None = None
-
-
-STOP = _StopFlag()
-
-
-DEFAULT_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-
-@contextmanager
-def graceful_stop(signals=None):
-    """Within this block the listed signals (default SIGTERM, SIGUSR1, Ctrl-C) request a stop at the next step
-    boundary instead of killing. A second Ctrl-C aborts at once. Outside the main thread this is a no-op.
-    """
-    import threading
-
-    signals = DEFAULT_STOP_SIGNALS if signals is None else signals
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if signum == signal.SIGINT and STOP.signum is not None:
-            raise KeyboardInterrupt
-        STOP.signum = signum
-        if signum == signal.SIGINT:
-            print("\nmuso: stopping after the current step (Ctrl-C again to abort)", file=sys.stderr)
-
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        STOP.signum = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-# ------------------------------------------------------------------------------------------------------
-# Losses: per-batch means of per-example losses.
-
-def _xent(logits: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(logits, y)
-
-
-def _mse(logits: Tensor, y: Tensor) -> Tensor:
-    """0.5·Σ_c (f_c − onehot(y)_c)², averaged over the batch."""
-    target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-    return 0.5 * (logits - target).pow(2).sum(1).mean()
-
-
-LOSSES = {"xent": _xent, "mse": _mse}
+from .losses import LOSSES
+from .setup import build_model_and_plan, resolve_device
+from .stop import STOP, Interrupted
 
 
 @torch.no_grad()
@@ -158,18 +90,6 @@ def total_steps(cfg: DictConfig, n_train: int) -> int:
     return max(1, int(cfg.train.epochs * (n_train // cfg.train.batch_size)))
 
 
-def build_model_and_plan(cfg: DictConfig, input_shape, num_classes: int, width: int | None = None,
-                         device: torch.device | str = "cpu") -> tuple[nn.Module, Plan]:
-    """The model at ``width`` (default model.width), parameterized and initialised from ``cfg.seed``."""
-    model, base, delta = models.build_with_shapes(cfg.model, input_shape, num_classes, width)
-    opt = cfg.optimizer
-    plan = make_plan(model, base, cfg.param.name, opt.name, delta=delta, damping_rule=opt.get("damping_rule", "auto"),
-                     sigma=cfg.param.sigma, readout_zero_init=cfg.param.readout_zero_init,
-                     power=optim.power(opt))
-    plan.init_(model, torch.Generator().manual_seed(int(cfg.seed)))
-    return model.to(device), plan
-
-
 def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | None = None,
         group: str | None = None, job_type: str | None = None, tags: list[str] | None = None) -> dict:
     """Train the run ``cfg`` into ``out_dir``; return the result dict (also written to result.json).
@@ -222,7 +142,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
     torch.manual_seed(int(cfg.seed))
     data = data_mod.load(cfg.data, device)
     model, plan = build_model_and_plan(cfg, data.input_shape, data.num_classes, device=device)
-    loss_fn = LOSSES[tcfg.loss]
+    loss_fn = LOSSES[tcfg.loss].value
     optimizer = optim.build(cfg.optimizer, model, plan, tcfg.loss)
     steps = total_steps(cfg, len(data.y_train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg, steps))

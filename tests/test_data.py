@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from conftest import needs_fmnist
 from muso_cli import data
 from muso_cli.config import compose
-from muso_cli.errors import UsageError
+from muso_cli.errors import UsageError, raise_all
 
 
 def write_idx(path, array: np.ndarray, gz: bool) -> None:
@@ -50,7 +50,7 @@ def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):
 def test_fashion_mnist_from_data_root(tmp_path, gz):
     fake_fmnist(tmp_path, gz=gz)
     cfg = compose([f"data.root={tmp_path}"]).data
-    data.check_available(cfg)
+    raise_all(data.check(cfg))
     ds = data.load(cfg)
     assert ds.source == str(tmp_path)
     assert ds.x_train.shape == (50, 1, 28, 28) and ds.x_test.shape == (20, 1, 28, 28)
@@ -60,7 +60,7 @@ def test_fashion_mnist_from_data_root(tmp_path, gz):
 def test_missing_files_name_data_root_and_the_fix(tmp_path):
     cfg = compose([f"data.root={tmp_path}", "data.download=false"]).data
     with pytest.raises(UsageError) as e:
-        data.check_available(cfg)
+        raise_all(data.check(cfg))
     assert e.value.key == "data.root" and "data.root=<folder>" in e.value.fix
 
 
@@ -71,7 +71,7 @@ def test_download_impossible_without_torchvision_is_reported_up_front(tmp_path):
     except Exception:
         pass
     with pytest.raises(UsageError, match="torchvision does not import"):
-        data.check_available(compose([f"data.root={tmp_path}"]).data)
+        raise_all(data.check(compose([f"data.root={tmp_path}"]).data))
 
 
 @needs_fmnist

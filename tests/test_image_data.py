@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from muso_cli import data
 from muso_cli.cli import main
-from muso_cli.config import compose, validate
-from muso_cli.errors import UsageError
+from muso_cli.config import compose
+from muso_cli.validate import validate
+from muso_cli.errors import UsageError, raise_all
 from muso_cli.track import read_json
 from test_data import write_idx
 
@@ -228,5 +229,5 @@ def test_augment_switch():
     assert data.augmenter(compose(["data=cifar10"]).data) is data.random_crop_flip  # on by default for CIFAR
     assert data.augmenter(compose(["data=cifar100", "data.augment=false"]).data) is None
     with pytest.raises(UsageError) as e:  # the other datasets have no augmentation
-        data.check_available(compose(["data=digits", "data.augment=true"]).data)
+        raise_all(data.check(compose(["data=digits", "data.augment=true"]).data))
     assert e.value.key == "data.augment"

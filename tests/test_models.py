@@ -10,7 +10,8 @@ import torch
 from conftest import needs_fmnist
 from muso_cli import models, parametrize
 from muso_cli.cli import main
-from muso_cli.config import compose, validate
+from muso_cli.config import compose
+from muso_cli.validate import validate
 from muso_cli.errors import UsageError
 from muso_cli.track import read_json, read_metrics
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from muso_cli import parametrize as P
-from muso_cli.config import compose, validate
+from muso_cli.config import compose
+from muso_cli.validate import validate
 from muso_cli.models.mlp import MLP
 
 M = 4.0

@@ -121,7 +121,7 @@ def test_fashion_mnist_one_epoch_reaches_80_percent(tmp_path):
 def test_a_stop_right_after_the_first_evaluation_resumes_without_a_duplicate_row(tmp_path, monkeypatch):
     """A signal that lands during the step-0 evaluation checkpoints at step 0 with that row recorded; the resumed
     run must not evaluate step 0 again, and ends with the numbers of an uninterrupted run."""
-    from muso_cli import train
+    from muso_cli import stop, train
     from muso_cli.config import compose
 
     cfg = compose(["data=synthetic", "train.steps=40", "train.eval_every=20", "train.progress=false",
@@ -132,14 +132,14 @@ def test_a_stop_right_after_the_first_evaluation_resumes_without_a_duplicate_row
     def evaluate_then_stop(*args, **kwargs):  # the signal arrives while step 0 is being evaluated
         calls.append(1)
         if len(calls) == 2:  # train and test loss of step 0
-            train.STOP.signum = 15
+            stop.STOP.signum = 15
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(train, "evaluate", evaluate_then_stop)
     out = tmp_path / "run"
-    with pytest.raises(train.Interrupted, match="step 0"):
+    with pytest.raises(stop.Interrupted, match="step 0"):
         train.run(cfg, out, quiet=True)
-    train.STOP.signum = None
+    stop.STOP.signum = None
     assert (out / "checkpoint.pt").exists() and [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0]
     monkeypatch.setattr(train, "evaluate", evaluate)
     resumed = train.run(cfg, out, quiet=True)

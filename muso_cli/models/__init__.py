@@ -10,7 +10,7 @@ import importlib
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import UsageError, check_one_of, check_positive
 
 # model name → module implementing build(cfg, input_shape, num_classes, width) and check(cfg)
 REGISTRY = {
@@ -47,6 +47,10 @@ def build_with_shapes(cfg, input_shape, num_classes, width: int | None = None,
     return model, base, delta
 
 
-def check(cfg) -> list[UsageError]:
-    """Model-specific validation; one UsageError per problem."""
-    return [UsageError(*p) for p in _module(cfg.name).check(cfg)]
+def check(cfg) -> list[UsageError | None]:
+    """Problems with the ``model.*`` keys: the name, the widths, and the model's own options."""
+    if cfg.name not in REGISTRY:
+        return [check_one_of("model.name", cfg.name, REGISTRY)]
+    return [check_positive("model.width", cfg.width, integer=True),
+            check_positive("model.base_width", cfg.base_width, integer=True),
+            *(UsageError(*p) for p in _module(cfg.name).check(cfg))]

@@ -42,4 +42,6 @@ def check(cfg) -> list[tuple[str, str, str]]:
     if cfg.activation not in ACTIVATIONS:
         problems.append(("model.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}.",
                          "e.g. model.activation=relu."))
+    if not isinstance(cfg.bias, bool):
+        problems.append(("model.bias", f"must be true or false, got {cfg.bias!r}.", "e.g. model.bias=true."))
     return problems

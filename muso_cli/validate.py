@@ -1,0 +1,57 @@
+"""Validation: one pass over a composed config, before any work starts.
+
+Each part checks its own keys, once, where the facts live: the run set-up (seed, device, ``train.*``), the model,
+the data, the W&B mirror, the parameterization's choices (from the table), and the optimizer, which is built on
+the meta model (free: shapes only) so that its own constructor decides what it accepts. Studies and the
+coordinate check add their keys through :func:`muso_cli.study.check` and :func:`muso_cli.coord.check`.
+Every problem is a UsageError naming the key and the fix; several are reported together.
+"""
+from __future__ import annotations
+
+import warnings
+
+from omegaconf import DictConfig
+
+from . import data, models, optim, setup, track
+from .errors import UsageError, check_bool, check_one_of, check_positive, raise_all
+from .parametrize import DAMPING_RULES, PARAMS, WEIGHT_DECAY, is_damped
+
+
+def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
+    """Check a composed config; raise UsageError(s) naming each bad key. Returns cfg for chaining.
+
+    ``check_data``: also check that the dataset can be loaded (its files exist or can be downloaded).
+    """
+    raise_all([*setup.check(cfg), *models.check(cfg.model), *data.check(cfg.data, files=False),
+               *track.check(cfg.logger), *_check_param(cfg)])
+    # the model must fit the data (a CNN needs images) and the optimizer its hyperparameters: build both on meta
+    model, plan = setup.build_model_and_plan(cfg, *data.spec(cfg.data), device="meta")
+    raise_all(optim.check(cfg.optimizer, model, plan, cfg.train.loss))
+    if check_data:
+        raise_all(data.check(cfg.data))
+    _warn_known_pitfalls(cfg)
+    return cfg
+
+
+def _check_param(cfg: DictConfig) -> list[UsageError | None]:
+    """The parameterization's choices, against the table: param.*, and optimizer.name / damping_rule."""
+    p, opt = cfg.param, cfg.optimizer.get("name")
+    problems = [check_one_of("param.name", p.name, PARAMS), check_positive("param.sigma", p.sigma),
+                check_one_of("param.weight_decay_rule", p.weight_decay_rule, WEIGHT_DECAY),
+                check_bool("param.readout_zero_init", p.readout_zero_init),
+                check_bool("param.decay_vectors", p.decay_vectors)]
+    if opt not in optim.REGISTRY:
+        return [*problems, UsageError("optimizer.name", f"unknown optimizer {opt!r}.",
+                                      f"use one of {', '.join(optim.REGISTRY)}.")]
+    if is_damped(opt):
+        problems.append(check_one_of("optimizer.damping_rule", cfg.optimizer.get("damping_rule", "auto"),
+                                     ("auto", *DAMPING_RULES[opt])))
+    return problems
+
+
+def _warn_known_pitfalls(cfg: DictConfig) -> None:
+    if cfg.param.get("readout_zero_init") and cfg.optimizer.name == "kfac":
+        warnings.warn("param.readout_zero_init=true with optimizer=kfac: the first K-FAC step then solves kernel "
+                      "(NNGP) ridge regression and features stop learning, worst at large batch "
+                      "(Ishikawa & Karakida 2024, Sec. 4.3). Prefer the µP readout init (readout_zero_init=false).",
+                      UserWarning, stacklevel=2)
