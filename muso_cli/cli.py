@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import track
 from .config import CONF_DIR, compose, to_container
 from .errors import UsageError, widths as check_widths
 from .validate import validate
@@ -100,7 +101,7 @@ def cmd_run(args: list[str]) -> int:
         _hydra_run()
     finally:
         sys.argv = argv0
-    return 1 if any(r.get("status") == "failed" for r in _RUN_RESULTS) else 0
+    return 1 if any(r.get("status") == track.FAILED for r in _RUN_RESULTS) else 0
 
 
 def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
@@ -148,7 +149,7 @@ def _run_task(cfg) -> dict:
         raise
     _RUN_RESULTS.append(result)
     final = result.get("final", {})
-    if result["status"] == "failed":
+    if result["status"] == track.FAILED:
         print(f"muso run: failed: {result['error']} (traceback in {out_dir / 'result.json'})", file=sys.stderr)
     else:
         print(f"status {result['status']}  test_acc {_fmt(final.get('test_acc'))}  test_loss "
@@ -273,9 +274,9 @@ def _launch_and_summarise(study, trials, cfg, no_launch: bool = False) -> int:
         print(f"interrupted: finished results are kept; run the same command again to finish {study.path}",
               file=sys.stderr)
         return 130
-    summary = ", ".join(f"{counts[k]} {k}" for k in ("ok", "diverged", "failed", "running", "pending") if counts[k])
+    summary = ", ".join(f"{counts[k]} {k}" for k in track.STATUSES if counts[k])
     print(f"{study.path}: {summary}")
-    return 1 if counts["failed"] else 0
+    return 1 if counts[track.FAILED] else 0
 
 
 def cmd_sweep(args: list[str]) -> int:
@@ -292,7 +293,7 @@ def cmd_sweep(args: list[str]) -> int:
     study = study_mod.Study(Path(cfg.study.root) / study_mod.study_name(cfg))
     if ns.dry_run:
         _print_plan(study.path, trials)
-        done = sum(1 for t in trials if study.path.exists() and study.status(t) in ("ok", "diverged"))
+        done = sum(1 for t in trials if study.path.exists() and study.status(t) in track.FINAL_STATUSES)
         print(f"{done} of them finished already; {len(trials) - done} to run (launcher={cfg.launcher.name})")
         return 0
     study = study_mod.open_or_create(cfg, overrides)
@@ -356,7 +357,7 @@ def cmd_status(args: list[str]) -> int:
     trials = study.trials()
     statuses = {t.index: study.status(t) for t in trials}
     if ns.pending:
-        print(_ranges(sorted(i for i, s in statuses.items() if s in ("pending", "failed"))))
+        print(_ranges(sorted(i for i, s in statuses.items() if s in track.TO_RUN)))
         return 0
     if ns.list:
         for t in trials:
@@ -364,10 +365,10 @@ def cmd_status(args: list[str]) -> int:
     counts = Counter(statuses.values())
     by_phase = Counter((t.phase, statuses[t.index]) for t in trials)
     print(f"{study.path}: {len(trials)} trials: " + ", ".join(
-        f"{counts[k]} {k}" for k in ("ok", "diverged", "failed", "running", "pending")))
+        f"{counts[k]} {k}" for k in track.STATUSES))
     for phase in sorted({t.phase for t in trials}):
         print(f"  {phase:<8} " + ", ".join(f"{by_phase[phase, k]} {k}" for k in
-                                           ("ok", "diverged", "failed", "running", "pending") if by_phase[phase, k]))
+                                           track.STATUSES if by_phase[phase, k]))
     return 0
 
 
@@ -407,7 +408,7 @@ def cmd_run_trial(args: list[str]) -> int:
             requeue_self(ns.requeue)
         return 130
     print(f"trial {ns.index} ({trial.label()}): {result['status']}")
-    return 1 if result["status"] == "failed" else 0
+    return 1 if result["status"] == track.FAILED else 0
 
 
 def cmd_report(args: list[str]) -> int:

@@ -22,7 +22,7 @@ from torch import nn
 from . import data as data_mod
 from . import optim
 from .parametrize import LAYER_TYPES
-from .plots import pyplot
+from .plots import pyplot, save
 from .errors import UsageError, check_positive, raise_all
 from .errors import widths as check_widths
 from .losses import LOSSES
@@ -141,9 +141,7 @@ def plot(df: pd.DataFrame, path: Path, title: str, fit_from: float | None = None
     axes[0][0].set_ylabel("RMS Δh (readout: Δf)")
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def check(cfg: DictConfig) -> list[int]:

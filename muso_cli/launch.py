@@ -42,14 +42,14 @@ class Progress:
 
     def update(self, trial: Trial, result: dict) -> None:
         self.done += 1
-        self.counts[result.get("status", "failed")] += 1
+        self.counts[result.get("status", track.FAILED)] += 1
         finished_here = sum(self.counts.values())
         remaining = self.total - self.done
         eta = (time.time() - self.started) / finished_here * remaining
         final = result.get("final") or {}
         loss = final.get("train_loss")
         outcome = result.get("status", "?") + (f" train_loss {loss:.4f}" if isinstance(loss, float) else "")
-        if result.get("status") == "failed":
+        if result.get("status") == track.FAILED:
             outcome += f" ({result.get('error', '')[:80]})"
         print(f"[{self.done}/{self.total}] {trial.label()}: {outcome}  ETA {_duration(eta)}",
               file=self.stream or sys.stderr, flush=True)
@@ -64,7 +64,7 @@ def pending(study: Study, trials: list[Trial]) -> list[Trial]:
     """Runs to do, one per trial id: not finished (failed ones are retried), not being run by another process."""
     todo: dict[str, Trial] = {}
     for t in trials:
-        if t.id not in todo and study.status(t) in ("pending", "failed"):
+        if t.id not in todo and study.status(t) in track.TO_RUN:
             todo[t.id] = t
     return list(todo.values())
 
@@ -187,12 +187,12 @@ def _after_crash(study: Study, trials: list[Trial], progress: Progress) -> list[
     for t in trials:
         folder = study.trial_dir(t)
         if (folder / track.HEARTBEAT).exists() and not track.is_running(folder):
-            result = {"status": "failed", "error": "the worker process running this trial died (killed, out of "
+            result = {"status": track.FAILED, "error": "the worker process running this trial died (killed, out of "
                       "memory, or crashed)"}
             track.write_json(folder / track.RESULT, result)
             (folder / track.HEARTBEAT).unlink(missing_ok=True)
             progress.update(t, result)
-        elif study.status(t) in ("pending", "failed"):
+        elif study.status(t) in track.TO_RUN:
             again.append(t)
     return again
 
@@ -285,7 +285,7 @@ def _follow(study: Study, trials: list[Trial], job_ids: list[str], poll_s: float
         while True:
             for t in trials:
                 result = study.result(t) if t.id not in seen else None
-                if result and result.get("status") in (*track.FINAL_STATUSES, "failed"):
+                if result and result.get("status") in track.RESULT_STATUSES:
                     seen.add(t.id)
                     progress.update(t, result)
             if len(seen) == len(trials):

@@ -9,3 +9,12 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def save(fig, path, *, dpi: int = 110, tight: bool = True) -> None:
+    """The epilogue of every figure: lay it out, write it to ``path`` and free it (pyplot keeps figures alive)."""
+    plt = pyplot()
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

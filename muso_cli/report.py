@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import track
-from .plots import pyplot
+from .plots import pyplot, save
 from .study import METRICS, Study, objective
 
 LOWER_IS_BETTER_LABEL = {"train_loss": "final train loss", "test_loss": "final test loss",
@@ -31,7 +31,7 @@ LOWER_IS_BETTER_LABEL = {"train_loss": "final train loss", "test_loss": "final t
 
 def collect(study: Study, metric: str) -> tuple[pd.DataFrame, dict[str, int]]:
     """(one row per trial entry, counts of skipped entries by reason: pending / running / unreadable)."""
-    rows, skipped = [], {"pending": 0, "running": 0, "unreadable": 0}
+    rows, skipped = [], {track.PENDING: 0, track.RUNNING: 0, "unreadable": 0}
     for t in study.trials():
         folder = study.trial_dir(t)
         result = track.read_json(folder / track.RESULT)
@@ -39,7 +39,7 @@ def collect(study: Study, metric: str) -> tuple[pd.DataFrame, dict[str, int]]:
             if (folder / track.RESULT).exists():
                 skipped["unreadable"] += 1
             else:
-                skipped["running" if track.is_running(folder) else "pending"] += 1
+                skipped[track.RUNNING if track.is_running(folder) else track.PENDING] += 1
             continue
         final, best = result.get("final") or {}, result.get("best") or {}
         loss = objective(result, metric)
@@ -65,7 +65,7 @@ def _setting_means(df: pd.DataFrame) -> pd.DataFrame:
     usable = df[df.status.isin(track.FINAL_STATUSES)]
     g = usable.groupby(keys, dropna=False)
     return g.agg(objective=("objective", "mean"), seeds=("seed", "nunique"),
-                 diverged=("status", lambda s: int((s == "diverged").sum()))).reset_index()
+                 diverged=("status", lambda s: int((s == track.DIVERGED).sum()))).reset_index()
 
 
 def optima(df: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +140,7 @@ def transferred(df: pd.DataFrame, transfers: dict) -> pd.DataFrame:
             ok = w[w.status.isin(track.FINAL_STATUSES)]
             rows.append({"param": param, "width": width, "lr": choice["lr"], "damping": choice.get("damping"),
                          "loss": ok.objective.mean(), "test_acc": ok.final_test_acc.astype(float).mean(),
-                         "seeds": len(ok), "diverged": int((ok.status == "diverged").sum())})
+                         "seeds": len(ok), "diverged": int((ok.status == track.DIVERGED).sum())})
     return pd.DataFrame(rows, columns=["param", "width", "lr", "damping", "loss", "test_acc", "seeds", "diverged"])
 
 
@@ -219,9 +219,7 @@ def plot_loss_vs_lr(df: pd.DataFrame, path: Path, metric: str, axis: str = "lr")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(LOWER_IS_BETTER_LABEL[metric] + " (× = diverged)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_heatmaps(df: pd.DataFrame, path_for, metric: str) -> list[Path]:
@@ -254,8 +252,7 @@ def plot_heatmaps(df: pd.DataFrame, path_for, metric: str) -> list[Path]:
             ax.set_title(f"{param}, width {width}", fontsize=9)
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=LOWER_IS_BETTER_LABEL[metric])
         path = path_for(param)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path, tight=False)
         paths.append(path)
     return paths
 
@@ -273,7 +270,7 @@ def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path) -> 
         for i, (width, g) in enumerate(rows.groupby("width")):
             color = plt.cm.viridis(i / max(1, len(widths) - 1))
             for k, trial_id in enumerate(g.trial_id):
-                metrics = [m for m in track.read_metrics(study.path / "trials" / trial_id / track.METRICS)
+                metrics = [m for m in track.read_json_lines(study.path / "trials" / trial_id / track.METRICS) or []
                            if m.get("train_loss") is not None]
                 ax.plot([m["step"] for m in metrics], [m["train_loss"] for m in metrics], color=color, lw=1,
                         label=f"width {width}" if k == 0 else None)
@@ -283,9 +280,7 @@ def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path) -> 
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("train loss (eval subset)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 

@@ -215,9 +215,9 @@ class Study:
     def status(self, trial: Trial) -> str:
         """ok | diverged | failed (from result.json) | running (a live heartbeat) | pending."""
         result = self.result(trial)
-        if result and result.get("status") in (*track.FINAL_STATUSES, "failed"):
+        if result and result.get("status") in track.RESULT_STATUSES:
             return result["status"]
-        return "running" if track.is_running(self.trial_dir(trial)) else "pending"
+        return track.RUNNING if track.is_running(self.trial_dir(trial)) else track.PENDING
 
     def transfers(self) -> dict:
         return track.read_json(self.path / TRANSFER) or {}
@@ -372,7 +372,7 @@ def objective(result: dict | None, metric: str) -> float | None:
     """The selection value of a result, as a loss (lower is better): diverged → +inf; failed/missing → None."""
     if not result or result.get("status") not in track.FINAL_STATUSES:
         return None
-    if result["status"] == "diverged":
+    if result["status"] == track.DIVERGED:
         return math.inf
     value = (result.get("final") or {}).get(metric)
     if value is None or not math.isfinite(value):

@@ -19,7 +19,13 @@ from .errors import check_one_of
 RESULT, METRICS, CONFIG, CHECKPOINT = "result.json", "metrics.jsonl", "config.yaml", "checkpoint.pt"
 HEARTBEAT = "running.json"   # present while a process trains the run; refreshed at every evaluation
 STALE_SECONDS = 900          # a heartbeat older than this (from another host) no longer counts as running
-FINAL_STATUSES = ("ok", "diverged")   # a trial with one of these is finished and never rerun
+# The status vocabulary. A result.json holds ok, diverged or failed; a trial without one is running (a live
+# heartbeat) or pending. ok and diverged are final: never rerun; failed trials are retried.
+OK, DIVERGED, FAILED, RUNNING, PENDING = "ok", "diverged", "failed", "running", "pending"
+FINAL_STATUSES = (OK, DIVERGED)
+RESULT_STATUSES = (OK, DIVERGED, FAILED)
+STATUSES = (OK, DIVERGED, FAILED, RUNNING, PENDING)   # in display order
+TO_RUN = (PENDING, FAILED)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -69,7 +75,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_json_lines(path: Path) -> list[dict] | None:
-    """The objects of a JSON-lines file, or None when the file is missing, unreadable or malformed."""
+    """The objects of a JSON-lines file (trials.jsonl, metrics.jsonl), or None when the file is missing, unreadable
+    or malformed: a file that is not whole is not trusted in part."""
     try:
         return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
@@ -99,21 +106,6 @@ def is_running(run_dir: Path) -> bool:
             return False
         return True
     return time.time() - float(beat_.get("time", 0)) < STALE_SECONDS
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The lines of a metrics.jsonl (a torn last line, impossible with atomic writes, is skipped)."""
-    rows = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 class Recorder:

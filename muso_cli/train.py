@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -116,15 +117,16 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
         base_result["slurm"] = {"job_id": os.environ["SLURM_JOB_ID"],
                                 "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
                                 "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
+    before = 0.0  # training seconds of earlier processes (a resumed run)
     try:
-        result = _train(cfg, out_dir, device, recorder, checkpoint, quiet)
+        result, before = _train(cfg, out_dir, device, recorder, checkpoint, quiet)
     except Interrupted:
         recorder.close()
         (out_dir / track.HEARTBEAT).unlink(missing_ok=True)
         raise
     except Exception as e:  # a failure is a result: written, returned, never lost
-        result = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    elapsed = time.time() - started + (checkpoint["seconds"] if checkpoint else 0.0)
+        result = {"status": track.FAILED, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    elapsed = time.time() - started + before
     result = {**base_result, **result, "wall_seconds": round(elapsed, 3), "finished_at": _now()}
     recorder.finish(result)
     for leftover in (track.CHECKPOINT, track.HEARTBEAT):
@@ -136,32 +138,68 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track.Recorder,
-           checkpoint: dict | None, quiet: bool) -> dict:
-    tcfg = cfg.train
+@dataclass
+class _State:
+    """Everything a checkpoint holds besides the metrics: the model, its optimizer and schedule, the data order."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: "BatchSampler"
+    augment_rng: torch.Generator
+    step: int = 0
+    initial_loss: float | None = None
+    seconds: float = 0.0   # training time before this process (a resumed run)
+
+    def checkpoint(self, metrics: list[dict]) -> dict:
+        """The checkpoint: tensors, numbers, strings, lists and dicts only (it loads with weights_only=True)."""
+        return {"step": self.step, "initial_loss": self.initial_loss, "seconds": self.seconds,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "rng": torch.get_rng_state(), "augment_rng": self.augment_rng.get_state(), "metrics": metrics}
+
+    def restore(self, checkpoint: dict) -> None:
+        """Load a checkpoint (raises KeyError, RuntimeError, ValueError… when it does not fit this run)."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.sampler.load_state_dict(checkpoint["sampler"])
+        torch.set_rng_state(checkpoint["rng"])
+        self.augment_rng.set_state(checkpoint["augment_rng"])
+        self.step, self.initial_loss = int(checkpoint["step"]), checkpoint["initial_loss"]
+        self.seconds = float(checkpoint["seconds"])
+
+
+def _fresh_state(cfg: DictConfig, data: data_mod.Dataset, device: torch.device, steps: int) -> _State:
     torch.manual_seed(int(cfg.seed))
-    data = data_mod.load(cfg.data, device)
     model, plan = build_model_and_plan(cfg, data.input_shape, data.num_classes, device=device)
-    loss_fn = LOSSES[tcfg.loss].value
-    optimizer = optim.build(cfg.optimizer, model, plan, tcfg.loss)
+    optimizer = optim.build(cfg.optimizer, model, plan, cfg.train.loss)
+    return _State(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train, steps)),
+                  BatchSampler(len(data.y_train), cfg.train.batch_size, int(cfg.seed)),
+                  torch.Generator(device=device).manual_seed(int(cfg.seed) + 1))
+
+
+def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track.Recorder,
+           checkpoint: dict | None, quiet: bool) -> tuple[dict, float]:
+    """(the result, the training seconds spent before this process: > 0 when resumed from a checkpoint)."""
+    tcfg = cfg.train
+    data = data_mod.load(cfg.data, device)
     steps = total_steps(cfg, len(data.y_train))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg, steps))
-    sampler = BatchSampler(len(data.y_train), tcfg.batch_size, int(cfg.seed))
+    state = _fresh_state(cfg, data, device, steps)
+    if checkpoint:
+        try:
+            state.restore(checkpoint)
+        except Exception as e:  # a checkpoint from another version or a damaged one: start again, never abort
+            _warn(out_dir, f"the checkpoint does not fit this run ({type(e).__name__}: {e})")
+            recorder.metrics.clear()
+            state = _fresh_state(cfg, data, device, steps)
+    model, optimizer, sampler, augment_rng = state.model, state.optimizer, state.sampler, state.augment_rng
+    loss_fn = LOSSES[tcfg.loss].value
     augment = data_mod.augmenter(cfg.data)
-    augment_rng = torch.Generator(device=device).manual_seed(int(cfg.seed) + 1)
     n_eval = min(tcfg.eval_train_samples, len(data.y_train))
     x_eval, y_eval = data.x_train[:n_eval], data.y_train[:n_eval]
-
-    step, initial_loss, elapsed_before = 0, None, 0.0
-    if checkpoint:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        sampler.load_state_dict(checkpoint["sampler"])
-        torch.set_rng_state(checkpoint["rng"])
-        augment_rng.set_state(checkpoint["augment_rng"])
-        step, initial_loss, elapsed_before = checkpoint["step"], checkpoint["initial_loss"], checkpoint["seconds"]
-    t0 = time.time() - elapsed_before
+    step, initial_loss = state.step, state.initial_loss
+    t0 = time.time() - state.seconds
 
     def eval_row() -> dict:
         train_loss, train_acc = evaluate(model, x_eval, y_eval, loss_fn, tcfg.eval_batch_size)
@@ -171,16 +209,12 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
                 "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
 
     def save_checkpoint() -> None:
-        state = {"step": step, "initial_loss": initial_loss, "seconds": time.time() - t0,
-                 "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "sampler": sampler.state_dict(), "rng": torch.get_rng_state(),
-                 "augment_rng": augment_rng.get_state(), "metrics": recorder.metrics}
+        state.step, state.initial_loss, state.seconds = step, initial_loss, time.time() - t0
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(state.checkpoint(recorder.metrics), buffer)
         track.write_atomic(out_dir / track.CHECKPOINT, buffer.getvalue())
 
-    status, reason = "ok", None
+    status, reason = track.OK, None
     if initial_loss is None:  # not when resuming, even from a checkpoint taken at step 0 (its row is recorded)
         row = eval_row()
         recorder.log(row)
@@ -199,11 +233,11 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
+        state.scheduler.step()
         step += 1
         batch_loss = loss.item()
         if not math.isfinite(batch_loss) or batch_loss > tcfg.diverge_factor * initial_loss:
-            status, reason = "diverged", f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
+            status, reason = track.DIVERGED, f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
             recorder.log({"step": step, "train_loss": batch_loss, "seconds": round(time.time() - t0, 3)})
             break
         if step % tcfg.eval_every == 0 or step == steps:
@@ -212,18 +246,18 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
             track.beat(out_dir)
             _progress(quiet, row, steps)
             if not math.isfinite(row["train_loss"]) or row["train_loss"] > tcfg.diverge_factor * initial_loss:
-                status, reason = "diverged", f"train loss {row['train_loss']:.4g} at step {step}"
+                status, reason = track.DIVERGED, f"train loss {row['train_loss']:.4g} at step {step}"
                 break
         if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < steps:
             save_checkpoint()
-    return _summarise(status, reason, recorder.metrics, step, steps, data.source)
+    return _summarise(status, reason, recorder.metrics, step, steps, data.source), state.seconds
 
 
 def _summarise(status: str, reason: str | None, metrics: list[dict], step: int, steps: int, source: str) -> dict:
     evals = [r for r in metrics if "test_acc" in r]
     last = metrics[-1]
     final = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
-    if status == "diverged":
+    if status == track.DIVERGED:
         final["train_loss"] = math.inf  # for selection: a diverged setting is never the best
     finite = lambda key: [r[key] for r in evals if r.get(key) is not None and math.isfinite(r[key])]  # noqa: E731
     best = {"test_acc": max(finite("test_acc"), default=None), "test_loss": min(finite("test_loss"), default=None),
@@ -243,10 +277,30 @@ def _progress(quiet: bool, row: dict, steps: int) -> None:
 
 
 def _load_checkpoint(out_dir: Path) -> dict | None:
+    """The run's checkpoint, or None (train from scratch) when there is none or it cannot be trusted.
+
+    Loaded with ``weights_only=True``: a study folder travels between people and machines, and a pickle could
+    run code; a checkpoint holds only tensors, numbers, strings, lists and dicts. One that does not load, is not
+    a dict or lacks a key is ignored with a one-line warning, never fatal.
+    """
     path = out_dir / track.CHECKPOINT
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a torn checkpoint cannot happen with atomic writes; a corrupt one is ignored
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        _warn(out_dir, f"the checkpoint cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         return None
+    missing = sorted(CHECKPOINT_KEYS - set(checkpoint)) if isinstance(checkpoint, dict) else ["(not a dict)"]
+    if missing:
+        _warn(out_dir, f"the checkpoint lacks {', '.join(missing)}")
+        return None
+    return checkpoint
+
+
+CHECKPOINT_KEYS = frozenset(("step", "initial_loss", "seconds", "model", "optimizer", "scheduler", "sampler", "rng",
+                             "augment_rng", "metrics"))
+
+
+def _warn(out_dir: Path, problem: str) -> None:
+    print(f"muso: {out_dir}: {problem}; training from scratch", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from muso_cli import coord
 from muso_cli.config import compose
-from muso_cli.plots import pyplot
+from muso_cli.plots import pyplot, save
 
 KFAC = ["optimizer=kfac", "optimizer.curvature_interval=1", "optimizer.inverse_interval=1"]
 SHAMPOO = ["optimizer=shampoo", "optimizer.statistics_interval=1", "optimizer.inverse_interval=1"]
@@ -79,9 +79,7 @@ def plot(results: dict, path: Path, step: int, fit_from: float) -> None:
                (("input", "C0"), ("hidden", "C1"), ("output (Δf)", "C2"))]
     fig.legend(handles=handles, loc="lower right", fontsize=8)
     fig.suptitle(f"Coordinate check of the conv models, RMS Δh per layer at step {step}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
 
 
 def main() -> None:

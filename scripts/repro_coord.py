@@ -15,7 +15,7 @@ import pandas as pd
 
 from muso_cli import coord
 from muso_cli.config import compose
-from muso_cli.plots import pyplot
+from muso_cli.plots import pyplot, save
 
 OPTIMIZERS = {
     "sgd": ["optimizer=sgd", "optimizer.lr=0.1"],
@@ -54,9 +54,7 @@ def plot_grid(results: dict, path: Path, step: int, fit_from: float) -> None:
                 ax.set_xlabel("width")
     fig.suptitle(f"Coordinate check, MLP on Fashion-MNIST, step {step}: flat lines = Θ(1) feature updates",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path, dpi=80)
 
 
 def main() -> None:

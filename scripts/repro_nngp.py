@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from muso_cli.cli import main as muso
-from muso_cli.plots import pyplot
+from muso_cli.plots import pyplot, save
 from muso_cli.track import read_json
 
 
@@ -47,9 +47,7 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def run() -> None:

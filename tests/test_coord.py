@@ -1,4 +1,4 @@
-"""The coordinate check decides whether a parameterization is right (../shared/PARAMETERIZATION.md §5).
+"""The coordinate check decides whether a parameterization is right (docs/parameterization.md).
 
 Physics checked here, on the MLP 784 → M → M → 10 with real Fashion-MNIST, one batch of 32, cross-entropy,
 widths 64 → 2048 (base 64), slopes of log2 RMS Δh against log2 width fitted from 4× the base width:

@@ -1,4 +1,4 @@
-"""The coordinate check decides for K-FAC and Shampoo (../shared/PARAMETERIZATION.md §4–5).
+"""The coordinate check decides for K-FAC and Shampoo (docs/parameterization.md).
 
 Physics checked, on the MLP 784 → M → M → 10 with real Fashion-MNIST, one batch of 32, 3 steps at lr 0.1,
 curvature and inverses updated every step, slopes of log2 RMS Δh against log2 width fitted from 4× the base width:

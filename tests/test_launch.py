@@ -57,7 +57,7 @@ def test_eight_concurrent_writers_lose_nothing(tmp_path):
     assert len(trials) == 16 and all(study.status(t) == "ok" for t in trials)
     assert len(track.read_json_lines(study.path / "trials.jsonl")) == 16
     for t in trials:  # every file whole
-        assert len(track.read_metrics(study.trial_dir(t) / "metrics.jsonl")) == 4
+        assert len(track.read_json_lines(study.trial_dir(t) / "metrics.jsonl")) == 4
         assert track.read_json(study.trial_dir(t) / "result.json")["steps"] == 30
     assert not list(study.path.glob("trials/*/.*.tmp"))
 
@@ -83,7 +83,7 @@ def test_sigterm_stops_the_pool_with_checkpoints_and_a_rerun_finishes(tmp_path):
 
     def both_workers_mid_trial():
         beating = [p.parent for p in study.path.glob("trials/*/running.json")]
-        return len(beating) == 2 and all(len(track.read_metrics(d / "metrics.jsonl")) >= 2 for d in beating)
+        return len(beating) == 2 and all(len(track.read_json_lines(d / "metrics.jsonl") or []) >= 2 for d in beating)
 
     _wait_for(both_workers_mid_trial)
     in_flight = {p.parent for p in study.path.glob("trials/*/running.json")}
@@ -97,7 +97,7 @@ def test_sigterm_stops_the_pool_with_checkpoints_and_a_rerun_finishes(tmp_path):
     assert all(study.status(t) == "ok" for t in study.trials())
     assert all(p.read_bytes() == b for p, b in finished.items())  # finished results untouched
     for d in in_flight:  # resumed, not restarted: one row per evaluation, no repeats
-        steps = [m["step"] for m in track.read_metrics(d / "metrics.jsonl")]
+        steps = [m["step"] for m in track.read_json_lines(d / "metrics.jsonl")]
         assert steps == sorted(set(steps)) and steps[-1] == 3000
 
 

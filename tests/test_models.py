@@ -13,7 +13,7 @@ from muso_cli.cli import main
 from muso_cli.config import compose
 from muso_cli.validate import validate
 from muso_cli.errors import UsageError
-from muso_cli.track import read_json, read_metrics
+from muso_cli.track import read_json, read_json_lines
 
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]  # digits, (Fashion-)MNIST, CIFAR
 # Expected role counts, written out from each architecture: the first conv is `input` (fixed image channels in,
@@ -171,7 +171,7 @@ def test_cnn_learns_real_fashion_mnist(tmp_path):
                  "train.steps=600", "train.eval_every=200", "train.progress=false", f"hydra.run.dir={out}"]) == 0
     result = read_json(out / "result.json")
     assert result["status"] == "ok" and result["data_source"] == "/usr/share/datasets/fashion-mnist"
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_json_lines(out / "metrics.jsonl")
     assert rows[0]["test_acc"] < 0.3 and result["final"]["test_acc"] >= 0.80
 
 

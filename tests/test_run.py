@@ -11,7 +11,7 @@ import yaml
 
 from conftest import needs_fmnist
 from muso_cli.cli import main
-from muso_cli.track import read_json, read_metrics
+from muso_cli.track import read_json, read_json_lines
 
 FAST = ["data=synthetic", "train.steps=30", "train.eval_every=10", "train.progress=false"]
 
@@ -27,7 +27,7 @@ def test_run_writes_config_metrics_and_result(tmp_path):
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"]["width"] == 32 and config["data"]["name"] == "synthetic"
     assert "hydra" not in config  # the resolved run config, without Hydra's own node
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_json_lines(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 10, 20, 30]
     assert set(rows[0]) >= {"step", "train_loss", "test_loss", "test_acc", "seconds"}
     result = read_json(out / "result.json")
@@ -39,9 +39,9 @@ def test_run_writes_config_metrics_and_result(tmp_path):
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
-    a = read_metrics(run_ok(tmp_path, *FAST, name="a") / "metrics.jsonl")
-    b = read_metrics(run_ok(tmp_path, *FAST, name="b") / "metrics.jsonl")
-    c = read_metrics(run_ok(tmp_path, *FAST, "seed=1", name="c") / "metrics.jsonl")
+    a = read_json_lines(run_ok(tmp_path, *FAST, name="a") / "metrics.jsonl")
+    b = read_json_lines(run_ok(tmp_path, *FAST, name="b") / "metrics.jsonl")
+    c = read_json_lines(run_ok(tmp_path, *FAST, "seed=1", name="c") / "metrics.jsonl")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(a) == strip(b)
     assert strip(a) != strip(c)
@@ -140,9 +140,82 @@ def test_a_stop_right_after_the_first_evaluation_resumes_without_a_duplicate_row
     with pytest.raises(stop.Interrupted, match="step 0"):
         train.run(cfg, out, quiet=True)
     stop.STOP.signum = None
-    assert (out / "checkpoint.pt").exists() and [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0]
+    assert (out / "checkpoint.pt").exists() and [r["step"] for r in read_json_lines(out / "metrics.jsonl")] == [0]
     monkeypatch.setattr(train, "evaluate", evaluate)
     resumed = train.run(cfg, out, quiet=True)
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 20, 40]
+    assert [r["step"] for r in read_json_lines(out / "metrics.jsonl")] == [0, 20, 40]
     fresh = train.run(cfg, tmp_path / "fresh", quiet=True)
     assert resumed["status"] == fresh["status"] == "ok" and resumed["final"] == fresh["final"]
+
+
+class _Payload:
+    """Pickled into a crafted checkpoint: unpickling it would run code (create the file named by ``path``)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_checkpoint_runs_no_code_and_the_run_trains_from_scratch(tmp_path, capsys):
+    """A study folder travels between people: loading its checkpoint must never execute a pickle."""
+    import torch
+
+    from muso_cli import train
+    from muso_cli.config import compose
+
+    cfg = compose(["data=synthetic", "train.steps=20", "train.eval_every=10", "train.progress=false",
+                   "model.width=16"])
+    out, witness = tmp_path / "run", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"step": 5, "model": _Payload(str(witness))}, out / "checkpoint.pt")
+    result = train.run(cfg, out, quiet=True)
+    assert not witness.exists()  # the payload never ran
+    assert "cannot be read safely" in capsys.readouterr().err
+    assert result["status"] == "ok" and [r["step"] for r in read_json_lines(out / "metrics.jsonl")] == [0, 10, 20]
+    fresh = train.run(cfg, tmp_path / "fresh", quiet=True)
+    assert result["final"] == fresh["final"]
+
+
+@pytest.mark.parametrize("damage", ["missing key", "wrong shapes", "garbage"])
+def test_a_damaged_checkpoint_retrains_from_scratch_with_a_warning(tmp_path, capsys, damage):
+    import torch
+
+    from muso_cli import stop, train
+    from muso_cli.config import compose
+
+    cfg = compose(["data=synthetic", "train.steps=40", "train.eval_every=20", "train.progress=false",
+                   "model.width=16", "train.checkpoint_every=10"])
+    out = tmp_path / "run"
+    stop.STOP.signum = None
+    calls = []
+    evaluate = train.evaluate
+
+    def stop_after_step_20(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the train and test loss of step 20 are measured: stop at the next step boundary
+            stop.STOP.signum = 15
+        return evaluate(*args, **kwargs)
+
+    train.evaluate = stop_after_step_20
+    try:
+        with pytest.raises(stop.Interrupted):
+            train.run(cfg, out, quiet=True)
+    finally:
+        train.evaluate = evaluate
+        stop.STOP.signum = None
+    path = out / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    if damage == "missing key":
+        del checkpoint["optimizer"]
+        torch.save(checkpoint, path)
+    elif damage == "wrong shapes":
+        checkpoint["model"] = {k: torch.zeros(3) for k in checkpoint["model"]}
+        torch.save(checkpoint, path)
+    else:
+        path.write_bytes(b"not a checkpoint")
+    result = train.run(cfg, out, quiet=True)
+    assert "training from scratch" in capsys.readouterr().err
+    assert result["status"] == "ok" and [r["step"] for r in read_json_lines(out / "metrics.jsonl")] == [0, 20, 40]
+    assert result["final"] == train.run(cfg, tmp_path / "fresh", quiet=True)["final"]

@@ -33,7 +33,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 
 def steps_of(study: Study, trial) -> list[int]:
-    return [m["step"] for m in track.read_metrics(study.trial_dir(trial) / "metrics.jsonl")]
+    return [m["step"] for m in track.read_json_lines(study.trial_dir(trial) / "metrics.jsonl") or []]
 
 
 def test_a_sweep_through_launcher_slurm_lands_every_result(slurm_cluster: SlurmCluster, tmp_path):

@@ -267,7 +267,7 @@ def test_wandb_offline_mirror_matches_the_files(tmp_path):
     assert run["run"].run_id == trial.id and run["run"].project == "p"
     assert run["run"].run_group == "s" and run["run"].job_type == "sweep"
     assert set(run["run"].tags) == {"param:sp", "optimizer:sgd", "width:16"}
-    metrics = track.read_metrics(study.trial_dir(trial) / "metrics.jsonl")
+    metrics = track.read_json_lines(study.trial_dir(trial) / "metrics.jsonl")
     assert [h["_step"] for h in run["history"]] == [m["step"] for m in metrics] == [0, 10, 20, 30]
     assert [h["train_loss"] for h in run["history"]] == [m["train_loss"] for m in metrics]
     result = study.result(trial)
@@ -314,7 +314,7 @@ def test_sigterm_mid_sweep_then_rerun_finishes_the_rest_only(tmp_path, restore_t
     assert len(now) == 5
     # a trial stopped mid-run resumed from its checkpoint: the same numbers as an uninterrupted run
     for t in interrupted:
-        steps = [m["step"] for m in track.read_metrics(study.trial_dir(t) / "metrics.jsonl")]
+        steps = [m["step"] for m in track.read_json_lines(study.trial_dir(t) / "metrics.jsonl")]
         assert steps == sorted(set(steps)) and steps[-1] == 400
         fresh = tmp_path / "fresh"
         assert main(["run", *run_args, "param=sp", f"optimizer.lr={t.lr}", f"hydra.run.dir={fresh}"]) == 0
