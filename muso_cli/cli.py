@@ -399,6 +399,9 @@ def cmd_run_trial(args: list[str]) -> int:
 
     study = _open_study(ns.study)
     trial = study.trial(ns.index)
+    if study.status(trial) in track.FINAL_STATUSES:
+        print(f"trial {ns.index} ({trial.label()}): finished already ({study.status(trial)})")
+        return 0
     try:
         with graceful_stop(SLURM_STOP_SIGNALS if ns.requeue else None):
             result = run_trial(study, trial)
@@ -407,7 +410,14 @@ def cmd_run_trial(args: list[str]) -> int:
         if ns.requeue:
             requeue_self(ns.requeue)
         return 130
+    if result["status"] == track.RUNNING:
+        holder = result.get("holder") or {}
+        print(f"trial {ns.index} ({trial.label()}): running elsewhere (host {holder.get('host', '?')}, "
+              f"pid {holder.get('pid', '?')}); not started here")
+        return 0
     print(f"trial {ns.index} ({trial.label()}): {result['status']}")
+    if result["status"] == track.FAILED:
+        print(f"  {result.get('error', '')}", file=sys.stderr)
     return 1 if result["status"] == track.FAILED else 0
 
 

@@ -17,19 +17,38 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import stop, track, train
+from . import claims, stop, track, train
 from .study import Study, Trial
 
 
 def run_trial(study: Study, trial: Trial, *, quiet: bool = True) -> dict:
-    """Run ``trial`` into its folder unless it is finished; return its result."""
+    """Run ``trial`` into its folder unless it is finished or another live process runs it; return its result.
+
+    The trial is claimed first (muso_cli.claims): a trial whose claim is live elsewhere is skipped, with a result
+    of status running that is not written anywhere. A folder that cannot be written gives a failed result
+    (returned, not written), and the launch goes on with the other trials.
+    """
+    folder = study.trial_dir(trial)
     result = study.result(trial)
     if result and result.get("status") in track.FINAL_STATUSES:
         return result
-    cfg = OmegaConf.create(trial.config)
-    tags = [f"param:{trial.param}", f"optimizer:{cfg.optimizer.name}", f"width:{trial.width}"]
-    return train.run(cfg, study.trial_dir(trial), quiet=quiet, run_id=trial.id, group=study.name,
-                     job_type=trial.phase, tags=tags)
+    try:
+        claim = claims.take(folder)
+    except OSError as e:
+        return {"status": track.FAILED, "error": f"cannot write the trial folder {folder}: {e}"}
+    if claim is None:
+        return {"status": track.RUNNING, "holder": claims.holder(folder)}
+    with claim:
+        result = study.result(trial)  # it may have finished between the first look and the claim
+        if result and result.get("status") in track.FINAL_STATUSES:
+            return result
+        cfg = OmegaConf.create(trial.config)
+        tags = [f"param:{trial.param}", f"optimizer:{cfg.optimizer.name}", f"width:{trial.width}"]
+        try:
+            return train.run(cfg, folder, quiet=quiet, run_id=trial.id, group=study.name, job_type=trial.phase,
+                             tags=tags)
+        except OSError as e:  # the folder is not writable (train.run writes everything else into the result)
+            return {"status": track.FAILED, "error": f"cannot write the trial folder {folder}: {e}"}
 
 
 class Progress:
@@ -39,10 +58,12 @@ class Progress:
         self.total, self.done, self.todo_start = total, already_done, total - already_done
         self.started, self.stream = time.time(), stream
         self.counts: Counter = Counter()
+        self.statuses: dict[str, str] = {}  # trial id → status of the result this launch got for it
 
     def update(self, trial: Trial, result: dict) -> None:
         self.done += 1
         self.counts[result.get("status", track.FAILED)] += 1
+        self.statuses[trial.id] = result.get("status", track.FAILED)
         finished_here = sum(self.counts.values())
         remaining = self.total - self.done
         eta = (time.time() - self.started) / finished_here * remaining
@@ -186,11 +207,11 @@ def _after_crash(study: Study, trials: list[Trial], progress: Progress) -> list[
     again = []
     for t in trials:
         folder = study.trial_dir(t)
-        if (folder / track.HEARTBEAT).exists() and not track.is_running(folder):
-            result = {"status": track.FAILED, "error": "the worker process running this trial died (killed, out of "
-                      "memory, or crashed)"}
-            track.write_json(folder / track.RESULT, result)
-            (folder / track.HEARTBEAT).unlink(missing_ok=True)
+        if (folder / claims.CLAIM).exists() and not claims.is_running(folder):
+            result = track.write_result(folder, {"status": track.FAILED, "error": "the worker process running this "
+                                                 "trial died (killed, out of memory, or crashed)"})
+            for name in (track.HEARTBEAT, claims.CLAIM):
+                (folder / name).unlink(missing_ok=True)
             progress.update(t, result)
         elif study.status(t) in track.TO_RUN:
             again.append(t)
@@ -292,7 +313,7 @@ def _follow(study: Study, trials: list[Trial], job_ids: list[str], poll_s: float
                 return
             queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True,
                                     text=True).stdout.split()
-            if not queued and not any(track.is_running(study.trial_dir(t)) for t in trials if t.id not in seen):
+            if not queued and not any(claims.is_running(study.trial_dir(t)) for t in trials if t.id not in seen):
                 missing = len(trials) - len(seen)
                 print(f"the Slurm jobs ended with {missing} trials unfinished (see the logs in "
                       f"{study.path / 'slurm'}); run the same command again to retry them", file=sys.stderr)
@@ -318,4 +339,9 @@ def launch(study: Study, trials: list[Trial], lcfg: DictConfig) -> Counter:
     progress = Progress(runs, runs - len(todo))
     if todo:
         LAUNCHERS[lcfg.name](study, todo, lcfg, progress)
-    return Counter(study.status(t) for t in trials)
+
+    def status(t: Trial) -> str:  # a failure whose folder could not be written has no result file
+        on_disk = study.status(t)
+        return track.FAILED if on_disk == track.PENDING and progress.statuses.get(t.id) == track.FAILED else on_disk
+
+    return Counter(status(t) for t in trials)

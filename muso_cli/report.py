@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import track
+from . import claims, track
 from .plots import pyplot, save
 from .study import METRICS, Study, objective
 
@@ -39,7 +39,7 @@ def collect(study: Study, metric: str) -> tuple[pd.DataFrame, dict[str, int]]:
             if (folder / track.RESULT).exists():
                 skipped["unreadable"] += 1
             else:
-                skipped[track.RUNNING if track.is_running(folder) else track.PENDING] += 1
+                skipped[track.RUNNING if claims.is_running(folder) else track.PENDING] += 1
             continue
         final, best = result.get("final") or {}, result.get("best") or {}
         loss = objective(result, metric)

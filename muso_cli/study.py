@@ -16,10 +16,12 @@ coincide, so their trials share one id and one run; the list keeps an entry per 
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,12 +29,12 @@ from typing import Any, Iterable
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from . import track
+from . import claims, track
 from .config import to_container
 from .errors import UsageError, is_int, widths as check_widths
 from .parametrize import PARAMS, identity, is_damped
 
-SPEC, TRIALS, TRANSFER = "study.yaml", "trials.jsonl", "transfer.json"
+SPEC, TRIALS, TRANSFER, LOCK = "study.yaml", "trials.jsonl", "transfer.json", ".index.lock"
 # Config sections and keys that do not change a trial's numbers: left out of its id.
 NON_SEMANTIC = ("launcher", "logger", "study", "coord", "device", "hydra")
 NON_SEMANTIC_TRAIN = ("progress", "threads", "checkpoint_every", "eval_batch_size")
@@ -165,9 +167,22 @@ def with_values(config: dict, *, width: int | None = None, lr: float | None = No
 # ------------------------------------------------------------------------------------------------------
 # The study folder
 
+_ID = re.compile(r"[0-9a-f]{12}")
+
+
 class Study:
-    """A study folder (see the module docstring). Only the planning process writes study.yaml, trials.jsonl and
-    transfer.json (atomically); trials write only their own folders."""
+    """A study folder (see the module docstring). Planners write study.yaml, trials.jsonl and transfer.json;
+    trials write only their own folders.
+
+    The index (trials.jsonl) is shared by every planner of the study, possibly several at once (Slurm users plan
+    from several shells; the tests run six at a time). A planner reads it, merges its trials and writes it back
+    under an exclusive ``flock`` on ``.index.lock`` in the study folder, with an atomic rename, so concurrent
+    planners serialise and never lose each other's entries, and a reader never sees half a file. (An append-only
+    log would need no lock, but entries must also be refreshed and their indices stay stable, which a
+    read-modify-write does simply; per-trial plan files would leave the array index without an owner.) The lock
+    is taken only while planning, never while training: trials need no lock at all. An index that cannot be read
+    is refused (UsageError), never silently rewritten.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -187,9 +202,10 @@ class Study:
         if not (study.path / SPEC).is_file() or not (study.path / TRIALS).is_file():
             raise UsageError("study", f"{path} is not a study folder (no {SPEC} and {TRIALS}).",
                              "pass the folder `muso sweep` printed, e.g. studies/<name>.")
-        if track.read_json_lines(study.path / TRIALS) is None or study.spec() is None:
-            raise UsageError("study", f"{path}: {SPEC} or {TRIALS} cannot be read.",
-                             "check the folder's permissions; if the files were edited by hand, restore them.")
+        if study.spec() is None:
+            raise UsageError("study", f"{path}: {SPEC} cannot be read.",
+                             "check the folder's permissions; if the file was edited by hand, restore it.")
+        study.trials()  # refuses an unreadable index
         return study
 
     def spec(self) -> dict | None:
@@ -200,7 +216,23 @@ class Study:
         return spec if isinstance(spec, dict) else None
 
     def trials(self) -> list[Trial]:
-        return [Trial(**row) for row in track.read_json_lines(self.path / TRIALS) or []]
+        """The index, in index order ([] for a study not planned yet); UsageError when it cannot be trusted."""
+        path = self.path / TRIALS
+        if not path.exists():
+            return []
+        rows = track.read_json_lines(path)
+        try:
+            trials = [Trial(**row) for row in rows]
+            bad = next((t for i, t in enumerate(trials) if t.index != i or not isinstance(t.id, str)
+                        or not _ID.fullmatch(t.id) or t.param not in PARAMS), None)
+        except TypeError:  # rows None (malformed JSON) or rows that are not trial entries
+            bad = True
+        if bad is not None:
+            what = f"entry {bad.index} ({bad.id!r})" if isinstance(bad, Trial) else "a line"
+            raise UsageError("study", f"{path} cannot be read: {what} is not a valid trial entry.",
+                             "restore trials.jsonl from a copy, or plan the study again in a new folder "
+                             "(study.name=<new name>); finished results in trials/ are reused by id.")
+        return trials
 
     def trial(self, index: int) -> Trial:
         trials = self.trials()
@@ -217,7 +249,7 @@ class Study:
         result = self.result(trial)
         if result and result.get("status") in track.RESULT_STATUSES:
             return result["status"]
-        return track.RUNNING if track.is_running(self.trial_dir(trial)) else track.PENDING
+        return track.RUNNING if claims.is_running(self.trial_dir(trial)) else track.PENDING
 
     def transfers(self) -> dict:
         return track.read_json(self.path / TRANSFER) or {}
@@ -226,27 +258,39 @@ class Study:
     def write_spec(self, spec: dict) -> None:
         track.write_atomic(self.path / SPEC, yaml.safe_dump(spec, sort_keys=False))
 
+    @contextmanager
+    def _planning(self):
+        """Exclusive access to the index and transfer.json for one planner (see the class docstring)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def add(self, planned: Iterable[Trial]) -> list[Trial]:
-        """Merge planned trials into the list and return them with their indices.
+        """Merge planned trials into the index and return them with their indices.
 
         Entries are keyed by (id, param). One already listed keeps its index and phase; its runtime sections
         (launcher, logger, device…) are refreshed from the plan, so array jobs started later run with the latest
-        settings.
+        settings. New entries are numbered after the last.
         """
-        trials = self.trials()
-        by_key = {(t.id, t.param): t for t in trials}
-        out = []
-        for t in planned:
-            key = (t.id, t.param)
-            if key in by_key:
-                by_key[key].config = with_runtime(by_key[key].config, t.config)
-            else:
-                t.index = len(trials)
-                trials.append(t)
-                by_key[key] = t
-            out.append(by_key[key])
-        lines = [json.dumps(asdict(t), sort_keys=True) for t in trials]
-        track.write_atomic(self.path / TRIALS, "".join(line + "\n" for line in lines))
+        with self._planning():
+            trials = self.trials()
+            by_key = {(t.id, t.param): t for t in trials}
+            out = []
+            for t in planned:
+                key = (t.id, t.param)
+                if key in by_key:
+                    by_key[key].config = with_runtime(by_key[key].config, t.config)
+                else:
+                    t.index = len(trials)
+                    trials.append(t)
+                    by_key[key] = t
+                out.append(by_key[key])
+            lines = [json.dumps(asdict(t), sort_keys=True) for t in trials]
+            track.write_atomic(self.path / TRIALS, "".join(line + "\n" for line in lines))
         return out
 
     def record_transfers(self, best: dict[str, dict], trials: list[Trial], widths: list[int]) -> None:
@@ -254,6 +298,10 @@ class Study:
 
         A choice that did not change keeps the widths and trials recorded before; a changed one starts afresh.
         """
+        with self._planning():
+            self._record_transfers(best, trials, widths)
+
+    def _record_transfers(self, best: dict[str, dict], trials: list[Trial], widths: list[int]) -> None:
         transfers = self.transfers()
         for param, b in best.items():
             ids = [t.id for t in trials if t.param == param]

@@ -17,8 +17,7 @@ from typing import Any
 from .errors import check_one_of
 
 RESULT, METRICS, CONFIG, CHECKPOINT = "result.json", "metrics.jsonl", "config.yaml", "checkpoint.pt"
-HEARTBEAT = "running.json"   # present while a process trains the run; refreshed at every evaluation
-STALE_SECONDS = 900          # a heartbeat older than this (from another host) no longer counts as running
+HEARTBEAT = "running.json"   # present while a process holds the run's claim (muso_cli.claims)
 # The status vocabulary. A result.json holds ok, diverged or failed; a trial without one is running (a live
 # heartbeat) or pending. ok and diverged are final: never rerun; failed trials are retried.
 OK, DIVERGED, FAILED, RUNNING, PENDING = "ok", "diverged", "failed", "running", "pending"
@@ -83,29 +82,31 @@ def read_json_lines(path: Path) -> list[dict] | None:
         return None
 
 
-def beat(run_dir: Path) -> None:
-    """Write or refresh the heartbeat of a run in progress (host, pid, time)."""
-    import socket
-    import time
-
-    write_json(Path(run_dir) / HEARTBEAT, {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
-
-
-def is_running(run_dir: Path) -> bool:
-    """Whether a live process trains this run: its pid is alive (same host) or its heartbeat is fresh (other host)."""
-    import socket
-    import time
-
-    beat_ = read_json(Path(run_dir) / HEARTBEAT)
-    if not beat_:
-        return False
-    if beat_.get("host") == socket.gethostname():
+def write_result(run_dir: Path, result: dict) -> dict:
+    """Write ``result.json`` unless a finished result (ok, diverged) is there already: that one is never
+    replaced (a failed one is). Returns the result now on disk."""
+    path = Path(run_dir) / RESULT
+    existing = read_json(path)
+    if existing and existing.get("status") in FINAL_STATUSES:
+        return existing
+    if existing is not None or path.exists():
+        write_json(path, result)  # replaces a failed (or unreadable) result
+        return result
+    # absent: create it with link(), which fails instead of replacing a result that appeared in the meantime
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(finite_or_none(result), indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         try:
-            os.kill(int(beat_["pid"]), 0)
-        except (OSError, ValueError, KeyError):
-            return False
-        return True
-    return time.time() - float(beat_.get("time", 0)) < STALE_SECONDS
+            os.link(tmp, path)
+        except FileExistsError:
+            return write_result(run_dir, result)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return result
 
 
 class Recorder:
@@ -136,13 +137,15 @@ class Recorder:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
 
-    def finish(self, result: dict) -> None:
-        """Write result.json and close the W&B run with the result as its summary."""
-        write_json(self.out_dir / RESULT, result)
+    def finish(self, result: dict) -> dict:
+        """Write result.json (never over a finished one: see write_result) and close the W&B run with the result
+        as its summary. Returns the result on disk."""
+        result = write_result(self.out_dir, result)
         if self.wandb is not None:
             self.wandb.summary.update(flatten(finite_or_none(result)))
             self.wandb.finish(exit_code=0 if result.get("status") in FINAL_STATUSES else 1)
             self.wandb = None
+        return result
 
     def close(self) -> None:
         """Close the W&B run without a final result (an interrupted run that will resume)."""

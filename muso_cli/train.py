@@ -109,7 +109,6 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
     recorder = track.Recorder(out_dir, to_container(cfg), wandb_cfg=OmegaConf.to_container(cfg.logger),
                               run_id=run_id, group=group, job_type=job_type, tags=tags,
                               metrics=checkpoint["metrics"] if checkpoint else None)
-    track.beat(out_dir)
     base_result = {"muso_version": __version__, "torch_version": torch.__version__, "device": str(device),
                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "host": platform.node(),
                    "started_at": _now()}
@@ -122,15 +121,13 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
         result, before = _train(cfg, out_dir, device, recorder, checkpoint, quiet)
     except Interrupted:
         recorder.close()
-        (out_dir / track.HEARTBEAT).unlink(missing_ok=True)
         raise
     except Exception as e:  # a failure is a result: written, returned, never lost
         result = {"status": track.FAILED, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
     elapsed = time.time() - started + before
     result = {**base_result, **result, "wall_seconds": round(elapsed, 3), "finished_at": _now()}
-    recorder.finish(result)
-    for leftover in (track.CHECKPOINT, track.HEARTBEAT):
-        (out_dir / leftover).unlink(missing_ok=True)
+    result = recorder.finish(result)
+    (out_dir / track.CHECKPOINT).unlink(missing_ok=True)
     return result
 
 
@@ -243,7 +240,6 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
         if step % tcfg.eval_every == 0 or step == steps:
             row = eval_row()
             recorder.log(row)
-            track.beat(out_dir)
             _progress(quiet, row, steps)
             if not math.isfinite(row["train_loss"]) or row["train_loss"] > tcfg.diverge_factor * initial_loss:
                 status, reason = track.DIVERGED, f"train loss {row['train_loss']:.4g} at step {step}"
