@@ -428,11 +428,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     """
 
     STATISTICS_INTERVAL = "statistics_interval"
-    CHECKS: dict[str, Check] = {"lr": non_negative, "momentum": lambda key, value: check_unit_interval(key, value, 0.9),
-                                "weight_decay": non_negative,
-                                "bias_weight_decay": lambda key, value: check_positive(key, value, allow_zero=True,
-                                                                                       optional=True),
-                                "inverse_interval": interval, "factored": check_bool}
+    CHECKS: dict[str, Check] = {
+        "lr": non_negative, "momentum": lambda key, value: check_unit_interval(key, value, 0.9),
+        "weight_decay": non_negative,
+        "bias_weight_decay": lambda key, value: check_positive(key, value, allow_zero=True, optional=True),
+        "inverse_interval": interval, "factored": check_bool}
 
     def __init__(self, params, defaults: dict, *, model: nn.Module | None):
         check_hyperparameters(defaults, self.CHECKS)
@@ -441,19 +441,18 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 raise HyperparameterError("model", "differs from the model given as params.",
                                           "give the model once: as params, or as model= with param groups.")
             model, params = params, layer_groups(params)
-        else:
-            params = list(params)
-            if params and not isinstance(params[0], dict):
-                params = self.tensor_groups(params, model)
         self.model = model
+        params = list(params)
+        if params and not isinstance(params[0], dict):
+            params = self.tensor_groups(params)
         self.policy = HookPolicy()
         self.layers: dict[str, Layer] = {}
-        self._modules_by_name = dict(model.named_modules()) if model is not None else {}
+        self._modules_by_name: dict[str, nn.Module] = {}
         super().__init__(params, defaults)  # calls add_param_group for every group
 
     # -- what a subclass provides --------------------------------------------------------------------------
 
-    def tensor_groups(self, tensors: list, model: nn.Module | None) -> list[dict]:
+    def tensor_groups(self, tensors: list) -> list[dict]:
         """Param groups for plain tensors or (name, tensor) pairs."""
         raise NotImplementedError
 
@@ -493,6 +492,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if len(params) > 2:
             raise HyperparameterError("params", f"group of layer {name!r}: expected [weight] or [weight, bias], got "
                                       f"{len(params)} tensors.", "give every other tensor a group without 'layer'.")
+        if name not in self._modules_by_name and self.model is not None:  # a module added since the last look
+            self._modules_by_name = dict(self.model.named_modules())
         module = self._modules_by_name.get(name)
         if module is not None and (params[0] is not module.weight or (len(params) == 2 and params[1] is not module.bias)):
             raise HyperparameterError("params", f"group of layer {name!r}: its params must be [{name}.weight] or "
@@ -566,7 +567,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's, except that a layer's curvature tensors keep their dtype (torch casts every floating-point
-        state tensor to its parameter's; statistics are kept in at least float32, see :func:`statistics_dtype`)."""
+        state tensor to its parameter's; statistics are kept in at least float32, see :func:`statistics_dtype`).
+        The saved groups must be for the same layers, in the same order."""
+        saved_layers = [g.get("layer") for g in state_dict["param_groups"]]
+        if saved_layers != [g.get("layer") for g in self.param_groups]:
+            raise ValueError(f"loaded state dict has param groups for the layers {saved_layers}, this optimizer "
+                             f"for {[g.get('layer') for g in self.param_groups]}")
         super().load_state_dict(state_dict)
         saved = state_dict["state"]
         ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])

@@ -171,11 +171,11 @@ class KFAC(DampedOptimizer):
                     "fisher": fisher, "inverse": inverse, "factored": renamed("lowrank", lowrank, "factored", factored)}
         super().__init__(params, defaults, model=model)
 
-    def tensor_groups(self, tensors: list, model: nn.Module | None) -> list[dict]:
-        if model is None:
+    def tensor_groups(self, tensors: list) -> list[dict]:
+        if self.model is None:
             raise HyperparameterError("model", "is needed with plain tensors: K-FAC's hooks record the inputs and "
                                       "output gradients of the model's layers.", "pass model=<the network>.")
-        return layer_groups(model, tensors)
+        return layer_groups(self.model, tensors)
 
     def make_layer(self, name: str, weight: Tensor, bias: Tensor | None, module: nn.Module | None) -> KFACLayer | None:
         if self.model is None:

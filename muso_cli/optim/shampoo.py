@@ -146,7 +146,7 @@ class Shampoo(DampedOptimizer):
                     "factored": renamed("lowrank", lowrank, "factored", factored)}
         super().__init__(params, defaults, model=model)
 
-    def tensor_groups(self, tensors: list, model: nn.Module | None) -> list[dict]:
+    def tensor_groups(self, tensors: list) -> list[dict]:
         groups = []
         for i, t in enumerate(tensors):
             name, p = t if isinstance(t, tuple) else (f"tensor{i}", t)
