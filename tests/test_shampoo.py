@@ -1,7 +1,6 @@
 """Shampoo against explicit float64 matrix roots (torch.linalg.eigh in the test) of its statistics."""
 from __future__ import annotations
 
-import copy
 import io
 
 import pytest
@@ -44,17 +43,17 @@ def backward(model, x, y):
     return loss
 
 
-@pytest.mark.parametrize("n, lowrank, path", [(2, True, "factored"), (2, False, "dense"), (40, True, "dense")])
+@pytest.mark.parametrize("n, factored, path", [(2, True, "factored"), (2, False, "dense"), (40, True, "dense")])
 @pytest.mark.parametrize("statistics, rule, exponent", [("ema", "relative", 0.25), ("sum", "constant", 0.25),
                                                         ("ema", "constant", 0.5)])
-def test_linear_steps_match_explicit_roots(n, lowrank, path, statistics, rule, exponent):
+def test_linear_steps_match_explicit_roots(n, factored, path, statistics, rule, exponent):
     """Two steps: L, R statistics (EMA or sum), ε rule, D = L^-e G R^-e, momentum, weight decay after."""
     torch.manual_seed(0)
     layer = nn.Linear(7, 5)
     model = nn.Sequential(layer)
     lr, eps, decay, mom, wd = 0.1, 0.01, 0.6, 0.5, 0.02
     opt = Shampoo(model, lr=lr, damping=eps, damping_rule=rule, exponent=exponent, statistics=statistics,
-                  ema_decay=decay, momentum=mom, weight_decay=wd, lowrank=lowrank)
+                  ema_decay=decay, momentum=mom, weight_decay=wd, factored=factored)
     L = R = buf = None
     for _ in range(2):
         x, y = torch.randn(n, 7), torch.randint(0, 5, (n,))
@@ -115,7 +114,7 @@ def test_somup_eps_follows_the_plan_multipliers():
         base = MLP((12,), 3, width=8)
     plan = parametrize.make_plan(model, base, "somup", "shampoo", damping_rule="somup")
     plan.init_(model)
-    opt = Shampoo(plan.param_groups(model, lr=0.05), damping=0.01, damping_rule=plan.damping_rule, model=model)
+    opt = Shampoo(plan.param_groups(model, lr=0.05), model=model, damping=0.01)
     backward(model, torch.randn(10, 12), torch.randint(0, 3, (10,)))
     opt.step()
     got = opt.damping()
@@ -131,7 +130,7 @@ def test_builder_passes_config_and_plan():
         base = MLP((12,), 3, width=8)
     plan = parametrize.make_plan(model, base, "somup", "shampoo", power=2 * cfg.optimizer.exponent)
     opt = build(cfg.optimizer, model, plan, "xent")
-    assert isinstance(opt, Shampoo) and opt.exponent == 0.5 and opt.grafting == "sgd"
+    assert isinstance(opt, Shampoo) and all(g["exponent"] == 0.5 and g["grafting"] == "sgd" for g in opt.param_groups)
     backward(model, torch.randn(10, 12), torch.randint(0, 3, (10,)))
     opt.step()
     assert set(opt.damping()) == {"layers.0", "layers.1", "layers.2"}
@@ -166,11 +165,14 @@ def test_no_nan_from_zero_inputs_or_small_batches(rule):
             opt.step()
             assert all(torch.isfinite(p).all() for p in model.parameters())
             for layer in opt.layers.values():
-                assert torch.isfinite(layer.L_root).all() and torch.isfinite(layer.R_root).all()
+                state = opt.state[layer.weight]
+                assert torch.isfinite(state["L_root"]).all() and torch.isfinite(state["R_root"]).all()
 
 
 @pytest.mark.parametrize("grafting", ["none", "adagrad"])
 def test_state_dict_round_trip_continues_identically(grafting):
+    """k steps, save (weights_only-loadable), load into a fresh optimizer on a fresh model, continue:
+    bit-identical to the uninterrupted run."""
     torch.manual_seed(6)
     model = MLP((10,), 4, width=24)
     kwargs = dict(lr=0.02, damping=1e-2, momentum=0.9, weight_decay=1e-3, statistics_interval=2, inverse_interval=3,
@@ -186,10 +188,10 @@ def test_state_dict_round_trip_continues_identically(grafting):
     steps(model, opt, batches[:4])
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
-    twin = copy.deepcopy(model)
     steps(model, opt, batches[4:])
     buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
+    saved = torch.load(buffer, weights_only=True)
+    twin = MLP((10,), 4, width=24)
     twin.load_state_dict(saved["model"])
     reloaded = Shampoo(twin, **kwargs)
     reloaded.load_state_dict(saved["opt"])

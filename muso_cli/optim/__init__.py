@@ -4,7 +4,8 @@ An entry knows how to build its optimizer from the optimizer config node, the mo
 plan (per-layer lr, weight-decay and damping multipliers) and the training loss, and which of its config keys
 set the preconditioner's power for the plan's lr rule. Its checks are the optimizer's own: :func:`check`
 builds it (on the meta model validation already has) and turns the constructor's ValueError into a
-UsageError naming the config key. Adding an optimizer means: its module, its entry here, its column in the
+UsageError naming the config key. K-FAC and Shampoo are built generically (:func:`_layerwise`): their config
+keys are their constructor's argument names. Adding an optimizer means: its module, its entry here, its column in the
 table (muso_cli.parametrize), its YAML under conf/optimizer/, and its tests.
 """
 from __future__ import annotations
@@ -37,22 +38,25 @@ def _adamw(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimize
                              betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
-def _kfac(cfg, model: nn.Module, plan: Plan, loss: str) -> KFAC:
-    # TODO(optim-house): one signature for both, cls(groups, model=model, loss=loss, **options)
-    groups = plan.param_groups(model, cfg.lr, weight_decay=cfg.weight_decay)
-    return KFAC(model, groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, damping=cfg.damping,
-                damping_rule=plan.damping_rule, ema_decay=cfg.ema_decay, curvature_interval=cfg.curvature_interval,
-                inverse_interval=cfg.inverse_interval, fisher=cfg.fisher, loss=loss, inverse=cfg.inverse,
-                lowrank=cfg.lowrank)
+def _layerwise(cls: type, *, takes_loss: bool = False) -> Callable[..., torch.optim.Optimizer]:
+    """The builder of a layerwise optimizer: ``cls(groups, model=model, **options)`` with the plan's groups and
+    every key of the config node but PLAN_KEYS as a constructor argument (the keys are the argument names);
+    ``loss`` (the training loss) too when the optimizer ``takes_loss``."""
 
+    def build(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimizer:
+        options = {key: value for key, value in cfg.items() if key not in PLAN_KEYS}
+        for key in ("params", "model", "loss"):
+            if key in options:
+                raise HyperparameterError(key, f"is not an option of optimizer={cfg.name}.",
+                                          f"remove it; the options are in conf/optimizer/{cfg.name}.yaml.")
+        groups = plan.param_groups(model, cfg.lr, weight_decay=cfg.weight_decay)
+        per_layer = sorted({key for group in groups for key in group} & (options.keys() - {"lr", "weight_decay"}))
+        if per_layer:  # the groups would silently override it
+            raise HyperparameterError(per_layer[0], "is set per layer by the parameterization.",
+                                      f"remove it; muso params shows the values (conf/optimizer/{cfg.name}.yaml).")
+        return cls(groups, model=model, **options, **({"loss": loss} if takes_loss else {}))
 
-def _shampoo(cfg, model: nn.Module, plan: Plan, loss: str) -> Shampoo:
-    groups = plan.param_groups(model, cfg.lr, weight_decay=cfg.weight_decay)
-    return Shampoo(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, damping=cfg.damping,
-                   damping_rule=plan.damping_rule, exponent=cfg.exponent, statistics=cfg.statistics,
-                   ema_decay=cfg.ema_decay, statistics_interval=cfg.statistics_interval,
-                   inverse_interval=cfg.inverse_interval, grafting=cfg.grafting, eigh_dtype=cfg.eigh_dtype,
-                   model=model, lowrank=cfg.lowrank)
+    return build
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,8 @@ _TORCH_ERRORS = {"learning rate": "lr", "momentum": "momentum", "weight_decay": 
 REGISTRY: dict[str, Entry] = {
     "sgd": Entry(_sgd, torch_errors=_TORCH_ERRORS),
     "adam": Entry(_adamw, torch_errors=_TORCH_ERRORS),
-    "kfac": Entry(_kfac),
-    "shampoo": Entry(_shampoo, power=lambda cfg: 2.0 * cfg.exponent),
+    "kfac": Entry(_layerwise(KFAC, takes_loss=True)),
+    "shampoo": Entry(_layerwise(Shampoo), power=lambda cfg: 2.0 * cfg.exponent),
 }
 
 

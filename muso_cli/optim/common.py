@@ -1,39 +1,64 @@
-"""What K-FAC and Shampoo share: layers seen as matrices, gradient capture by hooks, the SGD update, the loop.
+"""What K-FAC and Shampoo share: layers seen as matrices, gradient capture by hooks, the layer protocol, the
+SGD update, the checks of their hyperparameters and the loop.
 
 A preconditioned layer (``nn.Linear``, ``nn.Conv2d``, or for Shampoo any weight tensor) is one matrix
 ``W`` of shape [d_out, d_in]: the weight flattened as ``weight.flatten(1)`` (conv: d_in = C_in·kh·kw, in the
 order of ``F.unfold``'s patch entries), augmented with the bias as its last column when there is one
 (d_in = fan_in + 1), so that ``h = W [x; 1]``: weight and bias are preconditioned together.
 
-:class:`Layer` owns that view and this step's captured activations (hooks record the layer inputs ``x`` and the
-gradients ``g = ∂loss/∂h`` of its outputs); :class:`LayerwiseOptimizer` is the ``torch.optim.Optimizer`` that
-builds the layers from the param groups, schedules statistics and inverse updates, and applies the update
+The layer protocol. :class:`Layer` owns that view and this step's captured activations (hooks record the
+layer inputs ``x`` and the gradients ``g = ∂loss/∂h`` of its outputs); everything that outlives a step (the
+statistics, what is computed from them, the damping in effect, the layer's step count) is kept in the
+optimizer's ``self.state[layer.weight]``, so that torch's ``state_dict`` holds it. With ``state`` that dict and
+``group`` the layer's param group (all hyperparameters), a subclass implements::
+
+    update_statistics(state, group)   fold this step's gradient information into the statistics
+    update_inverse(state, group)      recompute what ``precondition`` applies from the statistics (damped
+                                      inverses for K-FAC, inverse roots for Shampoo; an eigenbasis for SOAP)
+    precondition(state, group) -> D   the update direction D [d_out, d_in] from this step's gradient
+
+and names the keys of ``state`` that hold the statistics and the inverses (``statistics``, ``inverses``).
+The optimizer (:meth:`LayerwiseOptimizer.layer_direction`) calls ``update_statistics`` on the group's statistics
+steps and ``update_inverse`` on its inverse steps, each also whenever its keys are missing; a layer still without
+statistics after that is updated like SGD for the step. A preconditioner without statistics (Muon: G
+orthogonalised) implements ``precondition`` alone.
+
+:class:`LayerwiseOptimizer` is the ``torch.optim.Optimizer`` that builds the layers from the param groups (at
+construction and in ``add_param_group``), schedules statistics and inverse updates, and applies the update
 ``W ← W − lr·v, v ← momentum·v + (D + weight_decay·W)`` to the preconditioned direction D of every layer and
 to the plain gradient of every other parameter (torch.optim.SGD with dampening 0). Weight decay therefore
 enters *after* preconditioning (as in kfac-pytorch, where the wrapped SGD sees the preconditioned gradient):
 it is a plain L2 pull, not reshaped by the curvature, and it leaves the batch gradient that the factored
-form below relies on untouched.
+form below relies on untouched. A layer's bias decays by the group's ``bias_weight_decay`` (None: by
+``weight_decay``, as torch would).
 
 The factored form. One forward and one backward of a batch give the gradient as a product
 ``G = Δᵀ X`` with X [R, d_in] the (augmented) input rows and Δ [R, d_out] the output-gradient rows
 (R = batch size for an MLP; batch × positions for a conv, patches by ``F.unfold``). Products such as
 ``P G Q = (P Δᵀ)(X Q)`` then cost R·(d_out² + d_in² + d_out·d_in) instead of d_out·d_in·(d_out + d_in);
-K-FAC and Shampoo use them when R is small enough for that to be cheaper. It is exact only when the
-``.grad`` the optimizer sees is that product: one forward and one backward since the last step, nothing
-added to or rescaled in the gradient afterwards (gradient accumulation, clipping, a weight used twice).
-:meth:`Layer.factored_grad` checks this with one random probe vector (‖G v − Δᵀ(X v)‖ ≤ 1e-4·‖G v‖, a
-matrix-vector product) and the optimizers fall back to the dense matrices when it fails.
+K-FAC and Shampoo use them (group key ``factored``) when R is small enough for that to be cheaper. The form is
+exact, not an approximation, but only when the ``.grad`` the optimizer sees is that product: one forward and
+one backward since the last step, nothing added to or rescaled in the gradient afterwards (gradient
+accumulation, clipping, a weight used twice). :meth:`Layer.factored_grad` checks this with one random probe
+vector (‖G v − Δᵀ(X v)‖ ≤ 1e-4·‖G v‖, a matrix-vector product) and the optimizers fall back to the dense
+matrices when it fails.
 """
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from itertools import chain
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .. import parametrize
+from ..errors import (HyperparameterError, UsageError, check_bool, check_one_of, check_positive,
+                      check_unit_interval)
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 _PROBE_TOL = 1e-4  # relative; fp32 rounding of a batch gradient is ~1e-6, a clipped or summed one far larger
@@ -61,52 +86,82 @@ def running_average(old: Tensor | None, new: Tensor, decay: float) -> Tensor:
     return old.mul_(decay).add_(new, alpha=1.0 - decay)
 
 
+def weak_forward_hook(module: nn.Module, owner: object, fn: Callable[[Any, tuple, Any], None]) -> None:
+    """Call ``fn(owner, inputs, output)`` after every forward of ``module`` in training mode with grad enabled.
+
+    The hook holds ``owner`` by weak reference and removes itself once the owner is gone, so that a dropped
+    optimizer stops recording (a model outlives many optimizers in a sweep); ``fn`` must therefore not hold the
+    owner (a function, not a bound method). It fires only for the module it was registered on: a deepcopy of the
+    model copies the hook, and the copy must not record.
+    """
+    ref = weakref.ref(owner)
+
+    def hook(m: nn.Module, inputs: tuple, output: Any) -> None:
+        alive = ref()
+        if alive is None:
+            handle.remove()
+        elif m is module and m.training and torch.is_grad_enabled():
+            fn(alive, inputs, output)
+
+    handle = module.register_forward_hook(hook)
+
+
 @dataclass
 class HookPolicy:
-    """What the layer hooks do on the next forward/backward; set by the optimizer before every step.
+    """Shared by an optimizer and its layers' hooks. mc_pass: the backward in progress is the optimizer's own
+    (sampled-target, K-FAC's MC Fisher) one, not the user's."""
 
-    capture: record inputs and output gradients (only in training mode with grad enabled).
-    mc_pass: the backward in progress is the optimizer's own (sampled-target) one, not the user's.
-    """
-
-    capture: bool = True
     mc_pass: bool = False
 
 
 class Layer:
-    """One preconditioned layer seen as a matrix W [d_out, d_in] (see the module docstring).
+    """One preconditioned layer seen as a matrix W [d_out, d_in], and the layer protocol (module docstring).
 
     name: the module name (or a label for a bare tensor). module: the Linear/Conv2d the tensors belong to,
-    or None (no hooks: the optimizer works from ``.grad`` alone). Subclasses add the curvature statistics,
-    their inverses and ``state_dict``/``load_state_dict`` for them.
+    or None (no hooks: the optimizer works from ``.grad`` alone). capture: whether the hook records the next
+    forward (set by the optimizer's schedule).
     """
 
-    state_keys: tuple[str, ...] = ()  # attributes saved by state_dict (tensors, floats, dicts of floats, None)
+    statistics: tuple[str, ...] = ()  # keys of the layer's state holding its statistics
+    inverses: tuple[str, ...] = ()    # keys holding what update_inverse computes
 
     def __init__(self, name: str, weight: Tensor, bias: Tensor | None = None, module: nn.Module | None = None):
         if weight.dim() < 2:
-            raise ValueError(f"layer {name!r}: the weight must have at least 2 dimensions, got {tuple(weight.shape)}")
+            raise HyperparameterError("params", f"layer {name!r}: the weight must have at least 2 dimensions, got "
+                                      f"{tuple(weight.shape)}.", "give a 1-D tensor a group without 'layer'.")
         if bias is not None and bias.shape != weight.shape[:1]:
-            raise ValueError(f"layer {name!r}: bias of shape {tuple(bias.shape)} does not match the weight's "
-                             f"{weight.shape[0]} outputs")
+            raise HyperparameterError("params", f"layer {name!r}: bias of shape {tuple(bias.shape)} does not match "
+                                      f"the weight's {weight.shape[0]} outputs.", "group a layer as [weight, bias].")
         self.name, self.weight, self.bias, self.module = name, weight, bias, module
         self.d_out = weight.shape[0]
         self.fan_in = weight[0].numel()
         self.d_in = self.fan_in + (bias is not None)
         self.path = "dense"          # which form the last step used: "dense" or "factored"
+        self.capture = True
+        self.policy = HookPolicy()
         self.inputs: list[Tensor] = []      # this step's layer inputs (detached), one per captured forward
         self.grads: list[Tensor] = []       # ∂loss/∂h of the user's backward, one per captured backward
         self.mc_grads: list[Tensor] = []    # ∂loss/∂h of the optimizer's sampled-target backward (K-FAC MC)
         self._factored: tuple[Tensor, Tensor] | None | bool = False  # cache of factored_grad (False: unknown)
         self._probe: Tensor | None = None
 
-    def state_dict(self) -> dict:
-        return {key: getattr(self, key) for key in self.state_keys}
+    # -- the protocol ----------------------------------------------------------------------------------------
 
-    def load_state_dict(self, state: dict) -> None:
-        for key in self.state_keys:
-            value = state[key]
-            setattr(self, key, value.to(self.weight.device) if isinstance(value, Tensor) else value)
+    def update_statistics(self, state: dict, group: dict) -> None:
+        """Fold this step's gradient information into the statistics in ``state`` (none by default)."""
+
+    def update_inverse(self, state: dict, group: dict) -> None:
+        """Recompute from the statistics what :meth:`precondition` applies (nothing by default)."""
+
+    def precondition(self, state: dict, group: dict) -> Tensor:
+        """The update direction D [d_out, d_in] of this step, in the parameters' dtype."""
+        raise NotImplementedError
+
+    def has_statistics(self, state: dict) -> bool:
+        return all(state.get(key) is not None for key in self.statistics)
+
+    def has_inverse(self, state: dict) -> bool:
+        return all(state.get(key) is not None for key in self.inverses)
 
     @property
     def params(self) -> list[Tensor]:
@@ -134,26 +189,18 @@ class Layer:
     # -- capture -------------------------------------------------------------------------------------------
 
     def attach(self, policy: HookPolicy) -> None:
-        """Register the capture hook on the module.
+        """Register the capture hook on the module (held weakly: see :func:`weak_forward_hook`)."""
+        self.policy = policy
+        weak_forward_hook(self.module, self, Layer.on_forward)
 
-        The hook holds the layer by weak reference and removes itself once the layer is gone, so an optimizer
-        that is dropped stops recording (a model outlives many optimizers in a sweep). It records only on the
-        module it was registered on: a deepcopy of the model copies the hook, and the copy must not record.
-        """
-        layer, module = weakref.ref(self), self.module
+    def on_forward(self, inputs: tuple, output: Tensor) -> None:
+        if self.capture and output.requires_grad:
+            self.record(inputs[0], output)
 
-        def hook(m: nn.Module, inputs: tuple, output: Tensor) -> None:
-            owner = layer()
-            if owner is None:
-                handle.remove()
-            elif m is module and policy.capture and m.training and torch.is_grad_enabled() and output.requires_grad:
-                owner.record(inputs[0], output, policy)
-
-        handle = module.register_forward_hook(hook)
-
-    def record(self, x: Tensor, output: Tensor, policy: HookPolicy) -> None:
+    def record(self, x: Tensor, output: Tensor) -> None:
         """Keep the layer input and arrange for the gradient of the output to be kept (until the next step)."""
         self.inputs.append(x.detach())
+        policy = self.policy
 
         def on_grad(g: Tensor) -> None:
             (self.mc_grads if policy.mc_pass else self.grads).append(g.detach())
@@ -252,21 +299,33 @@ class Layer:
         return left @ self.grad_matrix() @ right
 
 
-def layer_groups(model: nn.Module) -> list[dict]:
+def _name(prefix: str, attr: str) -> str:
+    return f"{prefix}.{attr}" if prefix else attr
+
+
+def layer_groups(model: nn.Module, tensors: Iterable | None = None) -> list[dict]:
     """Default param groups without a plan: one per Linear/Conv2d (``layer`` = its module name, weight then
-    bias), and one per remaining parameter (updated like SGD). Multipliers are left to the optimizer's
-    defaults (1).
+    bias), and one per remaining parameter (updated like SGD), all named (torch's ``param_names``).
+    Multipliers are left to the optimizer's defaults (1). With ``tensors`` (tensors or (name, tensor) pairs of
+    ``model``), only those: a layer whose weight is not among them has no group.
     """
+    parameters = {id(p): p for p in model.parameters()}
+    keep = None
+    if tensors is not None:
+        keep = {id(t[1] if isinstance(t, tuple) else t) for t in tensors}
+        if not keep <= parameters.keys():
+            raise HyperparameterError("params", "holds tensors that are not parameters of the model.",
+                                      "give the model's parameters, or param groups.")
+    wanted = lambda p: p is not None and (keep is None or id(p) in keep)  # noqa: E731
     groups, seen = [], set()
     for name, module in model.named_modules():
-        if isinstance(module, LAYER_TYPES) and id(module.weight) not in seen:
-            params = [p for p in (module.weight, module.bias) if p is not None]
-            seen.update(id(p) for p in params)
-            groups.append({"params": params, "layer": name,
-                           "names": [f"{name}.weight"] + ([f"{name}.bias"] if module.bias is not None else [])})
+        if isinstance(module, LAYER_TYPES) and wanted(module.weight) and id(module.weight) not in seen:
+            params = [(_name(name, a), p) for a, p in (("weight", module.weight), ("bias", module.bias)) if wanted(p)]
+            seen.update(id(p) for _, p in params)
+            groups.append({"params": params, "layer": name})
     for name, p in model.named_parameters():
-        if id(p) not in seen:
-            groups.append({"params": [p], "names": [name]})
+        if id(p) not in seen and wanted(p):
+            groups.append({"params": [(name, p)]})
     return groups
 
 
@@ -301,70 +360,183 @@ def eigh_psd(matrix: Tensor, dtypes: Iterable[torch.dtype]) -> tuple[Tensor, Ten
     return None
 
 
-class LayerwiseOptimizer(torch.optim.Optimizer):
-    """Base of :class:`~muso_cli.optim.kfac.KFAC` and :class:`~muso_cli.optim.shampoo.Shampoo`.
+# ------------------------------------------------------------------------------------------------------
+# Hyperparameter checks: one per fact, as data (key → check). A check returns None or the UsageError of the
+# ground layer (muso_cli.errors), which check_hyperparameters raises as the HyperparameterError of that key.
 
-    Groups with a ``layer`` key are preconditioned by a :class:`Layer` (subclass from :meth:`make_layer`); every
-    other group gets SGD with its own lr, momentum and weight decay. ``statistics_interval`` /
-    ``inverse_interval``: steps between statistics (curvature) updates and between inverse updates, counted
-    from step 0, where both happen. ``lowrank``: capture every step so that the factored form can be used
-    (see the module docstring); without it the hooks capture only on statistics steps.
+Check = Callable[[str, Any], UsageError | None]
+
+
+def non_negative(key: str, value: Any) -> UsageError | None:
+    return check_positive(key, value, allow_zero=True)
+
+
+def positive(key: str, value: Any) -> UsageError | None:
+    return check_positive(key, value)
+
+
+def interval(key: str, value: Any) -> UsageError | None:
+    return check_positive(key, value, integer=True)
+
+
+def decay(key: str, value: Any) -> UsageError | None:
+    return check_unit_interval(key, value, 0.95)
+
+
+def one_of(choices: Iterable[str]) -> Check:
+    choices = tuple(choices)
+    return lambda key, value: check_one_of(key, value, choices)
+
+
+def check_hyperparameters(values: dict, checks: dict[str, Check], where: str = "") -> None:
+    """Raise :class:`~muso_cli.errors.HyperparameterError` for the first of ``values`` its check refuses
+    (keys without a check pass). ``where`` is appended to the problem (e.g. which param group)."""
+    for key, value in values.items():
+        error = checks[key](key, value) if key in checks else None
+        if error is not None:
+            raise HyperparameterError(key, f"{error.problem.rstrip('.')}{where}.", error.fix)
+
+
+def damping_checks(optimizer: str) -> dict[str, Check]:
+    """The damping hyperparameters of ``optimizer``'s column of the damping table (muso_cli.parametrize):
+    ρ > 0, one of its rules, and its per-layer multipliers ``damping_<factor>`` > 0."""
+    rules = parametrize.DAMPING[optimizer]
+    factors = dict.fromkeys(factor for rule in rules.values() for factor in rule)
+    return {"damping": positive, "damping_rule": one_of(rules), **{f"damping_{f}": positive for f in factors}}
+
+
+def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value of argument ``new``, or of its deprecated alias ``old`` when that was given (FutureWarning)."""
+    if old_value is None:
+        return new_value
+    warnings.warn(f"{old} is deprecated: it was renamed {new} (same meaning)", FutureWarning, stacklevel=3)
+    return old_value
+
+
+class LayerwiseOptimizer(torch.optim.Optimizer):
+    """Base of :class:`~muso_cli.optim.kfac.KFAC` and :class:`~muso_cli.optim.shampoo.Shampoo`: a torch
+    optimizer whose param groups with a ``layer`` key are preconditioned by a :class:`Layer` (the layer protocol,
+    module docstring) and whose other groups get SGD.
+
+    ``params``: the model (then also ``model``; groups from :func:`layer_groups`), param groups, or plain or
+    named tensors (grouped by :meth:`tensor_groups`). Every hyperparameter is in ``defaults`` and may be set per
+    group; checked by ``CHECKS`` (defaults once, then what each group sets itself). Every group has at least
+    ``lr``, ``momentum``, ``weight_decay``, ``bias_weight_decay``, ``inverse_interval``, the statistics interval
+    (key ``STATISTICS_INTERVAL``), and ``factored`` (capture every step so that the factored form can be used;
+    without it the hooks capture only on statistics steps). Schedules are counted per layer from the step its
+    group was added (``self.state[weight]["step"]``); statistics and inverses are both updated at its step 0.
     """
 
-    def __init__(self, params, defaults: dict, *, model: nn.Module | None, statistics_interval: int,
-                 inverse_interval: int, lowrank: bool):
-        for key, value in (("statistics_interval", statistics_interval), ("inverse_interval", inverse_interval)):
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{key} must be an integer ≥ 1, got {value!r}")
-        if defaults["lr"] < 0 or defaults["damping"] <= 0 or not 0 <= defaults["momentum"] < 1 \
-                or defaults["weight_decay"] < 0:
-            raise ValueError(f"need lr ≥ 0, damping > 0, 0 ≤ momentum < 1, weight_decay ≥ 0; got {defaults}")
+    STATISTICS_INTERVAL = "statistics_interval"
+    CHECKS: dict[str, Check] = {
+        "lr": non_negative, "momentum": lambda key, value: check_unit_interval(key, value, 0.9),
+        "weight_decay": non_negative,
+        "bias_weight_decay": lambda key, value: check_positive(key, value, allow_zero=True, optional=True),
+        "inverse_interval": interval, "factored": check_bool}
+
+    def __init__(self, params, defaults: dict, *, model: nn.Module | None):
+        check_hyperparameters(defaults, self.CHECKS)
         if isinstance(params, nn.Module):
-            model, params = params, None
-        if params is None:
-            if model is None:
-                raise ValueError("give the model or param groups")
-            params = layer_groups(model)
-        super().__init__(params, defaults)
-        self.statistics_interval, self.inverse_interval, self.lowrank = statistics_interval, inverse_interval, lowrank
-        self.steps = 0  # optimizer steps taken (saved in state_dict)
+            if model is not None and model is not params:
+                raise HyperparameterError("model", "differs from the model given as params.",
+                                          "give the model once: as params, or as model= with param groups.")
+            model, params = params, layer_groups(params)
+        self.model = model
+        params = list(params)
+        if params and not isinstance(params[0], dict):
+            params = self.tensor_groups(params)
         self.policy = HookPolicy()
         self.layers: dict[str, Layer] = {}
-        modules = dict(model.named_modules()) if model is not None else {}
-        for group in self.param_groups:
-            if group.get("layer") is None:
-                continue
-            name, params = group["layer"], group["params"]
-            if len(params) > 2:
-                raise ValueError(f"group of layer {name!r}: expected [weight] or [weight, bias], got "
-                                 f"{len(params)} tensors")
-            module = modules.get(name)
-            if module is not None and (params[0] is not module.weight
-                                       or (len(params) == 2 and params[1] is not module.bias)):
-                raise ValueError(f"group of layer {name!r}: its params must be [{name}.weight] or "
-                                 f"[{name}.weight, {name}.bias], in that order")
-            layer = self.make_layer(name, params[0], params[1] if len(params) == 2 else None, module)
-            if layer is None:
-                continue
-            self.layers[name] = layer
-            if layer.module is not None:
-                layer.attach(self.policy)
-        self._set_policy()
+        self._modules_by_name: dict[str, nn.Module] = {}
+        super().__init__(params, defaults)  # calls add_param_group for every group
+
+    # -- what a subclass provides --------------------------------------------------------------------------
+
+    def tensor_groups(self, tensors: list) -> list[dict]:
+        """Param groups for plain tensors or (name, tensor) pairs."""
+        raise NotImplementedError
 
     def make_layer(self, name: str, weight: Tensor, bias: Tensor | None, module: nn.Module | None) -> Layer | None:
         """The subclass's Layer for a group (None: the group is updated like SGD)."""
         raise NotImplementedError
 
-    def layer_direction(self, layer: Layer, group: dict, update_statistics: bool,
-                        update_inverse: bool) -> Tensor | None:
-        """The preconditioned direction D [d_out, d_in] of ``layer`` this step (None: use the gradient)."""
-        raise NotImplementedError
+    # -- groups ----------------------------------------------------------------------------------------------
 
-    def is_statistics_step(self, step: int | None = None) -> bool:
-        return (self.steps if step is None else step) % self.statistics_interval == 0
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's, and then: the hyperparameters the group sets are checked, and a group with ``layer``
+        (params [weight] or [weight, bias] of that module of ``model``) is preconditioned from its next step on
+        (its Layer made, the capture hook attached); a group without ``layer`` gets SGD."""
+        label = (f" (param group of layer {param_group['layer']!r})" if param_group.get("layer") is not None
+                 else f" (param group {len(self.param_groups)})")
+        check_hyperparameters(param_group, self.CHECKS, label)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group.get("layer") is None:
+            return
+        try:
+            layer = self._make_layer(group)
+        except Exception:
+            self.param_groups.pop()
+            raise
+        if layer is not None:
+            self.layers[layer.name] = layer
+            if layer.module is not None:
+                layer.attach(self.policy)
+            self.schedule(layer, group)
 
-    def _set_policy(self) -> None:
-        self.policy.capture = self.lowrank or self.is_statistics_step()
+    def _make_layer(self, group: dict) -> Layer | None:
+        name, params = group["layer"], group["params"]
+        if name in self.layers:
+            raise HyperparameterError("params", f"has two param groups for layer {name!r}.",
+                                      "give each layer one group.")
+        if len(params) > 2:
+            raise HyperparameterError("params", f"group of layer {name!r}: expected [weight] or [weight, bias], got "
+                                      f"{len(params)} tensors.", "give every other tensor a group without 'layer'.")
+        if name not in self._modules_by_name and self.model is not None:  # a module added since the last look
+            self._modules_by_name = dict(self.model.named_modules())
+        module = self._modules_by_name.get(name)
+        if module is not None and (params[0] is not module.weight or (len(params) == 2 and params[1] is not module.bias)):
+            raise HyperparameterError("params", f"group of layer {name!r}: its params must be [{name}.weight] or "
+                                      f"[{name}.weight, {name}.bias], in that order.", "reorder the group's params.")
+        return self.make_layer(name, params[0], params[1] if len(params) == 2 else None, module)
+
+    def layer_groups(self) -> Iterator[tuple[Layer, dict]]:
+        """(layer, its param group) for every preconditioned layer."""
+        for group in self.param_groups:
+            layer = self.layers.get(group.get("layer"))
+            if layer is not None:
+                yield layer, group
+
+    # -- the schedule ----------------------------------------------------------------------------------------
+
+    def layer_step(self, layer: Layer) -> int:
+        """Steps taken since ``layer``'s group was added."""
+        return self.state.get(layer.weight, {}).get("step", 0)
+
+    def statistics_due(self, layer: Layer, group: dict) -> bool:
+        return self.layer_step(layer) % group[self.STATISTICS_INTERVAL] == 0
+
+    def schedule(self, layer: Layer, group: dict) -> None:
+        """Set what ``layer``'s hook records on the next forward: on its statistics steps, and on every step when
+        the factored form may be used. Called after every step, for an added group and after loading a state."""
+        layer.capture = group["factored"] or self.statistics_due(layer, group)
+
+    def layer_direction(self, layer: Layer, group: dict) -> Tensor | None:
+        """The preconditioned direction D [d_out, d_in] of ``layer`` this step, or None (update it like SGD):
+        the layer protocol on the group's schedule."""
+        state = self.state[layer.weight]
+        if self.statistics_due(layer, group) or not layer.has_statistics(state):
+            layer.update_statistics(state, group)
+        if not layer.has_statistics(state):
+            warnings.warn(f"{type(self).__name__} has no curvature for layer {layer.name!r} yet (its forward/"
+                          f"backward ran in eval mode or without grad?): this step updates it like SGD",
+                          UserWarning, stacklevel=3)
+            return None
+        if self.layer_step(layer) % group["inverse_interval"] == 0 or not layer.has_inverse(state):
+            layer.update_inverse(state, group)
+        return layer.precondition(state, group)
+
+    # -- the step --------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -373,40 +545,64 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        update_statistics = self.is_statistics_step()
-        update_inverse = self.steps % self.inverse_interval == 0
         for group in self.param_groups:
-            hyper = {"lr": group["lr"], "momentum": group["momentum"], "weight_decay": group["weight_decay"]}
+            hyper = {"lr": group["lr"], "momentum": group["momentum"]}
+            decays = [group["weight_decay"]] * len(group["params"])
+            if group.get("layer") is not None and len(decays) == 2 and group["bias_weight_decay"] is not None:
+                decays[1] = group["bias_weight_decay"]
             layer = self.layers.get(group.get("layer"))
-            direction = None
-            if layer is not None and layer.has_grad():
-                direction = self.layer_direction(layer, group, update_statistics, update_inverse)
+            direction = self.layer_direction(layer, group) if layer is not None and layer.has_grad() else None
             if direction is not None:
-                for p, d in layer.split(direction):
-                    sgd_update_(p, d, self.state[p], **hyper)
+                for (p, d), wd in zip(layer.split(direction), decays):
+                    sgd_update_(p, d, self.state[p], weight_decay=wd, **hyper)
                 continue
-            for p in group["params"]:
+            for p, wd in zip(group["params"], decays):
                 if p.grad is not None:
-                    sgd_update_(p, p.grad, self.state[p], **hyper)
-        for layer in self.layers.values():
+                    sgd_update_(p, p.grad, self.state[p], weight_decay=wd, **hyper)
+        for layer, group in self.layer_groups():
             layer.clear()
-        self.steps += 1
-        self._set_policy()
+            self.state[layer.weight]["step"] = self.layer_step(layer) + 1
+            self.schedule(layer, group)
         return loss
 
-    def state_dict(self) -> dict:
-        """torch's optimizer state (momentum buffers, groups) plus ``steps`` and every layer's statistics."""
-        out = super().state_dict()
-        out["steps"] = self.steps
-        out["layers"] = {name: layer.state_dict() for name, layer in self.layers.items()}
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's, except that a layer's curvature tensors keep their dtype (torch casts every floating-point
+        state tensor to its parameter's; statistics are kept in at least float32, see :func:`statistics_dtype`).
+        The saved groups must be for the same layers, in the same order."""
+        saved_layers = [g.get("layer") for g in state_dict["param_groups"]]
+        if saved_layers != [g.get("layer") for g in self.param_groups]:
+            raise ValueError(f"loaded state dict has param groups for the layers {saved_layers}, this optimizer "
+                             f"for {[g.get('layer') for g in self.param_groups]}")
+        super().load_state_dict(state_dict)
+        saved = state_dict["state"]
+        ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        weights = {layer.weight for layer in self.layers.values()}
+        for i, p in zip(ids, params):
+            if p in weights and i in saved:
+                for key, value in saved[i].items():
+                    if key != "momentum_buffer" and isinstance(value, Tensor) and value.is_floating_point():
+                        self.state[p][key] = value.to(device=p.device, dtype=statistics_dtype(p))
+        for layer, group in self.layer_groups():
+            self.schedule(layer, group)
+
+
+class DampedOptimizer(LayerwiseOptimizer):
+    """A layerwise optimizer with damping (K-FAC, Shampoo): its groups carry ``damping`` (ρ or ε),
+    ``damping_rule`` and the plan's multipliers (checked by :func:`damping_checks`), and each layer's state
+    ``"damping"`` the values in effect, from its last inverse update."""
+
+    def damping(self) -> dict[str, dict[str, float]]:
+        """Damping values in effect per layer: {layer name: {factor: value}}."""
+        out = {}
+        for name, layer in self.layers.items():
+            values = self.state.get(layer.weight, {}).get("damping")
+            if values:
+                out[name] = dict(values)
         return out
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        steps, layers = state_dict.pop("steps"), state_dict.pop("layers")
-        super().load_state_dict(state_dict)
-        self.steps = steps
-        for name, layer in self.layers.items():
-            layer.load_state_dict(layers[name])
-        self._set_policy()
 
+__all__ = ["Check", "DampedOptimizer", "HookPolicy", "LAYER_TYPES", "Layer", "LayerwiseOptimizer",
+           "check_hyperparameters", "damping_checks", "decay", "eigh_psd", "finite_or", "interval", "layer_groups",
+           "non_negative", "one_of", "positive", "renamed", "running_average", "sgd_update_", "statistics_dtype",
+           "supported", "weak_forward_hook"]

@@ -18,7 +18,8 @@ patch (|x|²) for the trace rule and a Linear layer is the case |T| = 1.
 Factors are running averages ``A ← decay·A + (1 − decay)·A_batch`` (the first update takes the batch factor
 as is), updated every ``curvature_interval`` steps; the inverses every ``inverse_interval`` steps (both at
 step 0). Damping, per layer and factor, from the group's ``damping_rule`` (ρ = group ``damping``, m_A, m_B =
-group ``damping_A``, ``damping_B``: the plan's width multipliers, 1 without a plan and for adaptive rules):
+group ``damping_A``, ``damping_B``: the plan's width multipliers, 1 without a plan and for adaptive rules;
+docs/parameterization.md)::
 
     constant, somup   ρ_A = ρ·m_A,          ρ_B = ρ·m_B       (the rules differ in the plan's multipliers only)
     trace             ρ_A = ρ·tr(A)·m_A,    ρ_B = ρ·tr(B)·m_B
@@ -27,36 +28,38 @@ group ``damping_A``, ``damping_B``: the plan's width multipliers, 1 without a pl
 An all-zero factor (zero inputs or gradients) has no trace to scale with: trace falls back to ρ and pi to
 π = 1 (the update along that factor is then zero anyway). :meth:`KFAC.damping` returns the values in effect.
 
-Fisher: ``empirical`` uses the gradients of the training loss. ``mc`` samples targets from the model's
-predictive distribution (categorical(softmax(f)) for ``loss="xent"``, N(f, I) for ``loss="mse"``): a forward
-hook on the model fires as ``model(x)`` returns, computes the sampled loss (a batch mean, like the training
-loss) and runs ``torch.autograd.grad`` of it with ``retain_graph=True``, so the user's ``loss.backward()``
-that follows is untouched; the layers' output-gradient hooks record that pass for B. It runs on curvature
-steps only and costs one extra backward.
+Fisher (per group): ``empirical`` uses the gradients of the training loss. ``mc`` samples targets from the
+model's predictive distribution (``muso_cli.losses.LOSSES[loss].sample``: categorical(softmax(f)) for
+``loss="xent"``, N(f, I) for ``loss="mse"``): a forward hook on the model fires as ``model(x)`` returns,
+computes the sampled loss (a batch mean, like the training loss) and runs ``torch.autograd.grad`` of it with
+``retain_graph=True``, so the user's ``loss.backward()`` that follows is untouched; the layers' output-gradient
+hooks record that pass for B. It runs when some ``mc`` layer is on a curvature step and costs one extra
+backward.
 
 The update of a covered layer is then ``D = (B + ρ_B I)⁻¹ G (A + ρ_A I)⁻¹`` followed by SGD's momentum and
 weight decay (weight decay added to D, after preconditioning). G is taken in factored form (exact; see
 :mod:`~muso_cli.optim.common`) when the batch is small compared with the layer. Parameters outside
 Linear/Conv2d layers, and grouped convolutions, get SGD with their group's lr.
+
+State per layer (``self.state[weight]``): ``A``, ``B``, ``A_inv``, ``B_inv`` (tensors), ``damping``
+({"A": ρ_A, "B": ρ_B}) and ``step``; the momentum buffers as torch.optim.SGD keeps them.
 """
 from __future__ import annotations
 
 import math
 import warnings
-import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import parametrize
-from .common import (Layer, LayerwiseOptimizer, eigh_psd, finite_or, running_average, statistics_dtype,
-                     supported)
+from ..errors import HyperparameterError
+from ..losses import LOSSES
+from .common import (DampedOptimizer, Layer, LayerwiseOptimizer, check_hyperparameters, damping_checks, decay,
+                     eigh_psd, finite_or, interval, layer_groups, one_of, renamed, running_average,
+                     statistics_dtype, supported, weak_forward_hook)
 
-DAMPING_RULES = parametrize.DAMPING_RULES["kfac"]  # constant, somup, trace, pi
 FISHERS = ("empirical", "mc")
 INVERSES = ("cholesky", "eigh")
-LOSSES = ("xent", "mse")
 
 
 def damped_inverse(factor: Tensor, damping: float, method: str) -> Tensor:
@@ -85,149 +88,133 @@ def damped_inverse(factor: Tensor, damping: float, method: str) -> Tensor:
 
 
 class KFACLayer(Layer):
-    """A Linear/Conv2d layer under K-FAC: owns its factors A [d_in, d_in], B [d_out, d_out], their damped
-    inverses and the damping values used for them (``damping`` = {"A": ρ_A, "B": ρ_B})."""
+    """A Linear/Conv2d layer under K-FAC. Statistics: the factors A [d_in, d_in], B [d_out, d_out]; inverses:
+    their damped inverses A_inv, B_inv, with the damping used for them in state ``damping``."""
 
-    state_keys = ("A", "B", "A_inv", "B_inv", "damping")
+    statistics = ("A", "B")
+    inverses = ("A_inv", "B_inv")
 
-    def __init__(self, name: str, weight: Tensor, bias: Tensor | None, module: nn.Module):
-        super().__init__(name, weight, bias, module)
-        self.A: Tensor | None = None
-        self.B: Tensor | None = None
-        self.A_inv: Tensor | None = None
-        self.B_inv: Tensor | None = None
-        self.damping: dict[str, float] = {}
-
-    def update_factors(self, ema_decay: float, mc: bool) -> None:
+    def update_statistics(self, state: dict, group: dict) -> None:
         """Fold this step's captures into A and B (each captured pass counts once; several passes between two
         steps, e.g. gradient accumulation, are averaged). Factors without captures keep their value."""
         dtype = statistics_dtype(self.weight)
-        grads = self.mc_grads if mc else self.grads
+        grads = self.mc_grads if group["fisher"] == "mc" else self.grads
         if self.inputs:
             rows = [self.input_rows(x).to(dtype) for x in self.inputs]
             a = sum(x.T @ x / x.shape[0] for x in rows) / len(rows)
-            self.A = running_average(self.A, a, ema_decay)
+            state["A"] = running_average(state.get("A"), a, group["ema_decay"])
         if grads:
             # δ = N·g with N the examples of that pass: B = (1/N) Σ δ δᵀ = N Σ g gᵀ.
             b = sum(g.shape[0] * (d.T @ d) for g, d in zip(grads, (self.grad_rows(g).to(dtype) for g in grads)))
-            b = b / len(grads)
-            self.B = running_average(self.B, b, ema_decay)
+            state["B"] = running_average(state.get("B"), b / len(grads), group["ema_decay"])
 
-    def damping_values(self, rule: str, rho: float, mult_A: float, mult_B: float) -> dict[str, float]:
-        """{"A": ρ_A, "B": ρ_B} of ``rule`` for the current factors (see the module docstring)."""
+    def damping_values(self, A: Tensor, B: Tensor, group: dict) -> dict[str, float]:
+        """{"A": ρ_A, "B": ρ_B} of the group's rule for the factors A, B (see the module docstring)."""
+        rule, rho, mult_A, mult_B = group["damping_rule"], group["damping"], group["damping_A"], group["damping_B"]
         if rule in ("constant", "somup"):
             return {"A": rho * mult_A, "B": rho * mult_B}
-        tr_A, tr_B = self.A.trace().item(), self.B.trace().item()
+        tr_A, tr_B = A.trace().item(), B.trace().item()
         if rule == "trace":
             return {"A": finite_or(rho * tr_A, rho) * mult_A, "B": finite_or(rho * tr_B, rho) * mult_B}
-        if rule == "pi":
-            pi = math.sqrt((tr_A / self.d_in) / (tr_B / self.d_out)) if tr_A > 0 and tr_B > 0 else 1.0
-            return {"A": math.sqrt(rho) * pi * mult_A, "B": math.sqrt(rho) / pi * mult_B}
-        raise ValueError(f"unknown K-FAC damping rule {rule!r}; use one of {', '.join(DAMPING_RULES)}")
+        pi = math.sqrt((tr_A / self.d_in) / (tr_B / self.d_out)) if tr_A > 0 and tr_B > 0 else 1.0
+        return {"A": math.sqrt(rho) * pi * mult_A, "B": math.sqrt(rho) / pi * mult_B}
 
-    def update_inverses(self, rule: str, rho: float, mult_A: float, mult_B: float, method: str) -> None:
-        self.damping = self.damping_values(rule, rho, mult_A, mult_B)
-        self.A_inv = damped_inverse(self.A, self.damping["A"], method)
-        self.B_inv = damped_inverse(self.B, self.damping["B"], method)
+    def update_inverse(self, state: dict, group: dict) -> None:
+        damping = state["damping"] = self.damping_values(state["A"], state["B"], group)
+        state["A_inv"] = damped_inverse(state["A"], damping["A"], group["inverse"])
+        state["B_inv"] = damped_inverse(state["B"], damping["B"], group["inverse"])
 
-    def precondition(self, lowrank: bool) -> Tensor:
+    def precondition(self, state: dict, group: dict) -> Tensor:
         """(B + ρ_B I)⁻¹ G (A + ρ_A I)⁻¹ [d_out, d_in] in the parameters' dtype."""
-        return self.two_sided(self.B_inv, self.A_inv, lowrank)
+        return self.two_sided(state["B_inv"], state["A_inv"], group["factored"])
 
 
-class KFAC(LayerwiseOptimizer):
+class KFAC(DampedOptimizer):
     """K-FAC as a ``torch.optim.Optimizer`` (see the module docstring for the maths).
 
     Args:
-        model: the network. Hooks on its Linear/Conv2d layers record inputs and output gradients.
-        params: param groups, e.g. ``plan.param_groups(model, lr)``: a group with ``layer`` (a module name in
-            ``model.named_modules()``, params [weight] or [weight, bias]) is preconditioned; any other group
-            gets SGD. Group keys (defaults below): ``lr``, ``momentum``, ``weight_decay``, ``damping`` (ρ),
-            ``damping_rule``, ``damping_A`` / ``damping_B`` (damping multipliers m_A, m_B). None: one group per
-            Linear/Conv2d layer and one per other parameter, all multipliers 1.
+        params: the model (then also ``model``: every Linear/Conv2d layer preconditioned, weight and bias
+            together, other parameters SGD), param groups (e.g. ``plan.param_groups(model, lr)``: a group with
+            ``layer``, a module name in ``model.named_modules()`` with params [weight] or [weight, bias], is
+            preconditioned, any other group gets SGD), or the model's parameters as plain or named tensors
+            (grouped by their layer). Every argument below from ``lr`` on is a group key (``defaults``), as are
+            the damping multipliers ``damping_A`` / ``damping_B`` (m_A, m_B; 1 unless the plan sets them).
+        model: the network: hooks on its Linear/Conv2d layers record inputs and output gradients (needed
+            unless ``params`` is the model).
+        loss: xent | mse, the predictive distribution the MC Fisher samples from. Optimizer-wide: the model has
+            one output, and the sampled backward is one pass over the whole model.
         lr, momentum, weight_decay: as torch.optim.SGD (weight decay is added after preconditioning).
-        damping: ρ. damping_rule: constant | somup | trace | pi.
+        bias_weight_decay: a layer's bias's weight decay (None: ``weight_decay``).
+        damping: ρ (> 0). damping_rule: constant | somup | trace | pi.
         ema_decay: weight of the old factor in the running average, in [0, 1).
         curvature_interval, inverse_interval: steps between factor updates and between inverse updates.
-        fisher: empirical | mc. loss: xent | mse (the predictive distribution MC samples from).
-        inverse: cholesky | eigh. lowrank: allow the exact factored form of G (needs capture every step).
+        fisher: empirical | mc. inverse: cholesky | eigh.
+        factored: allow the exact factored form of G (needs capture every step). lowrank: deprecated alias.
     """
 
-    def __init__(self, model: nn.Module, params=None, lr: float = 0.1, momentum: float = 0.0,
-                 weight_decay: float = 0.0, damping: float = 1e-3, damping_rule: str = "constant",
-                 ema_decay: float = 0.95, curvature_interval: int = 1, inverse_interval: int = 1,
-                 fisher: str = "empirical", loss: str = "xent", inverse: str = "cholesky", lowrank: bool = True):
-        for key, value, choices in (("damping_rule", damping_rule, DAMPING_RULES), ("fisher", fisher, FISHERS),
-                                    ("loss", loss, LOSSES), ("inverse", inverse, INVERSES)):
-            if value not in choices:
-                raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
-        if not 0 <= ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        self.ema_decay, self.fisher, self.loss, self.inverse = ema_decay, fisher, loss, inverse
-        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "damping": damping,
-                    "damping_rule": damping_rule, "damping_A": 1.0, "damping_B": 1.0}
-        super().__init__(params, defaults, model=model,
-                         statistics_interval=curvature_interval, inverse_interval=inverse_interval, lowrank=lowrank)
-        if fisher == "mc":
-            self._register_sampled_backward(model)
+    STATISTICS_INTERVAL = "curvature_interval"
+    CHECKS = {**LayerwiseOptimizer.CHECKS, **damping_checks("kfac"), "ema_decay": decay,
+              "curvature_interval": interval, "fisher": one_of(FISHERS), "inverse": one_of(INVERSES)}
+
+    def __init__(self, params, *, model: nn.Module | None = None, loss: str = "xent", lr: float = 0.1,
+                 momentum: float = 0.0, weight_decay: float = 0.0, bias_weight_decay: float | None = None,
+                 damping: float = 1e-3, damping_rule: str = "constant", ema_decay: float = 0.95,
+                 curvature_interval: int = 1, inverse_interval: int = 1, fisher: str = "empirical",
+                 inverse: str = "cholesky", factored: bool = True, lowrank: bool | None = None):
+        check_hyperparameters({"loss": loss}, {"loss": one_of(LOSSES)})
+        self.loss = loss
+        self._sampled_backward_hooked = False
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                    "bias_weight_decay": bias_weight_decay, "damping": damping, "damping_rule": damping_rule,
+                    "damping_A": 1.0, "damping_B": 1.0, "ema_decay": ema_decay,
+                    "curvature_interval": curvature_interval, "inverse_interval": inverse_interval,
+                    "fisher": fisher, "inverse": inverse, "factored": renamed("lowrank", lowrank, "factored", factored)}
+        super().__init__(params, defaults, model=model)
+
+    def tensor_groups(self, tensors: list) -> list[dict]:
+        if self.model is None:
+            raise HyperparameterError("model", "is needed with plain tensors: K-FAC's hooks record the inputs and "
+                                      "output gradients of the model's layers.", "pass model=<the network>.")
+        return layer_groups(self.model, tensors)
 
     def make_layer(self, name: str, weight: Tensor, bias: Tensor | None, module: nn.Module | None) -> KFACLayer | None:
+        if self.model is None:
+            raise HyperparameterError("model", "is needed with param groups: K-FAC's hooks record the inputs and "
+                                      "output gradients of the model's layers.", "pass model=<the network>.")
         if module is None:
-            raise ValueError(f"group layer {name!r} is not a module of the model K-FAC was given")
+            raise HyperparameterError("params", f"group layer {name!r} is not a module of the model K-FAC was "
+                                      "given.", "name each group's layer as in model.named_modules().")
         if not supported(module):
             warnings.warn(f"K-FAC does not cover layer {name!r} ({type(module).__name__} with groups): it is "
-                          f"updated like SGD", UserWarning, stacklevel=4)
+                          f"updated like SGD", UserWarning, stacklevel=2)
             return None
         return KFACLayer(name, weight, bias, module)
 
-    def layer_direction(self, layer: KFACLayer, group: dict, update_statistics: bool,
-                        update_inverse: bool) -> Tensor | None:
-        if update_statistics:
-            layer.update_factors(self.ema_decay, mc=self.fisher == "mc")
-        if layer.A is None or layer.B is None:
-            warnings.warn(f"K-FAC has no curvature for layer {layer.name!r} yet (its forward/backward ran in eval "
-                          f"mode or without grad?): this step updates it like SGD", UserWarning, stacklevel=3)
-            return None
-        if update_inverse or layer.A_inv is None:
-            layer.update_inverses(group["damping_rule"], group["damping"], group["damping_A"], group["damping_B"],
-                                  self.inverse)
-        return layer.precondition(self.lowrank)
+    def schedule(self, layer: Layer, group: dict) -> None:
+        super().schedule(layer, group)
+        if group["fisher"] == "mc" and not self._sampled_backward_hooked:
+            weak_forward_hook(self.model, self, KFAC._on_model_output)
+            self._sampled_backward_hooked = True
 
-    def damping(self) -> dict[str, dict[str, float]]:
-        """Damping values in effect per layer: {layer name: {"A": ρ_A, "B": ρ_B}} (from the last inverse update)."""
-        return {name: dict(layer.damping) for name, layer in self.layers.items() if layer.damping}
-
-    def _register_sampled_backward(self, model: nn.Module) -> None:
-        """The model's forward hook for the MC Fisher. Like the layer hooks (:meth:`Layer.attach`) it holds the
-        optimizer by weak reference, removes itself once the optimizer is gone and ignores a deepcopy's forward."""
-        opt = weakref.ref(self)
-
-        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            owner = opt()
-            if owner is None:
-                handle.remove()
-            elif module is model and model.training and torch.is_grad_enabled() and owner.is_statistics_step():
-                owner._sampled_backward(output)
-
-        handle = model.register_forward_hook(hook)
-
-    def _sampled_backward(self, output: Tensor) -> None:
-        """MC Fisher: backpropagate a loss with targets sampled from the model's prediction ``output``."""
+    def _on_model_output(self, inputs: tuple, output: Tensor) -> None:
+        """MC Fisher: backpropagate a loss with targets sampled from the model's prediction ``output``, when some
+        ``mc`` layer is on a curvature step."""
+        due = [layer.weight for layer, group in self.layer_groups()
+               if group["fisher"] == "mc" and self.statistics_due(layer, group)]
+        if not due:
+            return
         if not (isinstance(output, Tensor) and output.dim() == 2 and output.requires_grad):
             raise ValueError("fisher='mc' needs the model to return logits of shape [N, classes]; got "
                              f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
-        with torch.no_grad():
-            if self.loss == "xent":
-                target = torch.multinomial(F.softmax(output.float(), 1), 1).squeeze(1)
-            else:
-                target = output + torch.randn_like(output)
-        sampled = F.cross_entropy(output, target) if self.loss == "xent" \
-            else 0.5 * (output - target).pow(2).sum(1).mean()
-        weights = [layer.weight for layer in self.layers.values()]
+        loss = LOSSES[self.loss]
+        sampled = loss.value(output, loss.sample(output))
         self.policy.mc_pass = True
         try:
             # w.r.t. the weights (not the layer outputs): a later in-place op on an output would otherwise cut
             # the graph before the output's hook; the weight gradients themselves are discarded.
-            torch.autograd.grad(sampled, weights, retain_graph=True, allow_unused=True)
+            torch.autograd.grad(sampled, due, retain_graph=True, allow_unused=True)
         finally:
             self.policy.mc_pass = False
+
+
+__all__ = ["FISHERS", "INVERSES", "KFAC", "KFACLayer", "damped_inverse"]
