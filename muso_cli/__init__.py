@@ -5,7 +5,7 @@ Public API for your own models::
     from muso_cli import parametrize, KFAC, Shampoo   # the table as code; second-order optimizers
     plan = parametrize.make_plan(model, base_model, param="somup", optimizer="kfac", delta=delta_model)
     plan.init_(model)
-    opt = KFAC(model, plan.param_groups(model, lr=0.1), damping=1e-3, damping_rule=plan.damping_rule)
+    opt = KFAC(plan.param_groups(model, lr=0.1), model=model, damping=1e-3)  # groups carry damping_rule
 """
 __version__ = "0.1.0"
 

@@ -6,8 +6,9 @@ thread refreshes ``running.json`` (the heartbeat: the token and the time) every 
 *live* while its heartbeat is fresh: younger than :data:`STALE_SECONDS` (``$MUSO_STALE_SECONDS``), and, on the
 holder's own host, while its pid is alive. Time decides, not the pid alone: a pid is reused, so a dead holder
 whose pid now belongs to another process goes stale all the same; a holder on another host can only be judged
-by time. A process that finds a live claim skips the trial. One that finds a stale claim takes it over: it
-renames the old claim aside (``rename`` is atomic: of several takers exactly one succeeds) and creates its own.
+by time. A process that finds a live claim skips the trial. One that finds a stale claim takes it over under an
+exclusive ``flock`` on ``.claim.lock`` (held for milliseconds): it looks again, removes the stale claim and creates
+its own, so of several takers exactly one wins.
 A Slurm task that was requeued finds the claim of its own previous run (the same job and array task) and takes
 it over at once. The claim is released (both files removed) when the trial ends, fails or is interrupted.
 
@@ -16,6 +17,7 @@ one, since :func:`muso_cli.track.write_result` never replaces an ok or diverged 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from . import track
 
-CLAIM = "claim.json"
+CLAIM, TAKEOVER_LOCK = "claim.json", ".claim.lock"
 BEAT_SECONDS = 20.0
 STALE_SECONDS = float(os.environ.get("MUSO_STALE_SECONDS", "120"))
 
@@ -132,31 +134,33 @@ def take(run_dir: Path) -> Claim | None:
     """Claim ``run_dir`` for this process, taking over a stale claim; None when another live process holds it."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / CLAIM
-    for _ in range(5):
-        token = uuid.uuid4().hex
+    claim = _create(run_dir)
+    if claim is not None:
+        return claim
+    # A claim is there. Taking it over means removing it, and only a process holding the takeover lock may
+    # remove one: it re-reads the claim under the lock, so the file it removes is the stale one it judged (a new
+    # claim can only be created once the path is free, and only a lock holder frees it).
+    with open(run_dir / TAKEOVER_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            stale = track.read_json(path) or {}
             if holder(run_dir) is not None:
                 return None
-            aside = run_dir / f".{CLAIM}.{token}.stale"
-            try:
-                os.rename(path, aside)  # of several takers of a stale claim exactly one gets here
-            except FileNotFoundError:
-                continue
-            if (track.read_json(aside) or {}).get("token") != stale.get("token"):
-                try:  # another taker's fresh claim was moved aside in between: put it back
-                    os.link(aside, path)
-                except FileExistsError:
-                    pass
-            aside.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"token": token, "host": socket.gethostname(), "pid": os.getpid(),
-                       "slurm_task": _slurm_task(), "started": time.time()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        return Claim(run_dir, token)
-    return None
+            (run_dir / CLAIM).unlink(missing_ok=True)
+            return _create(run_dir)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _create(run_dir: Path) -> Claim | None:
+    """A new claim file (O_CREAT | O_EXCL), or None when one exists."""
+    token = uuid.uuid4().hex
+    try:
+        fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as f:
+        json.dump({"token": token, "host": socket.gethostname(), "pid": os.getpid(), "slurm_task": _slurm_task(),
+                   "started": time.time()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return Claim(run_dir, token)
