@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import math
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ SPEC, TRIALS, TRANSFER, LOCK = "study.yaml", "trials.jsonl", "transfer.json", ".
 NON_SEMANTIC = ("launcher", "logger", "study", "coord", "device", "hydra")
 NON_SEMANTIC_TRAIN = ("progress", "threads", "checkpoint_every", "eval_batch_size")
 METRICS = {"train_loss": "min", "test_loss": "min", "test_acc": "max"}
+MAX_GRID_POINTS = 1000  # per axis: a typo such as log2:-10:10:0.001 is refused before it fills memory
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -64,7 +66,13 @@ def parse_grid(key: str, spec: Any) -> list[float]:
         if hi < lo or step <= 0:
             raise UsageError(key, f"the range {spec!r} is empty.", "use lo ≤ hi and a positive step.")
         n = int(math.floor((hi - lo) / step + 1e-9)) + 1
-        values = [float(base) ** round(lo + i * step, 10) for i in range(n)]
+        if n > MAX_GRID_POINTS:
+            raise UsageError(key, f"the range {spec!r} has {n} points.",
+                             f"use a coarser step or a narrower range (at most {MAX_GRID_POINTS} points).")
+        try:
+            values = [float(base) ** round(lo + i * step, 10) for i in range(n)]
+        except OverflowError:
+            values = [math.inf]  # refused below: a grid value must be a finite number
     else:
         values = [spec]
     if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
@@ -318,9 +326,33 @@ class Study:
 
 def study_name(cfg: DictConfig) -> str:
     """study.name, or <model>-<data>-<optimizer>-<hash of the base config>: rerunning a sweep finds its study."""
-    if cfg.study.name:
+    if cfg.study.name is not None:
         return str(cfg.study.name)
     return f"{cfg.model.name}-{cfg.data.name}-{cfg.optimizer.name}-{_digest(base_config(to_container(cfg)), 6)}"
+
+
+def check_folder(cfg: DictConfig) -> Path:
+    """The study folder for ``cfg``: study.name one path component, study.root a folder that can be written (or
+    created). UsageError otherwise; nothing is created here."""
+    root, name = cfg.study.root, study_name(cfg)
+    if not isinstance(root, str) or not root.strip():
+        raise UsageError("study.root", f"must be a folder, got {root!r}.", "e.g. study.root=studies.")
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")
+            or name != name.strip()):
+        raise UsageError("study.name", f"must be one folder name inside study.root, got {name!r}.",
+                         "use letters, digits, '-', '_' or '.', e.g. study.name=mlp-kfac (and study.root for the "
+                         "parent folder).")
+    path = Path(root).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError("study.root", f"{existing} is a file, not a folder.", "point study.root at a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError("study.root", f"{existing} cannot be written.", "choose a folder you can write to, e.g. "
+                         "study.root=$HOME/studies, or fix its permissions.")
+    folder = path / name
+    if folder.exists() and not folder.is_dir():
+        raise UsageError("study.name", f"{folder} is a file, not a study folder.", "choose another study.name.")
+    return folder
 
 
 @dataclass(frozen=True)
@@ -360,9 +392,14 @@ def check(cfg: DictConfig) -> Grid:
     seeds = list(s.seeds) if OmegaConf.is_list(s.seeds) else [s.seeds]
     if not seeds or not all(is_int(x) for x in seeds):
         raise UsageError("study.seeds", f"must be a list of integers, got {s.seeds!r}.", "e.g. study.seeds=[0,1].")
-    widths = check_widths("study.widths", s.widths if s.widths is not None else [cfg.model.base_width])
+    widths = check_widths("study.widths", s.widths if s.widths is not None else [cfg.model.base_width],
+                          minimum=cfg.model.base_width)
     check_metric(s.metric)
-    return Grid(params, lrs, dampings, seeds, widths)
+    grid = Grid(params, lrs, dampings, seeds, widths)
+    if not (is_int(s.max_trials) and s.max_trials > 0):
+        raise UsageError("study.max_trials", f"must be a positive integer, got {s.max_trials!r}.",
+                         "e.g. study.max_trials=10000.")
+    return grid
 
 
 def check_metric(metric: Any) -> str:
@@ -383,7 +420,7 @@ def plan_sweep(cfg: DictConfig, param_configs: dict[str, dict]) -> list[Trial]:
 
 def open_or_create(cfg: DictConfig, overrides: list[str]) -> Study:
     """The study folder for ``cfg`` (created when new). A named study made with other settings is refused."""
-    study = Study(Path(cfg.study.root) / study_name(cfg))
+    study = Study(check_folder(cfg))
     check_same_base(study, cfg)
     if not (study.path / SPEC).exists():
         base = base_config(to_container(cfg))

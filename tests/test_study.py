@@ -97,7 +97,7 @@ def test_sweep_runs_the_grid_once_and_resumes_without_rewriting(tmp_path, capsys
 def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path, capsys):
     assert main(["sweep", *FAST, f"study.root={tmp_path / 'studies'}", "study.lr=log2:-3:0", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "8 trials" in out and "4 lr" in out and "8 to run" in out
+    assert "8 trials" in out and "4 lr" in out and "4 to run" in out  # sp and somup share their 4 runs
     assert not (tmp_path / "studies").exists()
 
 
@@ -262,9 +262,10 @@ def test_status_and_run_trial(tmp_path, capsys):
 def test_wandb_offline_mirror_matches_the_files(tmp_path):
     study = sweep(tmp_path, "study.lr=[0.5]", "study.params=[sp]", "logger.mode=offline", "logger.project=p")
     trial = study.trials()[0]
-    run = offline_run(study.trial_dir(trial))
+    run = offline_run(study.path, trial.id)  # one W&B folder per study: <study>/wandb
     assert len(run["files"]) == 1
     assert run["run"].run_id == trial.id and run["run"].project == "p"
+    assert run["run"].display_name == "sp-w16-lr0.5-s0"
     assert run["run"].run_group == "s" and run["run"].job_type == "sweep"
     assert set(run["run"].tags) == {"param:sp", "optimizer:sgd", "width:16"}
     metrics = track.read_json_lines(study.trial_dir(trial) / "metrics.jsonl")
@@ -273,6 +274,20 @@ def test_wandb_offline_mirror_matches_the_files(tmp_path):
     result = study.result(trial)
     assert run["summary"]["status"] == "ok"
     assert run["summary"]["final/train_loss"] == result["final"]["train_loss"]
+
+
+def test_wandb_names_tags_and_diverged_summaries_read_like_the_study(tmp_path):
+    """A base-width run shared by sp and somup is tagged with both; a diverged run's summary says what its
+    result says (no blown-up batch loss as its train_loss)."""
+    study = sweep(tmp_path, "study.lr=[0.5,300]", "optimizer=kfac", "optimizer.damping=0.1", "logger.mode=offline")
+    by_lr = {t.lr: t for t in study.trials() if t.param == "sp"}
+    shared = offline_run(study.path, by_lr[0.5].id)
+    assert shared["run"].display_name == "sp+somup-w16-lr0.5-d0.1-s0"
+    assert {"param:sp", "param:somup"} <= set(shared["run"].tags)
+    diverged = offline_run(study.path, by_lr[300.0].id)
+    assert study.result(by_lr[300.0])["status"] == "diverged"
+    assert diverged["summary"]["status"] == "diverged"
+    assert diverged["summary"]["train_loss"] is None and diverged["summary"]["final/train_loss"] is None
 
 
 # ------------------------------------------------------------------------------------------------------
