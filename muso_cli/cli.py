@@ -424,6 +424,7 @@ def _launch_and_summarise(study, trials, cfg, no_launch: bool = False) -> int:
     from .stop import Interrupted
 
     if no_launch:
+        (study.path / "slurm").mkdir(exist_ok=True)  # Slurm does not create the folder of --output
         path = shlex.quote(str(study.path))
         print(f"trials written, none launched. Run them with e.g.\n  sbatch --array=$(muso status {path} --pending) "
               f"--output={shlex.quote(str(study.path / 'slurm'))}/%A_%a.out scripts/slurm_array.sh {path}\n"

@@ -20,7 +20,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from . import claims, stop, track, train
-from .errors import UsageError, check_one_of, check_positive
+from .errors import UsageError, check_one_of, check_positive, is_int
 from .logs import LOG
 from .parametrize import PARAMS
 from .study import Study, Trial
@@ -43,8 +43,29 @@ def check(lcfg: DictConfig) -> list[UsageError | None]:
             problems.append(UsageError("launcher", f"launcher=slurm needs Slurm's {', '.join(missing)} on the PATH, "
                                        "which this machine does not have.",
                                        "run on a Slurm login node, or use launcher=local / launcher=pool here."))
+        elif is_int(lcfg.gpus_per_task) and lcfg.gpus_per_task > 0:
+            problems.append(_check_slurm_gpus(lcfg.partition))
         return problems
     return [check_one_of("launcher.name", lcfg.name, LAUNCHERS)]
+
+
+def _check_slurm_gpus(partition: str | None) -> UsageError | None:
+    """launcher.gpus_per_task > 0 on a cluster (or partition) whose nodes have no GPUs: refused up front, since
+    Slurm would reject every array task ("Requested node configuration is not available")."""
+    import subprocess
+
+    cmd = ["sinfo", "-h", "-o", "%G"] + (["-p", str(partition)] if partition else [])
+    try:
+        gres = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # cannot tell: let Slurm decide
+    if "gpu" in gres:
+        return None
+    where = f"partition {partition}" if partition else "this cluster"
+    return UsageError("launcher.gpus_per_task", f"asks for GPUs, but the nodes of {where} have none (sinfo lists "
+                      f"their generic resources as {' '.join(sorted(set(gres.split()))) or 'none'}).",
+                      "set launcher.partition to a GPU partition (sinfo -o '%P %G' lists them), or "
+                      "launcher.gpus_per_task=0 to run on CPUs.")
 
 
 def run_trial(study: Study, trial: Trial, *, quiet: bool = True) -> dict:
