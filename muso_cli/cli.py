@@ -362,7 +362,7 @@ def _study_overrides(overrides: list[str], command: str | None = None) -> list[s
         if key == "param":
             raise UsageError("param", "a study compares the parameterizations in study.params.",
                              f"write study.params=[{line.split('=', 1)[1]}] instead of {line}.")
-        if key.startswith("hydra"):
+        if key.startswith("hydra") and key != "hydra.searchpath":  # the search path finds your own configs
             raise UsageError(key, f"`muso {command or 'study'}` is not a Hydra multirun: hydra.* and hydra/... "
                              "overrides only apply to `muso run`.",
                              "choose how trials run with launcher=local|pool|slurm (launcher.* keys).")
