@@ -221,7 +221,7 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr") -> None:
     fig, axes = plt.subplots(1, len(params), figsize=(4.6 * len(params), 4.0), squeeze=False, sharey=True)
     for ax, param in zip(axes[0], params):
         cells = sorted((c for (p, _), c in grid.items() if p == param and c.n_settings >= 2), key=lambda c: c.width)
-        notes = []
+        notes, xs = [], []
         for k, c in enumerate(cells):
             color, label = colors[c.width], f"{param}, width {c.width}"
             if c.best is None:
@@ -229,6 +229,7 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr") -> None:
             if axis not in c.swept:
                 continue
             curve = _curve(c, axis)
+            xs += list(curve.x)
             ok = np.isfinite(curve["mean"].to_numpy())
             if ok.any():
                 ax.plot(curve.x[ok], sign * curve["mean"][ok], marker="o", ms=3, color=color, label=label)
@@ -247,6 +248,9 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr") -> None:
                                 fontsize=7, color=color)
         for i, note in enumerate(notes):
             ax.text(0.02, 0.03 + 0.055 * i, note, transform=ax.transAxes, fontsize=7, color="crimson")
+        if xs:  # autoscaling ignores the × rows (drawn in axes fraction): set the x range from every point
+            margin = 0.05 * (max(xs) - min(xs)) or 0.5
+            ax.set_xlim(min(xs) - margin, max(xs) + margin)
         ax.set_title(param)
         ax.set_xlabel(AXIS_LABEL[axis])
         ax.grid(alpha=0.3)
@@ -254,6 +258,8 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr") -> None:
             ax.legend(fontsize=7, loc="center right")
     # data below the top band: bottom - pad … high + pad fills (1 - band) of the panel
     axes[0][0].set_ylim(low - pad, low - pad + (high - low + 2 * pad) / (1 - band))
+    if not len(finite):  # nothing finished finite: the score axis has nothing to show
+        axes[0][0].set_yticks([])
     axes[0][0].set_ylabel(f"{METRIC_LABEL[metric]} (mean over seeds)")
     fig.text(0.5, 0.005, "★ optimum (edge: at the grid edge, the optimum may lie beyond; cliff: stability-bound)\n"
              "× diverged, one row per width · band: min–max over seeds", ha="center", fontsize=7)

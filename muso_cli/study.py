@@ -542,12 +542,16 @@ def plan_refine(study: Study, metric: str, params: Iterable[str], refine_to: flo
     optimum's lr and the new lrs with its damping and the new dampings (so that a new optimum has neighbours on
     both axes). Each setting of the cell, old and new, is planned for every seed in ``seeds``: finished trials
     keep their ids and are not rerun, and a new seed list fills in the whole cell. A cell without an optimum is
-    not refined (there is nothing to refine around); its note says why and what to change.
+    not refined (there is nothing to refine around); its note says why and what to change. At the base width
+    every parameterization is the same run: a point planned there for one is planned for every parameterization
+    whose trial it is (the same id, no extra run), so their base cells stay the same grid.
     """
     rows = points(study, metric)
     by_key = {(t.id, t.param): t for t in study.trials()}
-    wanted, trials, notes = set(params), [], []
-    for (param, width), cell in verdict.cells(rows).items():
+    grid = verdict.cells(rows)
+    wanted, notes = set(params), []
+    planned: dict[tuple[str, int], set] = {}  # refined cell → its settings (lr, damping), old and new
+    for (param, width), cell in grid.items():
         if param not in wanted or cell.n_settings < 2:
             continue
         if cell.best is None:
@@ -558,12 +562,20 @@ def plan_refine(study: Study, metric: str, params: Iterable[str], refine_to: flo
         lrs = [opt["lr"], *(refine_values(opt["axes"]["lr"], refine_to) if "lr" in opt["axes"] else [])]
         dampings = [opt["damping"], *(refine_values(opt["axes"]["damping"], refine_to)
                                       if "damping" in opt["axes"] else [])]
-        mine = [r for r in rows if r["param"] == param and r["width"] == width]
-        source = by_key[mine[0]["trial_id"], param].config
-        settings = {(r["lr"], None if math.isnan(r["damping"]) else r["damping"]) for r in mine}
-        settings |= {(lr, d) for lr in lrs for d in dampings if cell.find(lr, d) is None}
-        for lr, damping in sorted(settings, key=lambda s: (s[0], s[1] or 0.0)):
-            for seed in seeds:
-                config = with_values(source, lr=lr, damping=damping, seed=seed)
-                trials.append(make_trial(with_runtime(config, runtime) if runtime else config, "refine"))
-    return trials, notes
+        planned[param, width] = {(r["lr"], None if math.isnan(r["damping"]) else r["damping"]) for r in rows
+                                 if r["param"] == param and r["width"] == width}
+        planned[param, width] |= {(lr, d) for lr in lrs for d in dampings if cell.find(lr, d) is None}
+
+    def plan(param: str, width: int, settings: set) -> list[Trial]:
+        source = by_key[next(r["trial_id"] for r in rows if r["param"] == param and r["width"] == width), param]
+        configs = [with_values(source.config, lr=lr, damping=damping, seed=seed)
+                   for lr, damping in sorted(settings, key=lambda s: (s[0], s[1] or 0.0)) for seed in seeds]
+        return [make_trial(with_runtime(c, runtime) if runtime else c, "refine") for c in configs]
+
+    trials = {(t.id, t.param): t for (param, width), settings in planned.items() for t in plan(param, width, settings)}
+    ids = {i for i, _ in trials}
+    for param, width in grid:  # the same runs, listed for the other parameterizations they serve
+        for (other, w), settings in planned.items():
+            if w == width and other != param:
+                trials.update({(t.id, t.param): t for t in plan(param, width, settings) if t.id in ids})
+    return list(trials.values()), notes

@@ -75,13 +75,17 @@ def test_refine_stops_before_a_round_that_exceeds_the_budget(tmp_path, capsys):
 
 def test_a_decided_verdict_is_not_refined_further(tmp_path, capsys):
     """sp's optimum moves 3 octaves by width 32 (decided even on an octave grid); somup's stays (undecided on an
-    octave grid): only somup's cells are refined."""
+    octave grid): only somup's cells are refined. At the base width the new runs are sp's too (one run serves
+    every parameterization there), so both base cells stay the same grid."""
     def moved(p, w, lr, d, s):
         return parabola(-0.3 if (p, w) == ("sp", 32) else -3.3)(lr) + 0.001 * s
     study = make(tmp_path, moved, "study.lr=log2:-6:1", "study.widths=[16,32]", "study.seeds=[0,1]")
     assert main(["refine", str(study.path), "--no-launch"]) == 0
     assert "for somup" in capsys.readouterr().out
-    assert {(t.param, t.width) for t in study.trials() if t.phase == "refine"} == {("somup", 16), ("somup", 32)}
+    refined = [t for t in study.trials() if t.phase == "refine"]
+    assert {(t.param, t.width) for t in refined} == {("somup", 16), ("somup", 32), ("sp", 16)}
+    base = {p: {t.id for t in refined if (t.param, t.width) == (p, 16)} for p in ("sp", "somup")}
+    assert base["sp"] == base["somup"] and len(base["sp"]) == 4  # 2 new lrs × 2 seeds, run once
 
 
 @pytest.mark.slow
