@@ -390,8 +390,8 @@ def cmd_refine(args: list[str]) -> int:
     used, started, rounds = 0, time.time(), 0
     while True:
         judged = verdict.judge(study_mod.points(study, metric), base, settings, study.transfers())
-        open_params = [p for p in grid.params if judged["params"].get(p, {}).get("verdict") != "transfers"
-                       and judged["params"].get(p, {}).get("verdict") != "drifts"]
+        open_params = [p for p in grid.params  # a decided verdict needs no finer grid
+                       if judged["params"].get(p, {}).get("verdict") not in ("transfers", "drifts")]
         planned, notes = study_mod.plan_refine(study, metric, open_params, refine_to, grid.seeds,
                                                runtime=to_container(cfg))
         to_run = {t.id for t in planned if study.status(t) not in track.FINAL_STATUSES}
@@ -419,8 +419,9 @@ def cmd_refine(args: list[str]) -> int:
         rounds += 1
     for note in notes:
         print(f"  {note}")
+    print("verdict:")
     for line in report.verdict_lines(judged):
-        print(line)
+        print(f"  {line}")
     return 0
 
 

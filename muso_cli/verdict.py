@@ -130,10 +130,15 @@ class Cell:
         finite = np.isfinite(self.mean)
         self.best = int(np.argmin(np.where(finite, self.mean, np.inf))) if finite.any() else None
         self.swept = [a for a in AXES if len(np.unique(self.values(a)[~np.isnan(self.values(a))])) >= 2]
-        self.geometry = {a: _geometry(np.log2(self.values(a)), self.values(_other(a))) for a in self.swept}
+        self.geometry = {a: _geometry(self.log2(a), self.values(_other(a))) for a in self.swept}
 
     def values(self, axis: str) -> np.ndarray:
         return self.lr if axis == "lr" else self.damping
+
+    def log2(self, axis: str) -> np.ndarray:
+        """log2 of the axis' values, to 1e-9 octave: grid values carry 12 digits, and a step of 0.25 octave should
+        read 0.25, not 0.2500000000006, when it is compared with a tolerance."""
+        return np.round(np.log2(self.values(axis)), 9)
 
     @property
     def n_settings(self) -> int:
@@ -144,7 +149,7 @@ class Cell:
         """What the grid says about the optimum along ``axis``: its value, log2 value, the steps to its neighbours
         (octaves; None at an edge), the edge it sits at, whether it is stability-bound, the sub-grid estimate."""
         g, geo = self.best, self.geometry[axis]
-        x = float(np.log2(self.values(axis)[g]))
+        x = float(self.log2(axis)[g])
         cliff_neighbour = geo["line_" + UNSTABLE_SIDE[axis]][g]
         return {"value": float(self.values(axis)[g]), "log2": x,
                 "step_below": _finite_or_none(geo["below"][g]), "step_above": _finite_or_none(geo["above"][g]),
@@ -159,7 +164,7 @@ class Cell:
         lo, hi = geo["line_below"][g], geo["line_above"][g]
         if lo < 0 or hi < 0 or not (np.isfinite(self.mean[lo]) and np.isfinite(self.mean[hi])):
             return None
-        x = np.log2(self.values(axis)[[lo, g, hi]])
+        x = self.log2(axis)[[lo, g, hi]]
         a, b, _ = np.polyfit(x, self.mean[[lo, g, hi]], 2)
         return float(-b / (2 * a)) if a > 0 else None
 
@@ -203,7 +208,7 @@ class Cell:
     def placement(self, axis: str, best: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) log2 ends within which each resample's optimum lies: its grid point ± half the step to
         each neighbour (unbounded at a grid edge, and where a resample has no optimum)."""
-        geo, x = self.geometry[axis], np.log2(self.values(axis))
+        geo, x = self.geometry[axis], self.log2(axis)
         ok = best >= 0
         g = np.where(ok, best, 0)
         lower = np.where(ok, x[g] - geo["below"][g] / 2, -np.inf)
@@ -369,11 +374,11 @@ def _judge_param(param: str, grid: dict, best: dict, boot, base_width: int, sett
     verdicts = [ax["verdict"] for ax in axes.values()]
     if not axes:
         verdict, phrases = "undecided", ["no lr or damping grid at the base width"]
-        decide = ["sweep a grid (study.lr=log2:-8:0)"]
+        decide = ["an lr grid (study.lr=log2:-8:0)"]
     elif not widths:
         verdict = "undecided"
         phrases = [f"no {' or '.join(axes)} grid above the base width {base_width}"]
-        decide = ["sweep the grid at several widths (study.widths=[...]) to measure the drift"]
+        decide = [f"the grid at several widths (study.widths=[{base_width},{4 * base_width},{16 * base_width}])"]
     else:
         verdict = "drifts" if "drifts" in verdicts else "transfers" if set(verdicts) == {"transfers"} else "undecided"
         phrases = [ax["phrase"] for ax in axes.values()]
@@ -462,7 +467,7 @@ def _judge_axis(axis: str, base: Cell, others: list[Cell], best: dict, boot, set
 
 def _grid_log2(cell: Cell, axis: str, best: np.ndarray) -> np.ndarray:
     """log2 grid value of each resample's optimum (NaN where a resample has none)."""
-    x = np.log2(cell.values(axis))
+    x = cell.log2(axis)
     return np.where(best >= 0, x[np.where(best >= 0, best, 0)], np.nan)
 
 
