@@ -391,7 +391,7 @@ def cmd_refine(args: list[str]) -> int:
     while True:
         judged = verdict.judge(study_mod.points(study, metric), base, settings, study.transfers())
         open_params = [p for p in grid.params  # a decided verdict needs no finer grid
-                       if judged["params"].get(p, {}).get("verdict") not in ("transfers", "drifts")]
+                       if judged["params"].get(p, {}).get("verdict") not in verdict.DECIDED]
         planned, notes = study_mod.plan_refine(study, metric, open_params, refine_to, grid.seeds,
                                                runtime=to_container(cfg))
         to_run = {t.id for t in planned if study.status(t) not in track.FINAL_STATUSES}

@@ -382,8 +382,8 @@ def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path) -> 
                         label=f"{param}, width {width}" if k == 0 else None)
         ax.set_yscale("log")
         damping = transfers[param].get("damping")
-        ax.set_title(f"{param}: lr={transfers[param]['lr']:.3g}" + ("" if damping is None else f", damping={damping:.3g}"),
-                     fontsize=9)
+        ax.set_title(f"{param}: lr={transfers[param]['lr']:.3g}"
+                     + ("" if damping is None else f", damping={damping:.3g}"), fontsize=9)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)

@@ -46,14 +46,14 @@ import numpy as np
 import pandas as pd
 
 from .errors import UsageError, check_positive, is_int, is_number, raise_all
-from .track import DIVERGED, FAILED, FINAL_STATUSES
+from .track import FAILED, FINAL_STATUSES
 
 AXES = ("lr", "damping")
 # The less stable side of each axis: a larger lr, a smaller damping. An optimum whose neighbour on that side
 # diverged is stability-bound; a cell whose every setting diverged is widened the other way.
 UNSTABLE_SIDE = {"lr": "above", "damping": "below"}
 WIDEN = {"lr": "study.lr downwards", "damping": "study.damping upwards"}
-VERDICTS = ("transfers", "drifts", "undecided", "no optimum")
+DECIDED = ("transfers", "drifts")  # the other verdicts: undecided, no optimum
 
 
 @dataclass(frozen=True)
@@ -455,6 +455,8 @@ def _judge_axis(axis: str, base: Cell, others: list[Cell], best: dict, boot, set
         phrase = (f"{name} within ±{tol:g} octave of the base at every width (at {r['width']}: "
                   f"{r['drift']:+.2f}, interval {fmt_interval(*r['interval'])})")
         verdict = "transfers"
+    elif not rows:
+        phrase, verdict = f"{name}: no grid of {axis} above the base width", "undecided"
     else:
         undecided = [r for r in rows if r["verdict"] == "undecided"]
         phrase = f"{name} " + ", ".join(f"at width {r['width']}: {r['why']}"
@@ -493,7 +495,8 @@ def _regret_phrase(r: dict) -> str:
     head = f"regret of the transferred setting at width {r['width']}: "
     if r["diverged"]:
         return head + "diverged"
-    interval = "1 seed: no interval" if r["interval"] is None else f"interval {fmt_interval(*r['interval'], octaves=False)}"
+    interval = ("1 seed: no interval" if r["interval"] is None
+                else f"interval {fmt_interval(*r['interval'], octaves=False)}")
     return head + f"{r['regret']:.4g} ({interval})"
 
 

@@ -27,6 +27,7 @@ if [[ $WHAT == refine || $WHAT == both ]]; then
   before=$($MUSO status $OUT/refine-small | sed -n 1p)
   start=$(date +%s)
   $MUSO refine $OUT/refine-small study.refine_to=0.25
-  echo "refine wall time: $(( $(date +%s) - start )) s; before: $before; after: $($MUSO status $OUT/refine-small | sed -n 1p)"
+  after=$($MUSO status $OUT/refine-small | sed -n 1p)
+  echo "refine wall time: $(( $(date +%s) - start )) s; before: $before; after: $after"
   $MUSO report $OUT/refine-small
 fi
