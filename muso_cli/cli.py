@@ -30,8 +30,9 @@ commands:
   params       show what the parameterization does to each parameter (role, width multiplier, init, lr, damping)
   coord-check  per-layer feature updates against width: plot, slopes and a verdict per layer
   sweep        tune learning rate × damping at the base width (a study)
+  refine       add grid points near each optimum of a study until it is resolved (study.refine_to)
   transfer     train a study's best setting at larger widths
-  report       tables and plots of a study
+  report       the verdict per parameterization (transfers / drifts / undecided), tables and plots
   status       trial counts of a study (ok / diverged / failed / running / pending)
   run-trial    run trial i of a study (what launchers and `sbatch --array` call)
 
@@ -359,6 +360,13 @@ def _study_overrides(overrides: list[str], command: str | None = None) -> list[s
     out = []
     for o in parsed:
         key, line = o.key_or_group, o.input_line
+        if command in ("transfer", "refine", "report") and key == "study.widths":
+            raise UsageError(key, f"is the sweep's grid of widths; muso {command} does not take it.",
+                             "the target widths of a transfer are transfer.widths=[...]."
+                             if command == "transfer" else "sweep other widths with muso sweep study.widths=[...].")
+        if command == "report" and not key.startswith(("study.", "transfer.", "hydra.searchpath")):
+            raise UsageError(key, "muso report reads the study's results; this key would change nothing.",
+                             "only study.* keys change a report (study.metric, study.tolerance, study.bootstrap.*).")
         if key == "param":
             raise UsageError("param", "a study compares the parameterizations in study.params.",
                              f"write study.params=[{line.split('=', 1)[1]}] instead of {line}.")
@@ -488,22 +496,48 @@ def _open_study(path: str):
 
 def cmd_transfer(args: list[str]) -> int:
     ns = _parse("transfer", args, "Pick each parameterization's best (lr, damping) at the base width from a sweep "
-                "and train it at study.widths.",
-                lambda p: _plan_flags(p, "print the choice and the plan"), positionals=[STUDY_ARG])
+                "and train it at study.widths. Refuses a base width without a finite optimum, and one whose "
+                "optimum sits at the grid edge unless --allow-edge.",
+                lambda p: (_plan_flags(p, "print the choice and the plan"),
+                           p.add_argument("--allow-edge", action="store_true",
+                                          help="transfer an optimum that lies at the edge of its grid")),
+                positionals=[STUDY_ARG])
     from . import study as study_mod
+    from .errors import raise_all
 
     study = _open_study(ns.study)
-    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides)])
+    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides, "transfer")])
     study_mod.check_same_base(study, cfg)
-    if cfg.study.widths is None:
-        raise UsageError("study.widths", "transfer needs the target widths.", "e.g. study.widths=[256,1024,2048].")
-    widths = check_widths("study.widths", cfg.study.widths, minimum=cfg.model.base_width)
+    if cfg.transfer.widths is None:
+        raise UsageError("transfer.widths", "transfer needs the target widths.",
+                         "e.g. transfer.widths=[256,1024,2048].")
+    widths = check_widths("transfer.widths", cfg.transfer.widths, minimum=cfg.model.base_width)
     grid = study_mod.check(cfg)
-    best = study_mod.select_best(study, cfg.study.metric, cfg.model.base_width)
-    if not best:
-        raise UsageError("study", f"{study.path} has no finished sweep trial at the base width "
-                         f"{cfg.model.base_width}.", f"run `muso sweep` first (or finish it: muso status {study.path}).")
-    _print_best(best, cfg, [p for p in grid.params if p not in best])
+    base = cfg.model.base_width
+    best = study_mod.select_best(study, cfg.study.metric, base)
+    usable = [p for p in grid.params if best.get(p, {}).get("lr") is not None]
+    refusals = []
+    for param in grid.params:  # a transfer needs a finite optimum at the base width: refuse before launching
+        if param not in best:
+            refusals.append(UsageError("study.params", f"{param}: no trial at the base width {base}.",
+                                       f"sweep it first (muso sweep ... study.params=[{param}])."))
+        elif best[param]["lr"] is None:
+            e = best[param]["problem"]
+            refusals.append(UsageError(e.key, f"{param}: no finite optimum at the base width: {e.problem}.",
+                                       e.fix + (f"; or transfer the others only (study.params=[{','.join(usable)}])"
+                                                if usable else "") + "."))
+    raise_all(refusals)
+    best = {param: best[param] for param in grid.params}
+    for param, b in best.items():
+        for axis, side in b["edge"].items():
+            problem = (f"{param}: the best {axis} at the base width, {b[axis]:.4g}, is at the grid edge (the "
+                       f"{'lowest' if side == 'low' else 'highest'} {axis} tried): the optimum may lie beyond.")
+            if not ns.allow_edge:
+                raise UsageError(f"study.{axis}", problem,
+                                 f"widen study.{axis} {'below' if side == 'low' else 'above'} {b[axis]:.4g} "
+                                 f"(muso refine {study.path} extends it), or pass --allow-edge to transfer it anyway.")
+            print(f"warning: {problem} Transferring it anyway (--allow-edge).", file=sys.stderr)
+    _print_best(best, cfg)
     planned = study_mod.plan_transfer(study, best, widths, grid.seeds, runtime=to_container(cfg))
     if ns.dry_run:
         _print_plan(study.path, planned)
@@ -514,14 +548,68 @@ def cmd_transfer(args: list[str]) -> int:
     return _launch_and_summarise(study, trials, cfg, ns.no_launch)
 
 
-def _print_best(best: dict, cfg, missing: list[str]) -> None:
+def _print_best(best: dict, cfg) -> None:
     print(f"best setting at base width {cfg.model.base_width} by final {cfg.study.metric}:")
     for param, b in best.items():
         damping = "" if b["damping"] is None else f" damping={b['damping']:.3g}"
         partial = "" if b["finished"] == b["planned"] else f" (from {b['finished']}/{b['planned']} finished trials)"
-        print(f"  {param:>6}: lr={b['lr']:.4g}{damping}  {cfg.study.metric}={b['value']:.4f}{partial}")
-    if missing:
-        print(f"  no finished trials for {', '.join(missing)}: not transferred", file=sys.stderr)
+        flags = [f"{a} at the grid edge" for a in b["edge"]] + [f"stability-bound in {a}" for a in b["stability_bound"]]
+        print(f"  {param:>6}: lr={b['lr']:.4g}{damping}  {cfg.study.metric}={b['value']:.4f}{partial}"
+              + (f"  ({'; '.join(flags)})" if flags else ""))
+
+
+def cmd_refine(args: list[str]) -> int:
+    ns = _parse("refine", args, "Add grid points at half the current step on both sides of each cell's optimum "
+                "(one step beyond a grid edge), run them, and repeat until the step near every optimum is at most "
+                "study.refine_to octaves or every verdict is decided, within study.refine_budget trials.",
+                lambda p: _plan_flags(p, "print the next round's plan"), positionals=[STUDY_ARG])
+    import time
+
+    from . import report, study as study_mod, verdict
+
+    study = _open_study(ns.study)
+    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides, "refine")])
+    study_mod.check_same_base(study, cfg)
+    grid = study_mod.check(cfg)
+    settings = verdict.check(cfg.study)
+    refine_to, budget = study_mod.check_refine(cfg.study)
+    metric, base = cfg.study.metric, cfg.model.base_width
+    used, started, rounds = 0, time.time(), 0
+    while True:
+        judged = verdict.judge(study_mod.points(study, metric), base, settings, study.transfers())
+        open_params = [p for p in grid.params  # a decided verdict needs no finer grid
+                       if judged["params"].get(p, {}).get("verdict") not in verdict.DECIDED]
+        planned, notes = study_mod.plan_refine(study, metric, open_params, refine_to, grid.seeds,
+                                               runtime=to_container(cfg))
+        to_run = {t.id for t in planned if study.status(t) not in track.FINAL_STATUSES}
+        if not to_run:
+            reason = ("every verdict is decided" if not open_params else
+                      f"every optimum is resolved to {refine_to:g} octave or has no optimum to refine around")
+            print(f"refine: done after {rounds} round(s), {used} trials run in {time.time() - started:.0f} s: "
+                  f"{reason}.")
+            break
+        if used + len(to_run) > budget:
+            print(f"refine: round {rounds + 1} needs {len(to_run)} trials, {budget - used} left of study.refine_budget="
+                  f"{budget}: stopped after {rounds} round(s), {used} trials run in {time.time() - started:.0f} s. "
+                  "Raise study.refine_budget to go on.")
+            break
+        print(f"refine round {rounds + 1}: {len(to_run)} new trials (budget {budget}, {used} used) for "
+              f"{', '.join(open_params)}")
+        if ns.dry_run:
+            _print_plan(study.path, [t for t in planned if t.id in to_run])
+            return 0
+        trials = study.add(planned)
+        code = _launch_and_summarise(study, trials, cfg, ns.no_launch)
+        if ns.no_launch or code == 130:
+            return code
+        used += len(to_run)
+        rounds += 1
+    for note in notes:
+        print(f"  {note}")
+    print("verdict:")
+    for line in report.verdict_lines(judged):
+        print(f"  {line}")
+    return 0
 
 
 def cmd_status(args: list[str]) -> int:
@@ -608,18 +696,23 @@ def cmd_run_trial(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    ns = _parse("report", args, "Tables and plots of a study: results.parquet/csv, report.md, loss_vs_lr.png, "
-                "heatmap_<param>.png, curves.png.",
+    ns = _parse("report", args, "The verdict per parameterization (transfers / drifts / undecided, with intervals "
+                "over seeds), then tables and plots: report.json, report.md, results.parquet/csv, loss_vs_lr.png, "
+                "drift.png, heatmap_<param>.png, curves.png.",
                 lambda p: p.add_argument("--out", help="report folder (default: <study>/report)"),
                 positionals=[STUDY_ARG])
-    from . import report
+    from . import report, verdict
+    from .study import check_metric
 
     study = _open_study(ns.study)
-    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides)], check_data=False)
-    from .study import check_metric
+    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides, "report")], check_data=False)
     check_metric(cfg.study.metric)
+    settings = verdict.check(cfg.study)
     out = Path(ns.out) if ns.out else study.path / "report"
-    res = report.build(study, out, cfg.study.metric, cfg.model.base_width)
+    res = report.build(study, out, cfg.study.metric, cfg.model.base_width, settings)
+    print("verdict:")
+    for line in report.verdict_lines(res["verdict"]):
+        print(f"  {line}")
     skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
     print(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
     headline = res["tables"].get("headline")
@@ -646,6 +739,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "params": cmd_params,
     "coord-check": cmd_coord_check,
     "sweep": cmd_sweep,
+    "refine": cmd_refine,
     "transfer": cmd_transfer,
     "status": cmd_status,
     "run-trial": cmd_run_trial,

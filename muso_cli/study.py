@@ -1,11 +1,12 @@
-"""Studies: a grid of trials at the base width (sweep), its best setting carried to larger widths (transfer).
+"""Studies: a grid of trials at the base width (sweep), refined near each optimum (refine), its best setting
+carried to larger widths (transfer).
 
 A study is a folder::
 
     study.yaml      what the study is: name, the overrides it was made with, the hash of its base config
-    trials.jsonl    the numbered trial list, append-only: index, id, phase, param, width, lr, damping, seed and
-                    the trial's full resolved config (self-contained: `muso run-trial <study> <i>` and a plain
-                    `sbatch --array` need nothing else)
+    trials.jsonl    the numbered trial list, append-only: index, id, phase (sweep | refine | transfer), param,
+                    width, lr, damping, seed and the trial's full resolved config (self-contained:
+                    `muso run-trial <study> <i>` and a plain `sbatch --array` need nothing else)
     trials/<id>/    one folder per trial: config.yaml, metrics.jsonl, result.json (track.py)
     transfer.json   the settings chosen for transfer, per parameterization, with the trials they came from
 
@@ -30,14 +31,14 @@ from typing import Any, Iterable
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from . import claims, track
+from . import claims, track, verdict
 from .config import to_container
-from .errors import UsageError, is_int, widths as check_widths
+from .errors import UsageError, check_positive, is_int, raise_all, widths as check_widths
 from .parametrize import PARAMS, identity, is_damped
 
 SPEC, TRIALS, TRANSFER, LOCK = "study.yaml", "trials.jsonl", "transfer.json", ".index.lock"
 # Config sections and keys that do not change a trial's numbers: left out of its id.
-NON_SEMANTIC = ("launcher", "logger", "study", "coord", "device", "hydra")
+NON_SEMANTIC = ("launcher", "logger", "study", "transfer", "coord", "device", "hydra")
 NON_SEMANTIC_TRAIN = ("progress", "threads", "checkpoint_every", "eval_batch_size")
 METRICS = {"train_loss": "min", "test_loss": "min", "test_acc": "max"}
 MAX_GRID_POINTS = 1000  # per axis: a typo such as log2:-10:10:0.001 is refused before it fills memory
@@ -136,7 +137,7 @@ class Trial:
 
     index: int
     id: str
-    phase: str           # sweep | transfer
+    phase: str           # sweep | refine | transfer
     param: str
     width: int
     lr: float
@@ -395,11 +396,12 @@ def check(cfg: DictConfig) -> Grid:
     widths = check_widths("study.widths", s.widths if s.widths is not None else [cfg.model.base_width],
                           minimum=cfg.model.base_width)
     check_metric(s.metric)
-    grid = Grid(params, lrs, dampings, seeds, widths)
+    verdict.check(s)
+    check_refine(s)
     if not (is_int(s.max_trials) and s.max_trials > 0):
         raise UsageError("study.max_trials", f"must be a positive integer, got {s.max_trials!r}.",
                          "e.g. study.max_trials=10000.")
-    return grid
+    return Grid(params, lrs, dampings, seeds, widths)
 
 
 def check_metric(metric: Any) -> str:
@@ -453,6 +455,9 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 # ------------------------------------------------------------------------------------------------------
 # Selecting the best setting at the base width
 
+UNREADABLE = "unreadable"   # a result.json that cannot be read (counted and skipped by the report)
+
+
 def objective(result: dict | None, metric: str) -> float | None:
     """The selection value of a result, as a loss (lower is better): diverged → +inf; failed/missing → None."""
     if not result or result.get("status") not in track.FINAL_STATUSES:
@@ -465,32 +470,55 @@ def objective(result: dict | None, metric: str) -> float | None:
     return -value if METRICS[metric] == "max" else value
 
 
-def select_best(study: Study, metric: str, base_width: int) -> dict[str, dict]:
-    """Per parameterization: the (lr, damping) with the best mean objective over seeds at the base width.
-
-    Returns {param: {lr, damping, value, trials: [ids], finished, planned}}: value in the metric's own units
-    (+inf for a diverged setting), finished / planned counts of that parameterization's base-width trials.
-    """
-    groups: dict[tuple, list[tuple[Trial, float | None]]] = {}
+def points(study: Study, metric: str) -> list[dict]:
+    """One row per trial entry, what the verdict (muso_cli.verdict) reads: index, trial_id, phase, param, width,
+    lr, damping (NaN without damping), seed, status (ok | diverged | failed | running | pending | unreadable),
+    objective (:func:`objective`; NaN when unfinished), the result itself (None when there is none) and the
+    trial's config."""
+    rows = []
     for t in study.trials():
-        if t.width == base_width and t.phase == "sweep":
-            groups.setdefault((t.param, t.lr, t.damping), []).append((t, objective(study.result(t), metric)))
+        folder = study.trial_dir(t)
+        result = track.read_json(folder / track.RESULT)
+        if result is not None and result.get("status") in track.RESULT_STATUSES:
+            status = result["status"]
+        elif (folder / track.RESULT).exists():
+            status, result = UNREADABLE, None
+        else:
+            status = track.RUNNING if claims.is_running(folder) else track.PENDING
+        value = objective(result, metric)
+        rows.append({"index": t.index, "trial_id": t.id, "phase": t.phase, "param": t.param, "width": t.width,
+                     "lr": t.lr, "damping": math.nan if t.damping is None else t.damping, "seed": t.seed,
+                     "status": status, "objective": math.nan if value is None else value, "result": result,
+                     "config": t.config})
+    return rows
+
+
+def select_best(study: Study, metric: str, base_width: int) -> dict[str, dict]:
+    """Per parameterization with trials at the base width: the optimum of its base-width cell (muso_cli.verdict:
+    the setting with the lowest mean objective over seeds; a setting with a diverged seed is never chosen).
+
+    Returns {param: choice}. A choice with an optimum: {lr, damping, value (in the metric's own units), metric,
+    trials (ids at the optimum), finished, planned (counts of the parameterization's base-width trials), edge
+    ({axis: low | high} where the optimum is at the grid edge), stability_bound ([axes])}. Without one (no setting
+    finished finite): {lr: None, problem: UsageError naming the key and the fix, finished, planned}.
+    """
+    rows = [r for r in points(study, metric) if r["width"] == base_width]
     best: dict[str, dict] = {}
-    scores: dict[str, float] = {}
-    counts: dict[str, list[int]] = {}
-    for (param, lr, damping), members in groups.items():
-        values = [v for _, v in members if v is not None]
-        finished, planned = counts.setdefault(param, [0, 0])
-        counts[param] = [finished + len(values), planned + len(members)]
-        if not values:
+    for (param, _), cell in verdict.cells(rows).items():
+        mine = [r for r in rows if r["param"] == param]
+        counts = {"finished": sum(r["status"] in track.FINAL_STATUSES for r in mine), "planned": len(mine)}
+        if cell.best is None:
+            best[param] = {"lr": None, "problem": cell.problem(), **counts}
             continue
-        mean = sum(values) / len(values)
-        if param not in scores or mean < scores[param]:
-            scores[param] = mean
-            best[param] = {"lr": lr, "damping": damping, "value": -mean if METRICS[metric] == "max" else mean,
-                           "metric": metric, "trials": [t.id for t, _ in members]}
-    for param, choice in best.items():
-        choice["finished"], choice["planned"] = counts[param]
+        opt = cell.summary()["optimum"]
+        at = [r for r in mine if math.isclose(r["lr"], opt["lr"], rel_tol=1e-9)
+              and (opt["damping"] is None or math.isclose(r["damping"], opt["damping"], rel_tol=1e-9))]
+        axes = opt["axes"]
+        best[param] = {"lr": opt["lr"], "damping": opt["damping"],
+                       "value": -opt["objective"] if METRICS[metric] == "max" else opt["objective"],
+                       "metric": metric, "trials": [r["trial_id"] for r in at],
+                       "edge": {a: info["edge"] for a, info in axes.items() if info["edge"]},
+                       "stability_bound": [a for a, info in axes.items() if info["stability_bound"]], **counts}
     return best
 
 
@@ -511,3 +539,79 @@ def plan_transfer(study: Study, best: dict[str, dict], widths: list[int], seeds:
                 config = with_values(source, width=width, seed=seed)
                 trials.append(make_trial(with_runtime(config, runtime) if runtime else config, "transfer"))
     return trials
+
+
+# ------------------------------------------------------------------------------------------------------
+# Refining a sweep near each optimum
+
+def check_refine(study_cfg: Any) -> tuple[float, int]:
+    """(study.refine_to in octaves, study.refine_budget in trials), or UsageError naming the key."""
+    to, budget = study_cfg.get("refine_to", 0.25), study_cfg.get("refine_budget", 200)
+    raise_all([check_positive("study.refine_to", to), check_positive("study.refine_budget", budget, integer=True)])
+    return float(to), int(budget)
+
+
+def refine_values(axis: dict, refine_to: float) -> list[float]:
+    """New values of one axis around a cell's optimum (``axis``: :meth:`muso_cli.verdict.Cell.axis`): half the
+    step to each neighbour wider than ``refine_to`` octaves, and one step beyond a grid edge (the step of the other
+    side). Geometric midpoints and reflections, to 12 significant digits (the same values on every replanning)."""
+    v, below, above = axis["value"], axis["step_below"], axis["step_above"]
+    coarse = refine_to * (1 + 1e-6)  # grid values carry 12 digits: a step of 0.25 may read 0.2500000001
+    new = []
+    if axis["edge"] == "low":
+        new.append(v / 2 ** above)
+    elif below > coarse:
+        new.append(v / 2 ** (below / 2))
+    if axis["edge"] == "high":
+        new.append(v * 2 ** below)
+    elif above > coarse:
+        new.append(v * 2 ** (above / 2))
+    return [float(f"{x:.12g}") for x in new]
+
+
+def plan_refine(study: Study, metric: str, params: Iterable[str], refine_to: float, seeds: list[int],
+                runtime: dict | None = None) -> tuple[list[Trial], list[str]]:
+    """One refinement round: the trials to plan, and notes on the cells left as they are.
+
+    For every cell (parameterization × width with a grid) of ``params`` that has an optimum: along each swept
+    axis, the new values of :func:`refine_values`; with lr and damping both swept, every combination of the
+    optimum's lr and the new lrs with its damping and the new dampings (so that a new optimum has neighbours on
+    both axes). Each setting of the cell, old and new, is planned for every seed in ``seeds``: finished trials
+    keep their ids and are not rerun, and a new seed list fills in the whole cell. A cell without an optimum is
+    not refined (there is nothing to refine around); its note says why and what to change. At the base width
+    every parameterization is the same run: a point planned there for one is planned for every parameterization
+    whose trial it is (the same id, no extra run), so their base cells stay the same grid.
+    """
+    rows = points(study, metric)
+    by_key = {(t.id, t.param): t for t in study.trials()}
+    grid = verdict.cells(rows)
+    wanted, notes = set(params), []
+    planned: dict[tuple[str, int], set] = {}  # refined cell → its settings (lr, damping), old and new
+    for (param, width), cell in grid.items():
+        if param not in wanted or cell.n_settings < 2:
+            continue
+        if cell.best is None:
+            e = cell.problem()
+            notes.append(f"{param} width {width}: {e.problem}: not refined. Fix: {e.fix}.")
+            continue
+        opt = cell.summary()["optimum"]
+        lrs = [opt["lr"], *(refine_values(opt["axes"]["lr"], refine_to) if "lr" in opt["axes"] else [])]
+        dampings = [opt["damping"], *(refine_values(opt["axes"]["damping"], refine_to)
+                                      if "damping" in opt["axes"] else [])]
+        planned[param, width] = {(r["lr"], None if math.isnan(r["damping"]) else r["damping"]) for r in rows
+                                 if r["param"] == param and r["width"] == width}
+        planned[param, width] |= {(lr, d) for lr in lrs for d in dampings if cell.find(lr, d) is None}
+
+    def plan(param: str, width: int, settings: set) -> list[Trial]:
+        source = by_key[next(r["trial_id"] for r in rows if r["param"] == param and r["width"] == width), param]
+        configs = [with_values(source.config, lr=lr, damping=damping, seed=seed)
+                   for lr, damping in sorted(settings, key=lambda s: (s[0], s[1] or 0.0)) for seed in seeds]
+        return [make_trial(with_runtime(c, runtime) if runtime else c, "refine") for c in configs]
+
+    trials = {(t.id, t.param): t for (param, width), settings in planned.items() for t in plan(param, width, settings)}
+    ids = {i for i, _ in trials}
+    for param, width in grid:  # the same runs, listed for the other parameterizations they serve
+        for (other, w), settings in planned.items():
+            if w == width and other != param:
+                trials.update({(t.id, t.param): t for t in plan(param, width, settings) if t.id in ids})
+    return list(trials.values()), notes

@@ -165,7 +165,7 @@ def test_a_corrupt_index_is_refused_by_every_command_and_never_rewritten(tmp_pat
     sweep = ["sweep", *FAST, f"study.root={tmp_path / 'studies'}", "study.name=s", "study.params=[sp]",
              "study.lr=[0.1,0.2]"]
     for argv in (sweep, ["status", str(study.path)], ["report", str(study.path)],
-                 ["transfer", str(study.path), "study.widths=[32]"], ["run-trial", str(study.path), "0"]):
+                 ["transfer", str(study.path), "transfer.widths=[32]"], ["run-trial", str(study.path), "0"]):
         assert main(argv) == 2, argv
         assert "trials.jsonl cannot be read" in capsys.readouterr().err
     assert index.read_bytes() == before and not list(study.path.glob("trials/*/result.json"))
