@@ -715,6 +715,10 @@ def cmd_report(args: list[str]) -> int:
         print(f"  {line}")
     skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
     print(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
+    if res["unreadable"]:
+        shown = ", ".join(res["unreadable"][:3]) + (" …" if len(res["unreadable"]) > 3 else "")
+        print(f"unreadable (a result or metrics file that is not whole, or not numbers): {shown}; delete such a "
+              "folder and run the sweep again to retrain it", file=sys.stderr)
     headline = res["tables"].get("headline")
     if headline is not None and not headline.empty:
         print(f"headline ({cfg.study.metric} of the transferred setting per width):")

@@ -396,7 +396,8 @@ def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path) -> 
 
 def build(study: Study, out_dir: Path, metric: str, base_width: int,
           settings: verdict.Settings = verdict.Settings()) -> dict:
-    """Write every file of the report into ``out_dir``; return {results, skipped, tables, verdict}."""
+    """Write every file of the report into ``out_dir``; return {results, skipped, tables, verdict, unreadable (the
+    trial folders whose result or metrics cannot be trusted)}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = points(study, metric)
@@ -423,7 +424,8 @@ def build(study: Study, out_dir: Path, metric: str, base_width: int,
         plot_drift(v, out_dir / "drift.png")
         plot_curves(study, df, transfers, out_dir / "curves.png")
     _write_markdown(out_dir / "report.md", study, v, tables, skipped, len(df), metric, out_dir)
-    return {"results": df, "skipped": skipped, "tables": tables, "verdict": v}
+    unreadable = sorted({str(study.path / "trials" / e["trial_id"]) for e in entries if e["status"] == UNREADABLE})
+    return {"results": df, "skipped": skipped, "tables": tables, "verdict": v, "unreadable": unreadable}
 
 
 def verdict_lines(v: dict) -> list[str]:

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import claims, track, verdict
 from .config import to_container
-from .errors import UsageError, check_positive, is_int, raise_all, widths as check_widths
+from .errors import UsageError, check_positive, is_int, is_number, raise_all, widths as check_widths
 from .parametrize import PARAMS, identity, is_damped
 
 SPEC, TRIALS, TRANSFER, LOCK = "study.yaml", "trials.jsonl", "transfer.json", ".index.lock"
@@ -465,9 +465,23 @@ def objective(result: dict | None, metric: str) -> float | None:
     if result["status"] == track.DIVERGED:
         return math.inf
     value = (result.get("final") or {}).get(metric)
-    if value is None or not math.isfinite(value):
+    if not is_number(value):  # None (JSON's inf) or a non-finite number; a non-number never gets here: _trusted
         return math.inf
     return -value if METRICS[metric] == "max" else value
+
+
+def _trusted(result: dict, folder: Path) -> bool:
+    """Whether a result can be believed: a known status, numbers (or null) where metrics are, and a whole
+    metrics.jsonl beside a finished one (a torn or hand-edited file is counted unreadable, never half-read)."""
+    if result.get("status") not in track.RESULT_STATUSES:
+        return False
+    if result["status"] == track.FAILED:
+        return True
+    final = result.get("final")
+    if not isinstance(final, dict) or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                                              for v in final.values()):
+        return False
+    return track.read_json_lines(folder / track.METRICS) is not None
 
 
 def points(study: Study, metric: str) -> list[dict]:
@@ -479,7 +493,7 @@ def points(study: Study, metric: str) -> list[dict]:
     for t in study.trials():
         folder = study.trial_dir(t)
         result = track.read_json(folder / track.RESULT)
-        if result is not None and result.get("status") in track.RESULT_STATUSES:
+        if result is not None and _trusted(result, folder):
             status = result["status"]
         elif (folder / track.RESULT).exists():
             status, result = UNREADABLE, None

@@ -57,6 +57,8 @@ def finite_or_none(x: Any) -> Any:
         return None
     if isinstance(x, dict):
         return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_or_none(v) for v in x]
     return x
 
 
