@@ -60,6 +60,10 @@ def check(cfg) -> list[UsageError | None]:
     if not isinstance(cfg.get("name"), str) or not cfg.get("name"):
         problems.append(UsageError("model.name", "a model with _target_ needs a short name (used in study names "
                                    "and titles).", "add `name: mynet` to its config, or model.name=mynet."))
+    if "width_arg" not in cfg:
+        return [*problems, UsageError("model.width_arg", "is missing: a model with _target_ names the constructor "
+                                      "argument that sets its width.", "start from model=custom (or your own model "
+                                      "config), not one of muso's models; e.g. model=custom model._target_=...")]
     for key in DATA_ARGS:
         value = cfg.get(key)
         if not (isinstance(value, str) and value.isidentifier()) and not (value is None and key != "width_arg"):
@@ -69,8 +73,4 @@ def check(cfg) -> list[UsageError | None]:
         return problems
     names = {f"model.{k}": k for k in targets.arguments(cfg, MUSO_KEYS)}
     names.update({f"model.{key}": cfg.get(key) for key in DATA_ARGS if cfg.get(key)})
-    unknown = targets.unknown_arguments("model", cfg, names)
-    if any(e.key != "model._target_" for e in unknown):
-        unknown.append(UsageError("model", "a model of muso's own (e.g. model=mlp) does not mix with _target_.",
-                                  "start from model=custom, or your own model config (--config-dir)."))
-    return unknown
+    return targets.unknown_arguments("model", cfg, names)
