@@ -36,9 +36,9 @@ OPTIMIZERS = {
                 "optimizer.inverse_interval=1", "optimizer.eigh_dtype=float32"],
 }
 PARAMS = ("sp", "mup", "somup")
-LAYER_TYPES = ["tok_emb", "pos_emb", "attn.q", "attn.k", "attn.v", "attn.logit_scale", "attn.out", "mlp.fc_in",
+LAYER_TYPES = ["tok_emb", "tied_scale", "pos_emb", "attn.q", "attn.k", "attn.v", "attn.logit_scale", "attn.out", "mlp.fc_in",
                "mlp.fc_out", "head"]
-LABELS = {"attn.logit_scale": "logits", "tok_emb": "token emb", "pos_emb": "pos emb", "head": "unembed (Δf)"}
+LABELS = {"attn.logit_scale": "logits", "tok_emb": "token emb", "tied_scale": "tied emb", "pos_emb": "pos emb", "head": "unembed (Δf)"}
 
 
 def layer_type(layer: str) -> str:
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma-separated subset of " + ",".join(OPTIMIZERS))
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every case, e.g. model.tie=true")
     ap.add_argument("--readout", metavar="OPT:PARAM", help="instead: the terms of Δf after one step per width "
                     "(readout.csv), e.g. --readout sgd:mup")
     args = ap.parse_args()
@@ -142,7 +143,7 @@ def main() -> None:
         for param in PARAMS:
             t0 = time.time()
             cfg = compose([*MODEL, *OPTIMIZERS[opt], f"param={param}", f"coord.widths={args.widths}",
-                           f"coord.seeds={args.seeds}", f"device={args.device}"])
+                           f"coord.seeds={args.seeds}", f"device={args.device}", *args.extra])
             df = coord.measure(cfg)
             slopes = coord.slopes(df, coord.fit_from_width(cfg))
             results[opt, param] = (df, slopes)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import needs_fmnist
 from muso_cli import models, optim
 from muso_cli.cli import main
 from muso_cli.config import compose
@@ -131,3 +132,16 @@ def test_builds_on_meta_with_width_free_names():
     names = {w: [n for n, _ in models.build(cfg.model, (16,), 256, w, "meta").named_parameters()] for w in (32, 96)}
     assert names[32] == names[96]
     assert OmegaConf.select(cfg, "model.tie") is True
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_vit_learns_real_fashion_mnist(tmp_path):
+    from muso_cli import train
+
+    cfg = compose(["model=vit", "data=fashion_mnist", "data.n_train=4000", "data.n_test=1000", "model.width=32",
+                   "model.base_width=32", "model.layers=1", "optimizer=adam", "optimizer.lr=0.003", "train.steps=150",
+                   "train.batch_size=64", "train.eval_every=150", "train.eval_train_samples=1000",
+                   "train.progress=false", "device=cpu"])
+    result = train.run(cfg, tmp_path)
+    assert result["status"] == "ok" and result["final"]["test_acc"] > 0.6, result["final"]
