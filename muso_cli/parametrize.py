@@ -21,7 +21,9 @@ that differs is a *vector*; nothing differs: *fixed* (treated as SP). Without a 
 plays its part, which cannot tell roles apart when the target has the base width. The width multiplier ``m``
 is target size / base size of the scaling dimension.
 Every multiplier is ``m ** exponent`` with exponents from the tables below, so at ``m = 1`` all
-parameterizations coincide (except for the damping rule).
+parameterizations coincide (except for the damping rule). A width-dependent constant of the forward pass (the
+attention logits' scale, a tied embedding's scale) is a :class:`WidthMultiplier` module in the model, whose
+value the plan sets from the table too.
 """
 from __future__ import annotations
 
@@ -131,6 +133,34 @@ DEFAULT_DAMPING_RULE: dict[str, dict[str, str]] = {
 WEIGHT_DECAY: dict[str, float] = {"decoupled": -1.0, "coupled": 0.0}
 
 
+# Transformers (docs/parameterization.md, "Transformers"). Three more facts, each as data:
+#
+# 1. What a layerwise optimizer does not precondition it updates like SGD. K-FAC and Shampoo precondition the
+#    weights of nn.Linear / nn.Conv2d layers (with their biases); every other parameter (embeddings, norm gains
+#    and biases, any other tensor) takes the plain update of the optimizer named here, and so that optimizer's
+#    column of LR. (An optimizer that hands such parameters to Adam, as Muon usually does, names adam.)
+UPDATED_LIKE: dict[str, str] = {"kfac": "sgd", "shampoo": "sgd"}
+
+# 2. Forward multipliers: width-dependent constants of the forward pass that init and lr cannot express. A
+#    model applies one through a WidthMultiplier module of a kind below, for a dimension of some size; the plan
+#    sets its value to m**FORWARD[kind][param], m = size / the size of the same module in the base model (so
+#    1 at the base width, where every parameterization coincides).
+#    attention       on the attention logits q·kᵀ/√d_head, m of d_head: µP's logit scale 1/d_head (Tensor
+#                    Programs V: after training q and k are correlated and q·k = Θ(d_head)) is 1/√d_head·m^-½.
+#                    Second-order µP moves q and k by Θ(1) per coordinate as µP does, so it keeps µP's scale.
+#    tied_embedding  on the output of an embedding whose weight is also the unembedding (a tied readout): the
+#                    shared tensor has the readout's output role (init m^-½/√fan_in), and this multiplier, with
+#                    the model's own constant √d_model, gives the embedding's rows back the input role's Θ(1).
+FORWARD: dict[str, dict[str, float]] = {
+    "attention": {"sp": 0.0, "mup": -0.5, "somup": -0.5},
+    "tied_embedding": {p: -INIT[p]["output"] for p in INIT},
+}
+
+# 3. Zero-initialised weights besides the readout (param.readout_zero_init): a model marks a weight with
+#    setattr(weight, ZERO_INIT, True) and it starts at 0 under every parameterization (µP's zero-initialised
+#    queries, Tensor Programs V: the attention is uniform at init, whatever the width).
+ZERO_INIT = "muso_zero_init"
+
 def is_damped(optimizer: str) -> bool:
     """Whether ``optimizer`` has a damping hyperparameter (a column of the damping table)."""
     return optimizer in DAMPING
@@ -193,6 +223,7 @@ class ParamSpec:
     width_mult: m = target / base size of the growing dimension (1.0 when fixed).
     fan_in: inputs per output unit in the target model (in_features · kernel area; 1 for an embedding).
     layer: the name of the Linear/Conv2d module whose weight or bias this is (None otherwise).
+    holders: the types of the modules that hold it (several for a tied weight).
     """
 
     name: str
@@ -203,6 +234,7 @@ class ParamSpec:
     fan_in: int
     layer: str | None = None
     is_bias: bool = False
+    holders: tuple[type, ...] = ()
 
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
@@ -249,7 +281,8 @@ def infer_roles(model: nn.Module, base: nn.Module, delta: nn.Module | None = Non
         role, mult, fan_in = _classify(name, shape, bshape, dshape, _layout(module))
         specs[name] = ParamSpec(name=name, shape=shape, base_shape=bshape, role=role, width_mult=mult,
                                 fan_in=fan_in, layer=layer_owner[0] if layer_owner else None,
-                                is_bias=bool(layer_owner and layer_owner[2] == "bias"))
+                                is_bias=bool(layer_owner and layer_owner[2] == "bias"),
+                                holders=tuple(type(m) for _, m, _ in held))
     return specs
 
 
@@ -275,6 +308,46 @@ def _classify(name: str, shape: tuple[int, ...], bshape: tuple[int, ...], dshape
 
 
 # ------------------------------------------------------------------------------------------------------
+# Forward multipliers (FORWARD).
+
+class WidthMultiplier(nn.Module):
+    """y = x · value, the forward multiplier of kind ``kind`` (a row of FORWARD) for a dimension of ``size``
+    (attention: d_head; tied_embedding: d_model). Any shape; no parameters.
+
+    ``value`` is 1.0 until a plan's ``init_`` sets it to m**FORWARD[kind][param] with m = size / the size of the
+    module of the same name in the base model. A model of your own puts one wherever such a constant goes, e.g.
+    ``scores = self.logit_scale(q @ k.transpose(-2, -1) / math.sqrt(d_head))``.
+    """
+
+    def __init__(self, kind: str, size: int):
+        super().__init__()
+        if kind not in FORWARD:
+            raise ValueError(f"unknown forward multiplier {kind!r}; use one of {', '.join(FORWARD)}")
+        self.kind, self.size, self.value = kind, int(size), 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.value == 1.0 else x * self.value
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, size={self.size}, value={self.value:.4g}"
+
+
+def forward_multipliers(model: nn.Module, base: nn.Module, param: str) -> dict[str, tuple[str, float, float]]:
+    """{module name: (kind, m, value)} for every WidthMultiplier of ``model``, m from the base model's module."""
+    base_modules = dict(base.named_modules())
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, WidthMultiplier):
+            base_module = base_modules.get(name)
+            if not isinstance(base_module, WidthMultiplier):
+                raise ValueError(f"forward multiplier {name!r} is in the model but not in the base model: build "
+                                 f"them with the same architecture (only the width differs)")
+            m = module.size / base_module.size
+            out[name] = (module.kind, m, m ** FORWARD[module.kind][param])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
 # The plan: everything the parameterization decides for one model.
 
 @dataclass
@@ -285,7 +358,7 @@ class Plan:
     init_std[name]: the init standard deviation (absolute; 0.0 for a zero-initialised readout; None: the
     module's own init, e.g. norm gains). lr_mult[name]: a layerwise optimizer's bias carries its weight's.
     weight_decay_mult[name]: 0.0 for a parameter that is not decayed. damping_mult[layer]: {"A", "B"} for
-    K-FAC, {"eps"} for Shampoo.
+    K-FAC, {"eps"} for Shampoo. forward_mult[module]: (kind, m, value) of each WidthMultiplier (FORWARD).
     """
 
     param: str
@@ -299,10 +372,15 @@ class Plan:
     init_std: dict[str, float | None]
     weight_decay_mult: dict[str, float] = field(default_factory=dict)
     damping_mult: dict[str, dict[str, float]] = field(default_factory=dict)
+    forward_mult: dict[str, tuple[str, float, float]] = field(default_factory=dict)
 
     def init_(self, model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
         """Initialise ``model`` in place: weights N(0, init_std²), Linear/Conv biases 0, others untouched
-        (tensors on the meta device have no values: nothing is drawn for them)."""
+        (tensors on the meta device have no values: nothing is drawn for them); every WidthMultiplier gets its
+        value."""
+        modules = dict(model.named_modules())
+        for name, (_, _, value) in self.forward_mult.items():
+            modules[name].value = value
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, spec in self.specs.items():
@@ -354,7 +432,7 @@ class Plan:
 
     def rows(self) -> list[dict]:
         """One row per parameter, for `muso params`: name, shape, role, m, init std, lr, weight-decay and
-        damping multipliers."""
+        damping multipliers; then one per forward multiplier: its module, role = its kind, m, forward_mult."""
         out = []
         for name, s in self.specs.items():
             row = {"name": name, "shape": list(s.shape), "role": s.role, "width_mult": s.width_mult,
@@ -366,6 +444,8 @@ class Plan:
                 for k in DAMPING[self.optimizer][self.damping_rule]:
                     row[f"damping_{k}_mult"] = damping.get(k)
             out.append(row)
+        for name, (kind, m, value) in self.forward_mult.items():
+            out.append({"name": name, "shape": [], "role": kind, "width_mult": m, "forward_mult": value})
         return out
 
 
@@ -377,7 +457,9 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     param: sp | mup | somup. optimizer: a column of the table (OPTIMIZERS). damping_rule: auto or one of
     DAMPING_RULES[optimizer]. weight_decay_rule: decoupled | coupled (WEIGHT_DECAY); decay_vectors: decay
     biases and norm gains too. sigma: init std × √fan_in. power: the preconditioner's total inverse power when
-    the optimizer's hyperparameters set it (Shampoo: 2 × exponent).
+    the optimizer's hyperparameters set it (Shampoo: 2 × exponent). Parameters a layerwise optimizer does not
+    precondition take the lr rule of UPDATED_LIKE; weights marked ZERO_INIT start at 0; the model's
+    WidthMultipliers get m**FORWARD[kind][param].
     """
     if param not in PARAMS:
         raise ValueError(f"unknown parameterization {param!r}; use one of {', '.join(PARAMS)}")
@@ -391,12 +473,15 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
                       "model at another width, e.g. on the meta device>.", UserWarning, stacklevel=2)
     rule = resolve_damping_rule(optimizer, param, damping_rule)
     specs = infer_roles(model, base, delta)
+    params = dict(model.named_parameters())
     lr_mult, init_std, damping = {}, {}, {}
     for name, s in specs.items():
         m = s.width_mult
-        lr_mult[name] = m ** lr_exponent(param, optimizer, s.role, power)
+        # a parameter outside the layers a layerwise optimizer preconditions gets its plain update (UPDATED_LIKE)
+        column = UPDATED_LIKE[optimizer] if optimizer in UPDATED_LIKE and s.layer is None else optimizer
+        lr_mult[name] = m ** lr_exponent(param, column, s.role, power)
         if len(s.shape) >= 2:
-            zero = readout_zero_init and s.role == "output"
+            zero = (readout_zero_init and s.role == "output") or getattr(params[name], ZERO_INIT, False)
             init_std[name] = 0.0 if zero else sigma * m ** INIT[param][s.role] / math.sqrt(s.fan_in)
         else:
             init_std[name] = 0.0 if s.is_bias else None
@@ -409,7 +494,8 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     weight_decay = {n: lr_mult[n] ** c if len(s.shape) >= 2 or decay_vectors else 0.0 for n, s in specs.items()}
     return Plan(param=param, optimizer=optimizer, damping_rule=rule, weight_decay_rule=weight_decay_rule,
                 sigma=sigma, readout_zero_init=readout_zero_init, specs=specs, lr_mult=lr_mult, init_std=init_std,
-                weight_decay_mult=weight_decay, damping_mult=damping)
+                weight_decay_mult=weight_decay, damping_mult=damping,
+                forward_mult=forward_multipliers(model, base, param))
 
 
 def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
