@@ -725,10 +725,15 @@ def cmd_report(args: list[str]) -> int:
     check_metric(cfg.study.metric)
     settings = verdict.check(cfg.study)
     out = Path(ns.out) if ns.out else study.path / "report"
-    res = report.build(study, out, cfg.study.metric, cfg.model.base_width, settings)
+    title = f"{study.name}: {cfg.optimizer.name}, {cfg.model.name} on {cfg.data.name}"
+    res = report.build(study, out, cfg.study.metric, cfg.model.base_width, settings, title)
     print("verdict:")
     for line in report.verdict_lines(res["verdict"]):
         print(f"  {line}")
+    drift = res["tables"]["drift"]
+    if (drift.verdict != "base").any():
+        print("drift of the optimum from the base width (octaves; interval over seeds):")
+        print(drift.drop(columns="note").to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
     skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
     print(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
     if res["unreadable"]:

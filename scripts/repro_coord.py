@@ -3,7 +3,8 @@
 MLP 784 → M → M → 10 on Fashion-MNIST, one batch of 32, cross-entropy, base width 64, widths 64 → 2048
 (--widths to change; e.g. 64 → 8192 on a GPU), 3 steps, 2 seeds. Writes into --out (default outputs/repro/coord):
 coord_grid.png (rows: optimizers, columns: parameterizations; RMS Δh of each layer against width at the last
-step), slopes.csv (every case, layer and step; fitted from 4× the base width) and summary.md (the verdict table).
+step; one y-span per row, so that a flat line looks flat next to a growing one), slopes.csv (every case, layer
+and step; fitted from 4× the base width) and summary.md (the verdict table).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ PARAMS = ("sp", "mup", "somup")
 def plot_grid(results: dict, path: Path, step: int, fit_from: float) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(len(OPTIMIZERS), len(PARAMS), figsize=(3.3 * len(PARAMS), 2.6 * len(OPTIMIZERS)),
-                             sharex=True, squeeze=False)
+                             sharex=True, sharey="row", squeeze=False)  # one y-span per row: flat looks flat
     for i, opt in enumerate(OPTIMIZERS):
         for j, param in enumerate(PARAMS):
             ax = axes[i][j]
