@@ -223,6 +223,51 @@ def _curve(cell: verdict.Cell, axis: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _transferred_points(ax, cells: list, axis: str, sign: float, colors: dict) -> tuple[list[float], list[str]]:
+    """A transfer width's one setting as ◆ at its value of ``axis``; returns the x drawn and notes for diverged
+    ones."""
+    xs, notes = [], []
+    for c in cells:
+        if not len(c.mean) or not np.isfinite(c.values(axis)[0]):
+            continue  # not finished yet, or the axis has no value (an undamped optimizer)
+        x, y = math.log2(float(c.values(axis)[0])), sign * c.mean[0]
+        xs.append(x)
+        if np.isfinite(y):
+            ax.scatter(x, y, marker="D", s=30, color=colors[c.width], edgecolor="k", zorder=6,
+                       label=f"{c.param}, width {c.width} (transferred)")
+        else:
+            notes.append(f"width {c.width}: the transferred setting diverged")
+    return xs, notes
+
+
+def _grid_curve(ax, c: verdict.Cell, k: int, axis: str, sign: float, color, band: float, notes: list) -> list[float]:
+    """One swept width's curve: mean and seed band, diverged × in the k-th row of the top ``band``, the optimum ★
+    with its flags; a cell with no optimum adds a note. Returns the x drawn."""
+    label = f"{c.param}, width {c.width}"
+    if c.best is None:
+        notes.append(f"width {c.width}: no optimum ({c.problem().problem.split(' at width')[0]})")
+    if axis not in c.swept:
+        return []
+    curve = _curve(c, axis)
+    ok = np.isfinite(curve["mean"].to_numpy())
+    if ok.any():
+        ax.plot(curve.x[ok], sign * curve["mean"][ok], marker="o", ms=3, color=color, label=label)
+    if (curve.hi > curve.lo).any():
+        ax.fill_between(curve.x[ok], sign * curve.lo[ok], sign * curve.hi[ok], color=color, alpha=0.15, lw=0)
+    # diverged: x in data, y in axes fraction, one row per width, so that widths stay apart
+    ax.scatter(curve.x[~ok], np.full((~ok).sum(), 0.98 - band + 0.045 * (k + 0.5)), marker="x", s=24,
+               color=color, transform=ax.get_xaxis_transform(), label=None if ok.any() else label)
+    if c.best is not None:
+        best = curve[curve.best].iloc[0]
+        ax.scatter(best.x, sign * best["mean"], marker="*", s=160, color=color, edgecolor="k", zorder=5)
+        info = c.axis(axis)
+        flag = ", ".join(f for f, on in (("edge", info["edge"]), ("cliff", info["stability_bound"])) if on)
+        if flag:
+            ax.annotate(flag, (best.x, sign * best["mean"]), textcoords="offset points", xytext=(6, -10),
+                        fontsize=7, color=color)
+    return list(curve.x)
+
+
 def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr", title: str = "") -> None:
     """One panel per parameterization (sp first): the score against log2 ``axis`` (best over the other axis), one
     curve per swept width with a band over seeds (min–max), the optimum ★ (flagged "edge" at the grid edge,
@@ -240,42 +285,10 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr", title: s
     pad = 0.05 * (high - low) if high > low else 0.5
     fig, axes = plt.subplots(1, len(params), figsize=(4.6 * len(params), 4.0), squeeze=False, sharey=True)
     for ax, param in zip(axes[0], params):
-        cells = sorted((c for (p, _), c in grid.items() if p == param and c.n_settings >= 2), key=lambda c: c.width)
-        notes, xs = [], []
-        for c in sorted((c for (p, _), c in grid.items() if p == param and c.n_settings == 1), key=lambda c: c.width):
-            if not len(c.mean) or not np.isfinite(c.values(axis)[0]):
-                continue  # not finished yet, or the axis has no value (an undamped optimizer)
-            x, y = math.log2(float(c.values(axis)[0])), sign * c.mean[0]
-            xs.append(x)
-            if np.isfinite(y):
-                ax.scatter(x, y, marker="D", s=30, color=colors[c.width], edgecolor="k", zorder=6,
-                           label=f"{param}, width {c.width} (transferred)")
-            else:
-                notes.append(f"width {c.width}: the transferred setting diverged")
-        for k, c in enumerate(cells):
-            color, label = colors[c.width], f"{param}, width {c.width}"
-            if c.best is None:
-                notes.append(f"width {c.width}: no optimum ({c.problem().problem.split(' at width')[0]})")
-            if axis not in c.swept:
-                continue
-            curve = _curve(c, axis)
-            xs += list(curve.x)
-            ok = np.isfinite(curve["mean"].to_numpy())
-            if ok.any():
-                ax.plot(curve.x[ok], sign * curve["mean"][ok], marker="o", ms=3, color=color, label=label)
-            if (curve.hi > curve.lo).any():
-                ax.fill_between(curve.x[ok], sign * curve.lo[ok], sign * curve.hi[ok], color=color, alpha=0.15, lw=0)
-            # diverged: x in data, y in axes fraction, one row per width, so that widths stay apart
-            ax.scatter(curve.x[~ok], np.full((~ok).sum(), 0.98 - band + 0.045 * (k + 0.5)), marker="x", s=24,
-                       color=color, transform=ax.get_xaxis_transform(), label=None if ok.any() else label)
-            if c.best is not None:
-                best = curve[curve.best].iloc[0]
-                ax.scatter(best.x, sign * best["mean"], marker="*", s=160, color=color, edgecolor="k", zorder=5)
-                info = c.axis(axis)
-                flag = ", ".join(f for f, on in (("edge", info["edge"]), ("cliff", info["stability_bound"])) if on)
-                if flag:
-                    ax.annotate(flag, (best.x, sign * best["mean"]), textcoords="offset points", xytext=(6, -10),
-                                fontsize=7, color=color)
+        mine = sorted((c for (p, _), c in grid.items() if p == param), key=lambda c: c.width)
+        xs, notes = _transferred_points(ax, [c for c in mine if c.n_settings == 1], axis, sign, colors)
+        for k, c in enumerate(c for c in mine if c.n_settings >= 2):
+            xs += _grid_curve(ax, c, k, axis, sign, colors[c.width], band, notes)
         for i, note in enumerate(notes):
             ax.text(0.02, 0.03 + 0.055 * i, note, transform=ax.transAxes, fontsize=7, color="crimson")
         if xs:  # autoscaling ignores the × rows (drawn in axes fraction): set the x range from every point
