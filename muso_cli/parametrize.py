@@ -90,6 +90,15 @@ LR: dict[str, dict[str, dict[str, float] | str | Preconditioned]] = {
 }
 OPTIMIZERS = tuple(LR["sp"])
 
+# Grafting (Shampoo's ``grafting``): each layer's step is the preconditioner's direction at the Frobenius norm of
+# the grafted optimizer's step, so the step's size, and with it the width scaling of the lr of the input / hidden /
+# output weights, is that optimizer's whatever the preconditioner's power (docs/parameterization.md, Grafting).
+# GRAFTED[param][grafting]: the cell of LR whose weight entries replace the optimizer's own; vectors keep the
+# optimizer's rule. sp and the naive mup practice are unchanged.
+GRAFTED: dict[str, dict[str, str]] = {
+    "somup": {"sgd": "mup.sgd", "adagrad": "mup.adam", "adam": "mup.adam"},
+}
+
 # Optimizers whose update treats a Linear/Conv2d layer's weight and bias as one matrix [W | b] (the bias as an
 # extra input column): their param groups are whole layers, and a layer's bias takes its weight's lr.
 LAYERWISE = ("kfac", "shampoo")
@@ -136,12 +145,16 @@ def is_damped(optimizer: str) -> bool:
     return optimizer in DAMPING
 
 
-def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None) -> float:
+def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None,
+                grafting: str | None = None) -> float:
     """Exponent e of the lr multiplier m**e for a parameter of ``role``.
 
     ``power`` is the preconditioner's total inverse power when the optimizer's hyperparameters set it (Shampoo:
-    2·exponent); it only matters for second-order µP's preconditioned rule.
+    2·exponent); it only matters for second-order µP's preconditioned rule. ``grafting``: the optimizer whose
+    per-layer step norm the update takes (GRAFTED), None or "none" for no grafting.
     """
+    if grafting in GRAFTED.get(param, {}) and role in GROWS:
+        param, optimizer = GRAFTED[param][grafting].split(".")
     cell = LR[param][optimizer]
     while isinstance(cell, str):
         p, o = cell.split(".")
@@ -371,13 +384,15 @@ class Plan:
 
 def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, delta: nn.Module | None = None,
               damping_rule: str = "auto", weight_decay_rule: str = "decoupled", decay_vectors: bool = False,
-              sigma: float = 1.0, readout_zero_init: bool = False, power: float | None = None) -> Plan:
+              sigma: float = 1.0, readout_zero_init: bool = False, power: float | None = None,
+              grafting: str | None = None) -> Plan:
     """Apply the table to ``model`` given the base-width ``base`` and a ``delta`` model (see infer_roles).
 
     param: sp | mup | somup. optimizer: a column of the table (OPTIMIZERS). damping_rule: auto or one of
     DAMPING_RULES[optimizer]. weight_decay_rule: decoupled | coupled (WEIGHT_DECAY); decay_vectors: decay
     biases and norm gains too. sigma: init std × √fan_in. power: the preconditioner's total inverse power when
-    the optimizer's hyperparameters set it (Shampoo: 2 × exponent).
+    the optimizer's hyperparameters set it (Shampoo: 2 × exponent). grafting: the optimizer's ``grafting``
+    (Shampoo), which sets the weights' lr rule under somup (GRAFTED); None or "none": no grafting.
     """
     if param not in PARAMS:
         raise ValueError(f"unknown parameterization {param!r}; use one of {', '.join(PARAMS)}")
@@ -394,7 +409,7 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     lr_mult, init_std, damping = {}, {}, {}
     for name, s in specs.items():
         m = s.width_mult
-        lr_mult[name] = m ** lr_exponent(param, optimizer, s.role, power)
+        lr_mult[name] = m ** lr_exponent(param, optimizer, s.role, power, grafting)
         if len(s.shape) >= 2:
             zero = readout_zero_init and s.role == "output"
             init_std[name] = 0.0 if zero else sigma * m ** INIT[param][s.role] / math.sqrt(s.fan_in)
