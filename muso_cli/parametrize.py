@@ -92,6 +92,15 @@ LR: dict[str, dict[str, dict[str, float] | str | Preconditioned]] = {
 }
 OPTIMIZERS = tuple(LR["sp"])
 
+# Grafting (Shampoo's ``grafting``): each layer's step is the preconditioner's direction at the Frobenius norm of
+# the grafted optimizer's step, so the step's size, and with it the width scaling of the lr of the input / hidden /
+# output weights, is that optimizer's whatever the preconditioner's power (docs/parameterization.md, Grafting).
+# GRAFTED[param][grafting]: the cell of LR whose weight entries replace the optimizer's own; vectors keep the
+# optimizer's rule. sp and the naive mup practice are unchanged.
+GRAFTED: dict[str, dict[str, str]] = {
+    "somup": {"sgd": "mup.sgd", "adagrad": "mup.adam", "adam": "mup.adam"},
+}
+
 # Optimizers whose update treats a Linear/Conv2d layer's weight and bias as one matrix [W | b] (the bias as an
 # extra input column): their param groups are whole layers, and a layer's bias takes its weight's lr.
 LAYERWISE = ("kfac", "shampoo")
@@ -166,12 +175,16 @@ def is_damped(optimizer: str) -> bool:
     return optimizer in DAMPING
 
 
-def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None) -> float:
+def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None,
+                grafting: str | None = None) -> float:
     """Exponent e of the lr multiplier m**e for a parameter of ``role``.
 
     ``power`` is the preconditioner's total inverse power when the optimizer's hyperparameters set it (Shampoo:
-    2·exponent); it only matters for second-order µP's preconditioned rule.
+    2·exponent); it only matters for second-order µP's preconditioned rule. ``grafting``: the optimizer whose
+    per-layer step norm the update takes (GRAFTED), None or "none" for no grafting.
     """
+    if grafting in GRAFTED.get(param, {}) and role in GROWS:
+        param, optimizer = GRAFTED[param][grafting].split(".")
     cell = LR[param][optimizer]
     while isinstance(cell, str):
         p, o = cell.split(".")
@@ -451,7 +464,8 @@ class Plan:
 
 def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, delta: nn.Module | None = None,
               damping_rule: str = "auto", weight_decay_rule: str = "decoupled", decay_vectors: bool = False,
-              sigma: float = 1.0, readout_zero_init: bool = False, power: float | None = None) -> Plan:
+              sigma: float = 1.0, readout_zero_init: bool = False, power: float | None = None,
+              grafting: str | None = None) -> Plan:
     """Apply the table to ``model`` given the base-width ``base`` and a ``delta`` model (see infer_roles).
 
     param: sp | mup | somup. optimizer: a column of the table (OPTIMIZERS). damping_rule: auto or one of
@@ -459,7 +473,8 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     biases and norm gains too. sigma: init std × √fan_in. power: the preconditioner's total inverse power when
     the optimizer's hyperparameters set it (Shampoo: 2 × exponent). Parameters a layerwise optimizer does not
     precondition take the lr rule of UPDATED_LIKE; weights marked ZERO_INIT start at 0; the model's
-    WidthMultipliers get m**FORWARD[kind][param].
+    WidthMultipliers get m**FORWARD[kind][param]. grafting: the optimizer's ``grafting``
+    (Shampoo), which sets the preconditioned weights' lr rule under somup (GRAFTED); None or "none": no grafting.
     """
     if param not in PARAMS:
         raise ValueError(f"unknown parameterization {param!r}; use one of {', '.join(PARAMS)}")
@@ -479,7 +494,7 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
         m = s.width_mult
         # a parameter outside the layers a layerwise optimizer preconditions gets its plain update (UPDATED_LIKE)
         column = UPDATED_LIKE[optimizer] if optimizer in UPDATED_LIKE and s.layer is None else optimizer
-        lr_mult[name] = m ** lr_exponent(param, column, s.role, power)
+        lr_mult[name] = m ** lr_exponent(param, column, s.role, power, grafting if column == optimizer else None)
         if len(s.shape) >= 2:
             zero = (readout_zero_init and s.role == "output") or getattr(params[name], ZERO_INIT, False)
             init_std[name] = 0.0 if zero else sigma * m ** INIT[param][s.role] / math.sqrt(s.fan_in)

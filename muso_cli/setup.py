@@ -38,7 +38,8 @@ def build_model_and_plan(cfg: DictConfig, input_shape, num_classes: int, width: 
     opt, param = cfg.optimizer, cfg.param
     plan = make_plan(model, base, param.name, opt.name, delta=delta, damping_rule=opt.get("damping_rule", "auto"),
                      weight_decay_rule=param.weight_decay_rule, decay_vectors=param.decay_vectors,
-                     sigma=param.sigma, readout_zero_init=param.readout_zero_init, power=optim.power(opt))
+                     sigma=param.sigma, readout_zero_init=param.readout_zero_init, power=optim.power(opt),
+                     grafting=opt.get("grafting"))
     raise_all(models.check_plan(cfg.model, plan))
     if meta:
         return model, plan

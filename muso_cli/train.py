@@ -1,10 +1,12 @@
 """One training run: data → model + parameterization → optimizer → loop with evaluation and divergence checks.
 
 The loop reads top to bottom: draw a batch by index, forward, loss, backward, step; every ``eval_every`` steps
-measure train/test loss and accuracy and append a line to metrics.jsonl. A non-finite loss, or one far above
-its starting value, ends the run with status ``diverged`` (a result, not a crash). An exception ends it with
-status ``failed`` (written, then returned: it never takes other trials down). A stop request (SIGTERM, SIGUSR1,
-Ctrl-C) saves a checkpoint and raises :class:`Interrupted`; running the same config in the same folder resumes.
+measure train/test loss and accuracy and append a line to metrics.jsonl. A non-finite loss, one far above its
+starting value, or a step the optimizer refused (K-FAC / Shampoo with non-finite curvature, see
+:attr:`muso_cli.optim.common.LayerwiseOptimizer.diverged`) ends the run with status ``diverged`` and the reason
+in result.json (a result, not a crash). An exception ends it with status ``failed`` (written, then returned: it
+never takes other trials down). A stop request (SIGTERM, SIGUSR1, Ctrl-C) saves a checkpoint and raises
+:class:`Interrupted`; running the same config in the same folder resumes.
 """
 from __future__ import annotations
 
@@ -249,9 +251,10 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
             step += 1
             console.step()
             batch_loss = loss.item()
-            if not math.isfinite(batch_loss) or batch_loss > tcfg.diverge_factor * initial_loss:
+            refused = getattr(optimizer, "diverged", None)  # K-FAC / Shampoo refuse a step with non-finite curvature
+            if refused or not math.isfinite(batch_loss) or batch_loss > tcfg.diverge_factor * initial_loss:
                 status = track.DIVERGED
-                reason = f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
+                reason = refused or f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
                 # the loss of the batch that blew up, not a train_loss measured on the evaluation subset
                 recorder.log({"step": step, "batch_loss": batch_loss, "seconds": round(time.time() - t0, 3)})
                 break

@@ -69,7 +69,8 @@ def test_linear_steps_match_dense_oracle(n, factored, path, bias):
     model = nn.Sequential(layer)
     seen = record(layer)
     lr, rho, decay, mom, wd = 0.2, 0.1, 0.7, 0.5, 0.01
-    opt = KFAC(model, lr=lr, damping=rho, ema_decay=decay, momentum=mom, weight_decay=wd, factored=factored)
+    opt = KFAC(model, lr=lr, damping=rho, ema_decay=decay, ema_warmup=False, momentum=mom, weight_decay=wd,
+               factored=factored)
     A = B = buf = None
     for _ in range(2):
         x, y = torch.randn(n, 8), torch.randint(0, 6, (n,))
@@ -200,7 +201,7 @@ def test_no_nan_from_zero_inputs_or_small_batches(rule, inverse):
 def test_hooks_capture_only_when_training_with_grad_on_curvature_steps():
     torch.manual_seed(6)
     model = MLP((10,), 3, width=16)
-    opt = KFAC(model, lr=0.1, damping=0.1, curvature_interval=2, factored=False)
+    opt = KFAC(model, lr=0.1, damping=0.1, curvature_interval=2, factored=False, warmup_steps=0)
     layer = opt.layers["layers.0"]
     x, y = torch.randn(4, 10), torch.randint(0, 3, (4,))
     with torch.no_grad():
@@ -318,3 +319,133 @@ def test_a_dropped_optimizer_stops_recording():
     assert len(model.layers[0]._forward_hooks) == 1 and len(model._forward_hooks) == 1
     train_step(model, opt, x, y)
     assert opt.state[model.layers[0].weight]["A"] is not None
+
+
+# -- warm start, trust region, non-finite curvature -----------------------------------------------------------
+
+def test_warm_start_updates_factors_and_inverses_every_step_then_on_the_interval():
+    """warmup_steps=3, intervals 10: statistics and inverses at steps 0, 1, 2, then 10, 20, …"""
+    torch.manual_seed(20)
+    model = MLP((10,), 3, width=16)
+    opt = KFAC(model, lr=0.1, damping=0.1, curvature_interval=10, inverse_interval=10, warmup_steps=3,
+               factored=False)
+    state = opt.state[model.layers[0].weight]
+    counts, inverses = [], []
+    for _ in range(12):
+        train_step(model, opt, torch.randn(4, 10), torch.randint(0, 3, (4,)))
+        counts.append(state["statistics_updates"])
+        inverses.append(state["A_inv"])
+    assert counts == [1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 4, 4]
+    assert [inverses[i] is inverses[i - 1] for i in range(1, 12)] == [False, False] + [True] * 7 + [False, True]
+    assert opt.layers["layers.0"].capture is False  # step 12: not a curvature step (factored=False)
+
+
+def test_ema_warmup_is_the_plain_mean_of_the_first_factors():
+    """ema_warmup: the k-th update uses min(decay, 1 − 1/k): with decay 0.9 the first 10 factors are averaged
+    equally; without it the first batch keeps weight 0.9^(k−1)."""
+    torch.manual_seed(21)
+    layer = nn.Linear(5, 4)
+    model = nn.Sequential(layer)
+    seen = record(layer)
+    for warm in (True, False):
+        opt = KFAC(model, lr=0.0, damping=0.1, ema_decay=0.9, ema_warmup=warm)
+        factors = []
+        for _ in range(4):
+            train_step(model, opt, torch.randn(6, 5), torch.randint(0, 4, (6,)))
+            factors.append(kfac_oracle(ones_column(seen["x"], True), seen["g"], 6)[0])
+        expected = sum(factors) / 4 if warm else 0.9 ** 3 * factors[0] + sum(
+            0.1 * 0.9 ** (3 - i) * f for i, f in enumerate(factors) if i > 0)
+        torch.testing.assert_close(opt.state[layer.weight]["A"].to(D), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_kl_clip_scales_every_layer_by_one_factor():
+    """ν = min(1, √(κ / Σ_l lr_l² ⟨D_l, G_l⟩)) over the layers, with each layer's own lr; D before momentum."""
+    torch.manual_seed(22)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    seen = [record(model[0]), record(model[2])]
+    lrs, rho = (0.5, 2.0), 0.01
+    groups = [{"params": [model[i].weight, model[i].bias], "layer": str(i), "lr": lr} for i, lr in zip((0, 2), lrs)]
+    for kappa in (1e-4, 1e3, None):
+        twin = [matrix(model[0]), matrix(model[2])]
+        opt = KFAC(groups, model=model, damping=rho, kl_clip=kappa)
+        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+        train_step(model, opt, x, y)
+        d, total = [], 0.0
+        for s, lr in zip(seen, lrs):
+            a, b, g = kfac_oracle(ones_column(s["x"], True), s["g"], 8)
+            d.append(damped_inv(b, rho) @ g @ damped_inv(a, rho))
+            total += lr ** 2 * (d[-1] * g).sum().item()
+        nu = 1.0 if kappa is None else min(1.0, math.sqrt(kappa / total))
+        assert (kappa == 1e-4) == (nu < 1)  # the small κ clips, the large one does not
+        for before, layer, lr, di in zip(twin, (model[0], model[2]), lrs, d):
+            torch.testing.assert_close(matrix(layer) - before, -lr * nu * di, rtol=1e-4, atol=1e-6)
+        assert (opt.clip_factor is None) == (kappa is None)
+
+
+def test_kl_clip_bounds_the_step_of_a_nearly_undamped_singular_factor():
+    """ρ = 1e-10 with rank-2 factors (batch 2, 20 inputs) kept for 10 steps: the next batch's gradient lies
+    outside their span, where the inverse is ~1e10; the trust region keeps lr²ν²⟨D, G⟩ = lr·ν·⟨−ΔW, G⟩ at κ."""
+    torch.manual_seed(23)
+    model = MLP((20,), 4, width=32)
+    opt = KFAC(model, lr=0.1, damping=1e-10, kl_clip=1e-3, curvature_interval=10, inverse_interval=10,
+               warmup_steps=0)
+    for _ in range(2):
+        before = [p.detach().clone() for p in model.parameters()]
+        train_step(model, opt, torch.randn(2, 20), torch.randint(0, 4, (2,)))
+    descent = sum((b - p.detach()).mul(p.grad).sum().item() for p, b in zip(model.parameters(), before))
+    nu = float(opt.clip_factor)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert nu < 1e-3 and 0.1 * nu * descent == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_a_nonfinite_factor_refuses_the_step_and_says_why():
+    """Inputs of 1e30 overflow A = E[x xᵀ] (1e60) while the gradient stays finite: the step changes nothing
+    (parameters, factors, step count), warns, and ``diverged`` names the layer and the factor; the next finite
+    step goes on from the old state."""
+    torch.manual_seed(24)
+    layer = nn.Linear(5, 3)
+    model = nn.Sequential(layer)
+    opt = KFAC(model, lr=0.1, damping=0.1, momentum=0.9)
+    train_step(model, opt, torch.randn(4, 5), torch.randint(0, 3, (4,)))
+    state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[layer.weight].items()}
+    before = matrix(layer)
+    x = torch.full((4, 5), 1e30)
+    with pytest.warns(RuntimeWarning, match="statistic A is not finite"):
+        train_step(model, opt, x, torch.randint(0, 3, (4,)))
+    assert torch.isfinite(layer.weight.grad).all()
+    assert torch.equal(matrix(layer), before)
+    for key, value in opt.state[layer.weight].items():
+        assert torch.equal(value, state[key]) if isinstance(value, torch.Tensor) else value == state[key], key
+    assert "layer '0'" in opt.diverged and "statistic A" in opt.diverged and "refused" in opt.diverged
+    train_step(model, opt, torch.randn(4, 5), torch.randint(0, 3, (4,)))
+    assert opt.state[layer.weight]["step"] == 2 and not torch.equal(matrix(layer), before)
+    assert "statistic A" in opt.diverged  # the first reason is kept
+
+
+@pytest.mark.parametrize("fisher", ["empirical", "mc"])
+def test_a_nan_loss_refuses_the_step_without_crashing(fisher):
+    """A NaN input: the loss and every gradient are NaN; the MC Fisher samples nothing from NaN logits, the step
+    is refused, the parameters and the factors stay finite."""
+    torch.manual_seed(25)
+    model = MLP((6,), 3, width=8)
+    opt = KFAC(model, lr=0.1, damping=0.1, fisher=fisher)
+    train_step(model, opt, torch.randn(4, 6), torch.randint(0, 3, (4,)))
+    x = torch.randn(4, 6)
+    x[0, 0] = math.nan
+    with pytest.warns(RuntimeWarning, match="gradient of layer 'layers.0' is not finite"):
+        train_step(model, opt, x, torch.randint(0, 3, (4,)))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(opt.state[m.weight]["A"]).all() for m in model.layers)
+
+
+@pytest.mark.parametrize("fisher", ["empirical", "mc"])
+def test_batch_size_one_trains(fisher):
+    """Rank-1 factors every step, the factored form with R = 1, the warm start and the trust region."""
+    torch.manual_seed(26)
+    model = MLP((10,), 3, width=16)
+    opt = KFAC(model, lr=0.05, damping=1e-3, fisher=fisher, curvature_interval=3, inverse_interval=3,
+               warmup_steps=2, kl_clip=0.1)
+    for _ in range(8):
+        train_step(model, opt, torch.randn(1, 10), torch.randint(0, 3, (1,)))
+    assert opt.diverged is None and all(torch.isfinite(p).all() for p in model.parameters())
+    assert {layer.path for layer in opt.layers.values()} == {"factored"}

@@ -112,7 +112,7 @@ def test_kfac_groups_override_damping_rule_decay_and_schedule():
     rho = 0.05
     groups = [layer_group(model, 0, damping_rule="trace", curvature_interval=2, inverse_interval=2),
               layer_group(model, 1), layer_group(model, 2)]
-    opt = KFAC(groups, model=model, lr=0.1, damping=rho, factored=False)
+    opt = KFAC(groups, model=model, lr=0.1, damping=rho, factored=False, warmup_steps=0)
     data = batches(2, seed=3)
     train(model, opt, data[:1])
     assert not opt.layers["layers.0"].capture and opt.layers["layers.1"].capture  # step 1: only interval-1 layers
@@ -256,9 +256,11 @@ def _plain(value) -> bool:
 
 
 @pytest.mark.parametrize("cls, options, keys", [
-    (KFAC, {"fisher": "mc", "momentum": 0.9}, {"A", "B", "A_inv", "B_inv", "damping", "step", "momentum_buffer"}),
+    (KFAC, {"fisher": "mc", "momentum": 0.9},
+     {"A", "B", "A_inv", "B_inv", "damping", "step", "statistics_updates", "momentum_buffer"}),
     (Shampoo, {"grafting": "adagrad", "momentum": 0.9},
-     {"L", "R", "L_root", "R_root", "graft_sq", "damping", "step", "momentum_buffer"})], ids=["kfac", "shampoo"])
+     {"L", "R", "L_root", "R_root", "graft_sq", "damping", "step", "statistics_updates", "momentum_buffer"})],
+    ids=["kfac", "shampoo"])
 def test_curvature_lives_in_torchs_state(cls, options, keys):
     model = twins(8)[0]
     opt = cls(model, lr=0.1, damping=0.1, **options)
@@ -312,19 +314,22 @@ def test_a_bfloat16_model_resumes_bit_identically(cls):
     (KFAC, {"damping_rule": "relative"}, "damping_rule"), (KFAC, {"ema_decay": 1.0}, "ema_decay"),
     (KFAC, {"curvature_interval": 0}, "curvature_interval"), (KFAC, {"inverse_interval": 1.5}, "inverse_interval"),
     (KFAC, {"fisher": "true"}, "fisher"), (KFAC, {"inverse": "lu"}, "inverse"), (KFAC, {"loss": "hinge"}, "loss"),
-    (KFAC, {"factored": "yes"}, "factored"),
+    (KFAC, {"factored": "yes"}, "factored"), (KFAC, {"kl_clip": -0.1}, "kl_clip"),
+    (KFAC, {"warmup_steps": 2.5}, "warmup_steps"), (KFAC, {"ema_warmup": "on"}, "ema_warmup"),
     (Shampoo, {"damping": -1e-3}, "damping"), (Shampoo, {"damping_rule": "trace"}, "damping_rule"),
     (Shampoo, {"exponent": 0}, "exponent"), (Shampoo, {"statistics": "max"}, "statistics"),
     (Shampoo, {"ema_decay": -0.1}, "ema_decay"), (Shampoo, {"statistics_interval": 0}, "statistics_interval"),
-    (Shampoo, {"grafting": "adam"}, "grafting"), (Shampoo, {"graft_eps": -1.0}, "graft_eps"),
-    (Shampoo, {"eigh_dtype": "float16"}, "eigh_dtype"),
+    (Shampoo, {"grafting": "rmsprop"}, "grafting"), (Shampoo, {"graft_eps": -1.0}, "graft_eps"),
+    (Shampoo, {"eigh_dtype": "float16"}, "eigh_dtype"), (Shampoo, {"graft_beta2": 1.0}, "graft_beta2"),
+    (Shampoo, {"start_preconditioning_step": -1}, "start_preconditioning_step"),
+    (Shampoo, {"warmup_steps": -1}, "warmup_steps"),
 ])
 def test_bad_arguments_name_their_key(cls, options, key):
     model = twins()[0]
     with pytest.raises(HyperparameterError) as e:
         cls(model, **options)
     assert e.value.key == key and e.value.fix
-    groups = [layer_group(model, 0, **options)] if key != "loss" else None
+    groups = [layer_group(model, 0, **options)] if key not in ("loss", "kl_clip") else None  # whole-model keys
     if groups:  # the same fact, set by a param group
         with pytest.raises(HyperparameterError) as e:
             cls(groups, model=model)

@@ -142,6 +142,31 @@ def test_general_shampoo_rule_lr_proportional_to_fan_ratio_power_1_minus_2e(expo
     assert plan.lr_mult["layers.1.weight"] == pytest.approx(1.0)
 
 
+# Grafting: the step takes the grafted optimizer's per-layer norm, so the weights take that optimizer's µP rule under
+# somup (sp and the naive mup practice unchanged); Shampoo's own rule without grafting.
+GRAFTED_EXPECTED = {
+    ("somup", "none"): {IN: M ** 0.5, HID: 1, OUT: M ** -0.5},
+    ("somup", "sgd"): {IN: M, HID: 1, OUT: 1 / M},
+    ("somup", "adagrad"): {IN: 1, HID: 1 / M, OUT: 1 / M},
+    ("somup", "adam"): {IN: 1, HID: 1 / M, OUT: 1 / M},
+    ("mup", "adam"): {IN: M, HID: 1, OUT: 1 / M},
+    ("sp", "adam"): {IN: 1, HID: 1, OUT: 1},
+}
+
+
+@pytest.mark.parametrize("param, grafting", sorted(GRAFTED_EXPECTED))
+def test_grafted_shampoo_takes_the_grafted_optimizers_lr_rule(param, grafting):
+    plan = plan_for(param, "shampoo", grafting=grafting)
+    got = by_role(plan, plan.lr_mult)
+    for role in (IN, HID, OUT):
+        assert got[role] == pytest.approx(GRAFTED_EXPECTED[param, grafting][role]), role
+    assert plan.lr_mult["layers.1.bias"] == got[HID]  # the bias still moves with its weight
+    # the grafted rule does not depend on Shampoo's exponent (the step's size is the grafted optimizer's)
+    other = plan_for(param, "shampoo", grafting=grafting, power=1.0)
+    if grafting != "none" and param == "somup":
+        assert other.lr_mult == plan.lr_mult
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Init: std = σ·k/√fan_in with k = m^-1/2 at the readout under mup/somup.
 

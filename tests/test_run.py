@@ -88,6 +88,9 @@ def test_multirun_two_jobs(tmp_path):
     (["-m", "optimizer.lr=0.1,-2"], "optimizer.lr", "got -2"),  # every job of a multirun is checked first
     (["optimizer.lr=1,2"], "optimizer.lr", "use -m"),
     (["optimizer.lr=("], "optimizer.lr", "syntax"),  # the key as written, not a generic "override"
+    (["optimizer=kfac", "optimizer.damping=0"], "optimizer.damping", "> 0"),  # a singular factor has no inverse
+    (["optimizer=shampoo", "optimizer.start_preconditioning_step=10"], "optimizer.start_preconditioning_step",
+     "set grafting"),
 ])
 def test_bad_input_exits_2_naming_the_key(tmp_path, capsys, overrides, key, needle):
     assert main(["run", *overrides, f"hydra.run.dir={tmp_path / 'x'}"]) == 2
@@ -219,3 +222,30 @@ def test_a_damaged_checkpoint_retrains_from_scratch_with_a_warning(tmp_path, cap
     assert "training from scratch" in capsys.readouterr().err
     assert result["status"] == "ok" and [r["step"] for r in read_json_lines(out / "metrics.jsonl")] == [0, 20, 40]
     assert result["final"] == train.run(cfg, tmp_path / "fresh", quiet=True)["final"]
+
+
+@pytest.mark.parametrize("optimizer, statistic", [("kfac", "A"), ("shampoo", "L")])
+def test_a_nonfinite_curvature_ends_the_run_as_diverged_with_the_reason(tmp_path, monkeypatch, optimizer, statistic):
+    """Inputs of 1e25 keep the loss and the gradients finite (≤ 1e26) while a curvature statistic overflows
+    (x xᵀ for K-FAC's A, G Gᵀ for Shampoo's L: 1e50 > float32's 3e38): the optimizer refuses the first step and the
+    run ends there as diverged, its reason (the layer and the statistic) in result.json."""
+    import dataclasses
+
+    import muso_cli.data as data
+
+    load = data.load
+    monkeypatch.setattr(data, "load", lambda *a, **k: (lambda d: dataclasses.replace(
+        d, x_train=d.x_train * 1e25, x_test=d.x_test * 1e25))(load(*a, **k)))
+    out = run_ok(tmp_path, *FAST, f"optimizer={optimizer}", "optimizer.factored=false")
+    result = read_json(out / "result.json")
+    assert result["status"] == "diverged" and result["steps"] == 1
+    assert f"statistic {statistic} is not finite" in result["diverged_reason"]
+    assert "layers.0" in result["diverged_reason"] and "refused" in result["diverged_reason"]
+    rows = read_json_lines(out / "metrics.jsonl")
+    assert math.isfinite(rows[0]["train_loss"]) and rows[-1]["step"] == 1
+
+
+@pytest.mark.parametrize("optimizer", ["kfac", "shampoo"])
+def test_batch_size_one_trains_end_to_end(tmp_path, optimizer):
+    out = run_ok(tmp_path, *FAST, f"optimizer={optimizer}", "train.batch_size=1")
+    assert read_json(out / "result.json")["status"] == "ok"

@@ -53,7 +53,8 @@ def test_linear_steps_match_explicit_roots(n, factored, path, statistics, rule, 
     model = nn.Sequential(layer)
     lr, eps, decay, mom, wd = 0.1, 0.01, 0.6, 0.5, 0.02
     opt = Shampoo(model, lr=lr, damping=eps, damping_rule=rule, exponent=exponent, statistics=statistics,
-                  ema_decay=decay, momentum=mom, weight_decay=wd, factored=factored)
+                  ema_decay=decay, ema_warmup=False, momentum=mom, weight_decay=wd, factored=factored,
+                  eigh_dtype="float64")
     L = R = buf = None
     for _ in range(2):
         x, y = torch.randn(n, 7), torch.randint(0, 5, (n,))
@@ -214,3 +215,155 @@ def test_float32_eigh_matches_explicit_roots():
     left, _ = inverse_root(g @ g.T, 0.01, 0.25, True)
     right, _ = inverse_root(g.T @ g, 0.01, 0.25, True)
     torch.testing.assert_close(matrix(layer) - before, -0.1 * left @ g @ right, rtol=1e-4, atol=1e-5)
+
+
+# -- grafting as the field does it, a late start, float32 roots, non-finite statistics ------------------------
+
+@pytest.mark.parametrize("grafting", ["adagrad", "adam"])
+def test_grafting_statistics_over_three_steps(grafting):
+    """AdaGrad: H = Σ G⊙G; Adam: V ← β₂V + (1 − β₂)G⊙G from 0, bias-corrected, direction G / (√V̂ + ε) (no first
+    moment). The step: Shampoo's direction at the grafted direction's Frobenius norm."""
+    torch.manual_seed(9)
+    layer = nn.Linear(6, 5)
+    model = nn.Sequential(layer)
+    beta2, eps = 0.9, 1e-8
+    opt = Shampoo(model, lr=0.1, damping=1e-2, grafting=grafting, graft_beta2=beta2, graft_eps=eps,
+                  eigh_dtype="float64")
+    L = R = H = None
+    for t in range(1, 4):
+        before = matrix(layer)
+        backward(model, torch.randn(8, 6), torch.randint(0, 5, (8,)))
+        g = grad_matrix(layer)
+        opt.step()
+        k = t  # ema_warmup: the plain mean of the first statistics
+        L = g @ g.T if L is None else (1 - 1 / k) * L + g @ g.T / k
+        R = g.T @ g if R is None else (1 - 1 / k) * R + g.T @ g / k
+        if grafting == "adagrad":
+            H = g * g if H is None else H + g * g
+            grafted = g / (H.sqrt() + eps)
+        else:
+            H = (1 - beta2) * g * g if H is None else beta2 * H + (1 - beta2) * g * g
+            grafted = g / ((H / (1 - beta2 ** t)).sqrt() + eps)
+        shampoo = inverse_root(L, 1e-2, 0.25, True)[0] @ g @ inverse_root(R, 1e-2, 0.25, True)[0]
+        expected = shampoo * torch.linalg.matrix_norm(grafted) / torch.linalg.matrix_norm(shampoo)
+        torch.testing.assert_close(matrix(layer) - before, -0.1 * expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("grafting", ["sgd", "adam"])
+def test_every_layers_step_has_the_grafted_optimizers_frobenius_norm(grafting):
+    """Per layer, ‖Δ[W | b]‖_F = lr·‖grafted step‖_F whatever Shampoo's own scale: SGD grafting gives lr·‖G‖_F; Adam
+    grafting at step 1 gives G / |G| (bias-corrected V = G⊙G), so lr·√(d_out·(d_in + 1)): the layer's size, not the
+    gradient's: a loss × 1000 leaves the Adam-grafted step as it was."""
+    lr = 0.01
+    deltas = {}
+    for scale in (1.0, 1000.0):
+        torch.manual_seed(14)  # the same model and batch at both scales
+        model = MLP((10,), 3, width=16, activation="tanh")
+        opt = Shampoo(model, lr=lr, damping=1e-2, grafting=grafting, graft_eps=0.0)
+        layers = list(model.layers)
+        before = [matrix(m) for m in layers]
+        x, y = torch.randn(8, 10), torch.randint(0, 3, (8,))
+        loss = scale * F.cross_entropy(model(x), y)
+        loss.backward()
+        grads = [grad_matrix(m) for m in layers]
+        opt.step()
+        deltas[scale] = [matrix(m) - b for m, b in zip(layers, before)]
+        steps = [torch.linalg.matrix_norm(d).item() for d in deltas[scale]]
+        expected = [lr * (torch.linalg.matrix_norm(g).item() if grafting == "sgd" else g.numel() ** 0.5) for g in grads]
+        assert steps == pytest.approx(expected, rel=1e-4)
+    if grafting == "adam":
+        for small, large in zip(deltas[1.0], deltas[1000.0]):
+            torch.testing.assert_close(large, small, rtol=1e-4, atol=1e-7)
+
+
+def test_grafted_steps_before_start_preconditioning_step():
+    """start_preconditioning_step=2 with Adam grafting: steps 0 and 1 are Adam's (β₁ = 0) direction, no root is
+    computed, the statistics accumulate; step 2 is preconditioned with the mean of the three G Gᵀ."""
+    torch.manual_seed(10)
+    layer = nn.Linear(6, 4)
+    model = nn.Sequential(layer)
+    opt = Shampoo(model, lr=0.05, damping=1e-2, grafting="adam", graft_beta2=0.99, start_preconditioning_step=2,
+                  eigh_dtype="float64")
+    grads, v = [], None
+    for t in range(1, 4):
+        before = matrix(layer)
+        backward(model, torch.randn(5, 6), torch.randint(0, 4, (5,)))
+        g = grad_matrix(layer)
+        grads.append(g)
+        opt.step()
+        v = 0.01 * g * g if v is None else 0.99 * v + 0.01 * g * g
+        adam = g / ((v / (1 - 0.99 ** t)).sqrt() + 1e-8)
+        state = opt.state[layer.weight]
+        if t < 3:
+            torch.testing.assert_close(matrix(layer) - before, -0.05 * adam, rtol=1e-5, atol=1e-7)
+            assert "L_root" not in state and state["statistics_updates"] == t
+        else:
+            L = sum(x @ x.T for x in grads) / 3
+            R = sum(x.T @ x for x in grads) / 3
+            shampoo = inverse_root(L, 1e-2, 0.25, True)[0] @ g @ inverse_root(R, 1e-2, 0.25, True)[0]
+            expected = shampoo * torch.linalg.matrix_norm(adam) / torch.linalg.matrix_norm(shampoo)
+            torch.testing.assert_close(matrix(layer) - before, -0.05 * expected, rtol=1e-5, atol=1e-7)
+            assert "L_root" in state
+
+
+def test_a_late_start_without_grafting_is_refused():
+    from muso_cli.errors import HyperparameterError
+
+    with pytest.raises(HyperparameterError) as e:
+        Shampoo(MLP((4,), 2, width=8), start_preconditioning_step=10)
+    assert e.value.key == "start_preconditioning_step" and "grafting" in e.value.fix
+
+
+def test_float32_roots_are_the_default_and_fall_back_to_float64(monkeypatch):
+    """eigh in float32 first; a float32 eigh that fails (LinAlgError) is redone in float64."""
+    torch.manual_seed(11)
+    layer = nn.Linear(9, 6)
+    model = nn.Sequential(layer)
+    opt = Shampoo(model, lr=0.1, damping=0.01)
+    assert opt.defaults["eigh_dtype"] == "float32"
+    eigh, dtypes = torch.linalg.eigh, []
+
+    def flaky(a, *args, **kw):
+        dtypes.append(a.dtype)
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("did not converge")
+        return eigh(a, *args, **kw)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    before = matrix(layer)
+    backward(model, torch.randn(12, 9), torch.randint(0, 6, (12,)))
+    g = grad_matrix(layer)
+    opt.step()
+    assert dtypes == [torch.float32, torch.float64] * 2
+    left, _ = inverse_root(g @ g.T, 0.01, 0.25, True)
+    right, _ = inverse_root(g.T @ g, 0.01, 0.25, True)
+    torch.testing.assert_close(matrix(layer) - before, -0.1 * left @ g @ right, rtol=1e-5, atol=1e-6)
+
+
+def test_a_nonfinite_statistic_refuses_the_step_and_says_why():
+    """Inputs of 1e25: G (1e25) is finite, G Gᵀ (1e50) is not; nothing changes and ``diverged`` says why."""
+    torch.manual_seed(12)
+    layer = nn.Linear(5, 3)
+    model = nn.Sequential(layer)
+    opt = Shampoo(model, lr=0.1, damping=0.01, factored=False)
+    backward(model, torch.randn(4, 5), torch.randint(0, 3, (4,)))
+    opt.step()
+    L = opt.state[layer.weight]["L"].clone()
+    before = matrix(layer)
+    backward(model, torch.full((4, 5), 1e25), torch.randint(0, 3, (4,)))
+    assert torch.isfinite(layer.weight.grad).all()
+    with pytest.warns(RuntimeWarning, match="statistic L is not finite"):
+        opt.step()
+    assert torch.equal(matrix(layer), before) and torch.equal(opt.state[layer.weight]["L"], L)
+    assert "layer '0'" in opt.diverged
+
+
+def test_batch_size_one_trains():
+    torch.manual_seed(13)
+    model = MLP((10,), 3, width=16)
+    opt = Shampoo(model, lr=0.01, grafting="adam", start_preconditioning_step=2, statistics_interval=3,
+                  inverse_interval=3)
+    for _ in range(8):
+        backward(model, torch.randn(1, 10), torch.randint(0, 3, (1,)))
+        opt.step()
+    assert opt.diverged is None and all(torch.isfinite(p).all() for p in model.parameters())

@@ -80,10 +80,22 @@ def statistics_dtype(t: Tensor) -> torch.dtype:
 
 
 def running_average(old: Tensor | None, new: Tensor, decay: float) -> Tensor:
-    """decay·old + (1 − decay)·new, in place in ``old``; the first value (old None) is taken as is."""
+    """decay·old + (1 − decay)·new as a new tensor (``old`` is left as it was: a step that is refused keeps the
+    statistics it had); the first value (old None) is taken as is."""
     if old is None:
         return new
-    return old.mul_(decay).add_(new, alpha=1.0 - decay)
+    return torch.lerp(new, old, decay)
+
+
+def statistics_decay(state: dict, group: dict) -> float:
+    """The weight of the old statistic in this statistics update: the group's ``ema_decay``, or, with
+    ``ema_warmup`` (Martens & Grosse 2015, §5), min(ema_decay, 1 − 1/k) for the layer's k-th update
+    (``state["statistics_updates"]``, counted by the optimizer): the statistic is then the plain mean of the first
+    1/(1 − ema_decay) updates instead of being dominated by the first batch, and the running average after that."""
+    decay = group["ema_decay"]
+    if group.get("ema_warmup"):
+        decay = min(decay, 1.0 - 1.0 / max(1, state.get("statistics_updates", 1)))
+    return decay
 
 
 def weak_forward_hook(module: nn.Module, owner: object, fn: Callable[[Any, tuple, Any], None]) -> None:
@@ -427,7 +439,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     ``lr``, ``momentum``, ``weight_decay``, ``bias_weight_decay``, ``inverse_interval``, the statistics interval
     (key ``STATISTICS_INTERVAL``), and ``factored`` (capture every step so that the factored form can be used;
     without it the hooks capture only on statistics steps). Schedules are counted per layer from the step its
-    group was added (``self.state[weight]["step"]``); statistics and inverses are both updated at its step 0.
+    group was added (``self.state[weight]["step"]``); statistics and inverses are both updated at its step 0, and
+    at every step of the warm start when the group has ``warmup_steps`` (:meth:`due`). Optional group keys read
+    here: ``warmup_steps``, ``ema_warmup`` (:func:`statistics_decay`). The step is atomic and refuses non-finite
+    values (:meth:`step`, :attr:`diverged`); a subclass may set :attr:`kl_clip` (the trust region).
     """
 
     STATISTICS_INTERVAL = "statistics_interval"
@@ -435,7 +450,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         "lr": non_negative, "momentum": lambda key, value: check_unit_interval(key, value, 0.9),
         "weight_decay": non_negative,
         "bias_weight_decay": lambda key, value: check_positive(key, value, allow_zero=True, optional=True),
-        "inverse_interval": interval, "factored": check_bool}
+        "inverse_interval": interval, "factored": check_bool, "ema_warmup": check_bool,
+        "warmup_steps": lambda key, value: check_positive(key, value, integer=True, allow_zero=True)}
 
     def __init__(self, params, defaults: dict, *, model: nn.Module | None):
         check_hyperparameters(defaults, self.CHECKS)
@@ -513,60 +529,152 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     # -- the schedule ----------------------------------------------------------------------------------------
 
     def layer_step(self, layer: Layer) -> int:
-        """Steps taken since ``layer``'s group was added."""
+        """Steps taken since ``layer``'s group was added (a refused step does not count)."""
         return self.state.get(layer.weight, {}).get("step", 0)
 
+    def due(self, layer: Layer, group: dict, interval_key: str) -> bool:
+        """Whether ``layer``'s step is one of its group's ``interval_key`` steps: every step during the warm start
+        (the layer's first ``warmup_steps`` steps, group key, 0 without it), then every ``interval`` steps,
+        counted from the layer's step 0 (interval 10, warm start 20: steps 0, 1, …, 19, 20, 30, 40, …)."""
+        step = self.layer_step(layer)
+        return step < group.get("warmup_steps", 0) or step % group[interval_key] == 0
+
     def statistics_due(self, layer: Layer, group: dict) -> bool:
-        return self.layer_step(layer) % group[self.STATISTICS_INTERVAL] == 0
+        return self.due(layer, group, self.STATISTICS_INTERVAL)
+
+    def inverse_due(self, layer: Layer, group: dict) -> bool:
+        return self.due(layer, group, "inverse_interval")
 
     def schedule(self, layer: Layer, group: dict) -> None:
         """Set what ``layer``'s hook records on the next forward: on its statistics steps, and on every step when
         the factored form may be used. Called after every step, for an added group and after loading a state."""
         layer.capture = group["factored"] or self.statistics_due(layer, group)
 
-    def layer_direction(self, layer: Layer, group: dict) -> Tensor | None:
+    def layer_direction(self, layer: Layer, group: dict, state: dict) -> Tensor | None:
         """The preconditioned direction D [d_out, d_in] of ``layer`` this step, or None (update it like SGD):
-        the layer protocol on the group's schedule."""
-        state = self.state[layer.weight]
-        if self.statistics_due(layer, group) or not layer.has_statistics(state):
+        the layer protocol on the group's schedule, working on ``state`` (the step's copy of the layer's state,
+        kept only when the whole step is finite). Counts the statistics updates (``statistics_updates``, read by
+        :func:`statistics_decay`)."""
+        if layer.statistics and (self.statistics_due(layer, group) or not layer.has_statistics(state)):
+            state["statistics_updates"] = state.get("statistics_updates", 0) + 1
             layer.update_statistics(state, group)
         if not layer.has_statistics(state):
             warnings.warn(f"{type(self).__name__} has no curvature for layer {layer.name!r} yet (its forward/"
                           f"backward ran in eval mode or without grad?): this step updates it like SGD",
                           UserWarning, stacklevel=3)
             return None
-        if self.layer_step(layer) % group["inverse_interval"] == 0 or not layer.has_inverse(state):
+        if self.inverse_due(layer, group) or not layer.has_inverse(state):
             layer.update_inverse(state, group)
         return layer.precondition(state, group)
 
     # -- the step --------------------------------------------------------------------------------------------
 
+    kl_clip: float | None = None   # the trust region's κ (K-FAC sets it; None: no clipping)
+    diverged: str | None = None    # why the first refused step was refused (None: no step was refused)
+    clip_factor: Tensor | None = None  # ν of the last step (a 0-d tensor; None: no trust region)
+
     @torch.no_grad()
     def step(self, closure=None):
-        """One update of every parameter; ``closure`` (optional) re-evaluates and returns the loss."""
+        """One update of every parameter; ``closure`` (optional) re-evaluates and returns the loss.
+
+        Atomic: every layer's direction (statistics and inverses updated on a copy of its state) is computed
+        first; when any direction or any statistic or inverse updated this step is not finite (NaN/inf in the
+        gradient, the inputs, or a factor), nothing is updated, the state keeps its previous values, the step is
+        refused with a warning and :attr:`diverged` says why (a training loop should end the run there; muso's
+        does). Otherwise the statistics are kept, the trust region (``kl_clip``) scales the directions, and
+        every parameter is updated.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        updates: list[tuple[dict, Layer | None, Tensor | None]] = []
+        pending: dict[Tensor, dict] = {}  # layer weight → its state after this step
         for group in self.param_groups:
-            hyper = {"lr": group["lr"], "momentum": group["momentum"]}
-            decays = [group["weight_decay"]] * len(group["params"])
-            if group.get("layer") is not None and len(decays) == 2 and group["bias_weight_decay"] is not None:
-                decays[1] = group["bias_weight_decay"]
             layer = self.layers.get(group.get("layer"))
-            direction = self.layer_direction(layer, group) if layer is not None and layer.has_grad() else None
-            if direction is not None:
-                for (p, d), wd in zip(layer.split(direction), decays):
-                    sgd_update_(p, d, self.state[p], weight_decay=wd, **hyper)
-                continue
-            for p, wd in zip(group["params"], decays):
-                if p.grad is not None:
-                    sgd_update_(p, p.grad, self.state[p], weight_decay=wd, **hyper)
+            direction = None
+            if layer is not None and layer.has_grad():
+                state = pending[layer.weight] = dict(self.state[layer.weight])
+                direction = self.layer_direction(layer, group, state)
+            updates.append((group, layer, direction))
+        reason = self.nonfinite(updates, pending)
+        if reason is None:
+            for weight, state in pending.items():
+                self.state[weight].update(state)  # the copy holds every key of the old state
+            nu = self.clip_factor = self.trust_region(updates)
+            for group, layer, direction in updates:
+                self.apply(group, layer, direction if direction is None or nu is None else direction * nu)
+        else:
+            self.refuse(reason)
         for layer, group in self.layer_groups():
             layer.clear()
-            self.state[layer.weight]["step"] = self.layer_step(layer) + 1
+            if reason is None:
+                self.state[layer.weight]["step"] = self.layer_step(layer) + 1
             self.schedule(layer, group)
         return loss
+
+    def apply(self, group: dict, layer: Layer | None, direction: Tensor | None) -> None:
+        """SGD's update of the group's parameters with ``direction`` (a layer's, split into weight and bias) or,
+        for None, their gradients; a layer's bias decays by ``bias_weight_decay`` when set."""
+        hyper = {"lr": group["lr"], "momentum": group["momentum"]}
+        decays = [group["weight_decay"]] * len(group["params"])
+        if group.get("layer") is not None and len(decays) == 2 and group["bias_weight_decay"] is not None:
+            decays[1] = group["bias_weight_decay"]
+        if direction is not None:
+            for (p, d), wd in zip(layer.split(direction), decays):
+                sgd_update_(p, d, self.state[p], weight_decay=wd, **hyper)
+            return
+        for p, wd in zip(group["params"], decays):
+            if p.grad is not None:
+                sgd_update_(p, p.grad, self.state[p], weight_decay=wd, **hyper)
+
+    def trust_region(self, updates: list) -> Tensor | None:
+        """ν = min(1, √(κ / Σ_layers lr_l² ⟨D_l, G_l⟩)) for κ = ``kl_clip`` (kfac-pytorch's KL clipping), a
+        0-d tensor on the parameters' device (no synchronisation), or None without a trust region. A sum of 0
+        (no gradient) gives ν = 1."""
+        if not self.kl_clip:
+            return None
+        terms = [group["lr"] ** 2 * torch.stack([torch.sum(d * p.grad, dtype=torch.float32)
+                                                 for p, d in layer.split(direction) if p.grad is not None]).sum()
+                 for group, layer, direction in updates if direction is not None]
+        if not terms:
+            return None
+        total = torch.stack(terms).sum()
+        return (self.kl_clip / total.clamp(min=torch.finfo(torch.float32).tiny)).sqrt().clamp(max=1.0)
+
+    def nonfinite(self, updates: list, pending: dict) -> str | None:
+        """Why this step must be refused (None: every direction, and every statistic and inverse updated this
+        step, is finite). One synchronisation per step."""
+        checked: list[tuple[Layer, str, Tensor]] = []
+        for _, layer, direction in updates:
+            if direction is None:
+                continue
+            old, new = self.state[layer.weight], pending[layer.weight]
+            checked += [(layer, key, value) for key, value in new.items()
+                        if isinstance(value, Tensor) and value.is_floating_point() and value is not old.get(key)]
+            checked.append((layer, "direction", direction))
+        if not checked:
+            return None
+        flags = torch.stack([torch.isfinite(t).all() for _, _, t in checked])
+        if bool(flags.all()):
+            return None
+        layer, key, _ = checked[int((~flags).nonzero()[0, 0])]
+        where = f"at layer {layer.name!r}'s step {self.layer_step(layer)}"
+        if not bool(torch.isfinite(layer.grad_matrix()).all()):
+            return f"the gradient of layer {layer.name!r} is not finite {where} (the loss or its backward overflowed)"
+        if key in layer.statistics:
+            return (f"the curvature statistic {key} is not finite {where} (the layer's inputs or output gradients "
+                    "overflowed)")
+        if key == "direction":
+            return f"the preconditioned direction is not finite {where}"
+        return f"{key} is not finite {where}"
+
+    def refuse(self, reason: str) -> None:
+        """Record (the first) and warn about a refused step."""
+        reason = f"{type(self).__name__}: {reason}; the step was refused (nothing updated)"
+        if self.diverged is None:
+            self.diverged = reason
+        warnings.warn(reason, RuntimeWarning, stacklevel=3)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's, except that a layer's curvature tensors keep their dtype (torch casts every floating-point
@@ -607,5 +715,5 @@ class DampedOptimizer(LayerwiseOptimizer):
 
 __all__ = ["Check", "DampedOptimizer", "HookPolicy", "LAYER_TYPES", "Layer", "LayerwiseOptimizer",
            "check_hyperparameters", "damping_checks", "decay", "eigh_psd", "finite_or", "interval", "layer_groups",
-           "non_negative", "one_of", "positive", "renamed", "running_average", "sgd_update_", "statistics_dtype",
-           "supported", "weak_forward_hook"]
+           "non_negative", "one_of", "positive", "renamed", "running_average", "sgd_update_", "statistics_decay",
+           "statistics_dtype", "supported", "weak_forward_hook"]

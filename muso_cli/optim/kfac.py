@@ -55,14 +55,15 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..errors import HyperparameterError
+from ..errors import HyperparameterError, check_positive
 from ..losses import LOSSES
 from .common import (DampedOptimizer, Layer, LayerwiseOptimizer, check_hyperparameters, damping_checks, decay,
                      eigh_psd, finite_or, interval, layer_groups, one_of, renamed, running_average,
-                     statistics_dtype, supported, weak_forward_hook)
+                     statistics_decay, statistics_dtype, supported, weak_forward_hook)
 
 FISHERS = ("empirical", "mc")
 INVERSES = ("cholesky", "eigh")
+KL_CLIP = lambda key, value: check_positive(key, value, allow_zero=True, optional=True)  # noqa: E731
 
 
 def damped_inverse(factor: Tensor, damping: float, method: str) -> Tensor:
@@ -105,13 +106,13 @@ class KFACLayer(Layer):
         if self.inputs:
             rows = [self.input_rows(x).to(dtype) for x in self.inputs]
             a = sum(x.T @ x / x.shape[0] for x in rows) / len(rows)
-            state["A"] = running_average(state.get("A"), a, group["ema_decay"])
+            state["A"] = running_average(state.get("A"), a, statistics_decay(state, group))
         if grads:
             # δ = N·g with N the examples the loss averages over (the model output's leading positions: N·T tokens
             # of a sequence loss, N images for a conv or a ViT): B = (1/N) Σ δ δᵀ = N Σ g gᵀ.
             b = sum((self.policy.examples or g.shape[0]) * (d.T @ d)
                     for g, d in zip(grads, (self.grad_rows(g).to(dtype) for g in grads)))
-            state["B"] = running_average(state.get("B"), b / len(grads), group["ema_decay"])
+            state["B"] = running_average(state.get("B"), b / len(grads), statistics_decay(state, group))
 
     def damping_values(self, A: Tensor, B: Tensor, group: dict) -> dict[str, float]:
         """{"A": ρ_A, "B": ρ_B} of the group's rule for the factors A, B (see the module docstring)."""
@@ -164,15 +165,18 @@ class KFAC(DampedOptimizer):
     def __init__(self, params, *, model: nn.Module | None = None, loss: str = "xent", lr: float = 0.1,
                  momentum: float = 0.0, weight_decay: float = 0.0, bias_weight_decay: float | None = None,
                  damping: float = 1e-3, damping_rule: str = "constant", ema_decay: float = 0.95,
-                 curvature_interval: int = 1, inverse_interval: int = 1, fisher: str = "empirical",
+                 ema_warmup: bool = True, curvature_interval: int = 1, inverse_interval: int = 1,
+                 warmup_steps: int = 20, kl_clip: float | None = None, fisher: str = "empirical",
                  inverse: str = "cholesky", factored: bool = True, lowrank: bool | None = None):
-        check_hyperparameters({"loss": loss}, {"loss": one_of(LOSSES)})
+        check_hyperparameters({"loss": loss, "kl_clip": kl_clip}, {"loss": one_of(LOSSES), "kl_clip": KL_CLIP})
         self.loss = loss
+        self.kl_clip = kl_clip or None
         self._output_hooked = False
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                     "bias_weight_decay": bias_weight_decay, "damping": damping, "damping_rule": damping_rule,
-                    "damping_A": 1.0, "damping_B": 1.0, "ema_decay": ema_decay,
+                    "damping_A": 1.0, "damping_B": 1.0, "ema_decay": ema_decay, "ema_warmup": ema_warmup,
                     "curvature_interval": curvature_interval, "inverse_interval": inverse_interval,
+                    "warmup_steps": warmup_steps,
                     "fisher": fisher, "inverse": inverse, "factored": renamed("lowrank", lowrank, "factored", factored)}
         super().__init__(params, defaults, model=model)
 
@@ -213,6 +217,8 @@ class KFAC(DampedOptimizer):
         if not (isinstance(output, Tensor) and output.dim() >= 2 and output.requires_grad):
             raise ValueError("fisher='mc' needs the model to return logits of shape [N, classes] or [N, T, "
                              f"classes]; got {type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
+        if not bool(torch.isfinite(output).all()):
+            return  # a diverged forward: no targets to sample (the step refuses the non-finite gradient)
         loss = LOSSES[self.loss]
         sampled = loss.value(output, loss.sample(output))
         self.policy.mc_pass = True

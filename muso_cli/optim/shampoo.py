@@ -34,20 +34,24 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import HyperparameterError, check_positive
 from .common import (DampedOptimizer, Layer, LayerwiseOptimizer, damping_checks, decay, eigh_psd, finite_or,
-                     interval, non_negative, one_of, positive, renamed, running_average, statistics_dtype,
-                     supported)
+                     interval, non_negative, one_of, positive, renamed, running_average, statistics_decay,
+                     statistics_dtype, supported)
 
 STATISTICS = ("ema", "sum")
-GRAFTING = ("none", "sgd", "adagrad")
+GRAFTING = ("none", "sgd", "adagrad", "adam")
 EIGH_DTYPES = {"float64": (torch.float64,), "float32": (torch.float32, torch.float64)}  # tried in this order
 
 
-def accumulate(old: Tensor | None, new: Tensor, group: dict) -> Tensor:
-    """The group's ``statistics``: old + new (sum) or the running average with ``ema_decay`` (ema)."""
+def accumulate(state: dict, key: str, new: Tensor, group: dict) -> Tensor:
+    """The group's ``statistics`` of ``state[key]`` and ``new``: old + new (sum) or the running average with
+    ``ema_decay`` (ema; with ``ema_warmup`` a plain mean of the first updates, see
+    :func:`~muso_cli.optim.common.statistics_decay`). A new tensor: the old one is left as it was."""
+    old = state.get(key)
     if group["statistics"] == "sum":
-        return new if old is None else old.add_(new)
-    return running_average(old, new, group["ema_decay"])
+        return new if old is None else old + new
+    return running_average(old, new, statistics_decay(state, group))
 
 
 def inverse_root(stat: Tensor, group: dict) -> tuple[Tensor, float]:
@@ -85,26 +89,54 @@ class ShampooLayer(Layer):
         else:
             g = self.grad_matrix()
             gg_t, gtg = g @ g.T, g.T @ g
-        state["L"] = accumulate(state.get("L"), gg_t.to(dtype), group)
-        state["R"] = accumulate(state.get("R"), gtg.to(dtype), group)
+        state["L"] = accumulate(state, "L", gg_t.to(dtype), group)
+        state["R"] = accumulate(state, "R", gtg.to(dtype), group)
+
+    def preconditioning(self, state: dict, group: dict) -> bool:
+        """Whether this step is preconditioned: from the layer's step ``start_preconditioning_step`` on."""
+        return state.get("step", 0) >= group["start_preconditioning_step"]
 
     def update_inverse(self, state: dict, group: dict) -> None:
+        if not self.preconditioning(state, group):
+            return  # grafted first-order steps until then: no root is used, none is computed
         state["L_root"], eps_L = inverse_root(state["L"], group)
         state["R_root"], eps_R = inverse_root(state["R"], group)
         state["damping"] = {"L": eps_L, "R": eps_R}
 
-    def precondition(self, state: dict, group: dict) -> Tensor:
-        """(L + ε_L I)^-e G (R + ε_R I)^-e [d_out, d_in] in the parameters' dtype, grafted when asked."""
-        direction = self.two_sided(state["L_root"], state["R_root"], group["factored"])
-        if group["grafting"] == "none":
-            return direction
+    def graft(self, state: dict, group: dict) -> Tensor | None:
+        """The grafted optimizer's direction [d_out, d_in] this step (None: no grafting), its statistics updated:
+        sgd G; adagrad G / (√H + graft_eps), H = Σ_t G_t⊙G_t; adam G / (√(V / (1 − β₂ᵗ)) + graft_eps),
+        V ← β₂·V + (1 − β₂)·G⊙G (Adam without its first moment: momentum is the optimizer's, as in
+        distributed_shampoo). t counts the layer's steps from 1."""
+        kind = group["grafting"]
+        if kind == "none":
+            return None
         g = self.grad_matrix()
-        if group["grafting"] == "adagrad":
-            state["graft_sq"] = accumulate(state.get("graft_sq"), (g * g).to(statistics_dtype(g)), group)
-            g = g / (state["graft_sq"].sqrt() + group["graft_eps"])
+        if kind == "sgd":
+            return g
+        sq = (g * g).to(statistics_dtype(g))
+        old = state.get("graft_sq")
+        if kind == "adagrad":
+            h = state["graft_sq"] = sq if old is None else old + sq
+        else:
+            beta2, t = group["graft_beta2"], state.get("step", 0) + 1
+            h = state["graft_sq"] = (1.0 - beta2) * sq if old is None else torch.lerp(sq, old, beta2)
+            h = h / (1.0 - beta2 ** t)
+        return (g / (h.sqrt() + group["graft_eps"])).to(g.dtype)
+
+    def precondition(self, state: dict, group: dict) -> Tensor:
+        """(L + ε_L I)^-e G (R + ε_R I)^-e [d_out, d_in] in the parameters' dtype, grafted when asked; before
+        ``start_preconditioning_step`` the grafted optimizer's own direction (G without grafting)."""
+        grafted = self.graft(state, group)
+        if not self.preconditioning(state, group):
+            self.path = "dense"
+            return grafted if grafted is not None else self.grad_matrix()
+        direction = self.two_sided(state["L_root"], state["R_root"], group["factored"])
+        if grafted is None:
+            return direction
         # direction rescaled to the Frobenius norm of the grafted optimizer's update
         norm = torch.linalg.matrix_norm(direction)
-        return direction * torch.where(norm > 0, torch.linalg.matrix_norm(g) / norm, 0.0).to(direction.dtype)
+        return direction * torch.where(norm > 0, torch.linalg.matrix_norm(grafted) / norm, 0.0).to(direction.dtype)
 
 
 class Shampoo(DampedOptimizer):
@@ -130,19 +162,25 @@ class Shampoo(DampedOptimizer):
 
     CHECKS = {**LayerwiseOptimizer.CHECKS, **damping_checks("shampoo"), "exponent": positive,
               "statistics": one_of(STATISTICS), "ema_decay": decay, "statistics_interval": interval,
-              "grafting": one_of(GRAFTING), "graft_eps": non_negative, "eigh_dtype": one_of(EIGH_DTYPES)}
+              "grafting": one_of(GRAFTING), "graft_eps": non_negative, "eigh_dtype": one_of(EIGH_DTYPES),
+              "graft_beta2": decay,
+              "start_preconditioning_step": lambda key, value: check_positive(key, value, integer=True,
+                                                                              allow_zero=True)}
 
     def __init__(self, params, *, model: nn.Module | None = None, lr: float = 0.1, momentum: float = 0.0,
                  weight_decay: float = 0.0, bias_weight_decay: float | None = None, damping: float = 1e-4,
                  damping_rule: str = "relative", exponent: float = 0.25, statistics: str = "ema",
-                 ema_decay: float = 0.95, statistics_interval: int = 1, inverse_interval: int = 1,
-                 grafting: str = "none", graft_eps: float = 1e-8, eigh_dtype: str = "float64",
-                 factored: bool = True, lowrank: bool | None = None):
+                 ema_decay: float = 0.95, ema_warmup: bool = True, statistics_interval: int = 1,
+                 inverse_interval: int = 1, warmup_steps: int = 0, start_preconditioning_step: int = 0,
+                 grafting: str = "none", graft_beta2: float = 0.999, graft_eps: float = 1e-8,
+                 eigh_dtype: str = "float32", factored: bool = True, lowrank: bool | None = None):
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                     "bias_weight_decay": bias_weight_decay, "damping": damping, "damping_rule": damping_rule,
                     "damping_eps": 1.0, "exponent": exponent, "statistics": statistics, "ema_decay": ema_decay,
-                    "statistics_interval": statistics_interval, "inverse_interval": inverse_interval,
-                    "grafting": grafting, "graft_eps": graft_eps, "eigh_dtype": eigh_dtype,
+                    "ema_warmup": ema_warmup, "statistics_interval": statistics_interval,
+                    "inverse_interval": inverse_interval, "warmup_steps": warmup_steps,
+                    "start_preconditioning_step": start_preconditioning_step, "grafting": grafting,
+                    "graft_beta2": graft_beta2, "graft_eps": graft_eps, "eigh_dtype": eigh_dtype,
                     "factored": renamed("lowrank", lowrank, "factored", factored)}
         super().__init__(params, defaults, model=model)
 
@@ -152,6 +190,19 @@ class Shampoo(DampedOptimizer):
             name, p = t if isinstance(t, tuple) else (f"tensor{i}", t)
             groups.append({"params": [t], "layer": name} if p.dim() >= 2 else {"params": [t]})
         return groups
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's (see :class:`~muso_cli.optim.common.LayerwiseOptimizer`); a group that would start
+        preconditioning late without grafting is refused (its first steps would have no defined size)."""
+        group = {**self.defaults, **param_group}
+        start = group["start_preconditioning_step"]
+        # only a valid late start (an int > 0) is refused here; a bad value is the base class's range check's
+        if isinstance(start, int) and start > 0 and group["grafting"] == "none":
+            raise HyperparameterError(
+                "start_preconditioning_step", f"is {group['start_preconditioning_step']} with grafting none: the steps "
+                "before it are the grafted optimizer's.", "set grafting (adam, adagrad or sgd), or "
+                "start_preconditioning_step=0.")
+        super().add_param_group(param_group)
 
     def make_layer(self, name: str, weight: Tensor, bias: Tensor | None, module: nn.Module | None) -> ShampooLayer:
         return ShampooLayer(name, weight, bias, module if supported(module) else None)
