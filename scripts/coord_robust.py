@@ -41,31 +41,44 @@ CASES = {
 }
 
 
-def measure(name: str, overrides: list[str], param: str, widths: list[int], seeds: int, own_rule: bool = False):
-    from muso_cli import coord, parametrize
-    from muso_cli.config import compose
+NU: dict[int, list[float]] = {}  # the case being measured: width (the first layer's outputs) → ν of each step
+
+
+def _watch_trust_region() -> None:
+    """Record ν of every step into NU. Patched once, for good: torch wraps a subclass's ``step`` when its first
+    instance is made, and that wrapper keeps calling whatever ``step`` it found then."""
     from muso_cli.optim.common import LayerwiseOptimizer
 
-    cfg = compose([*overrides, f"param={param}", f"coord.widths=[{','.join(map(str, widths))}]", "coord.steps=3",
-                   f"coord.seeds={seeds}", "device=cpu"])
-    nu: dict[int, list[float]] = {}  # width (the first layer's outputs) → ν of each step, seeds in turn
     step = LayerwiseOptimizer.step
+    if getattr(step, "watched", False):
+        return
 
     def watched(self, closure=None):
         out = step(self, closure)
         if self.clip_factor is not None:
-            nu.setdefault(self.param_groups[0]["params"][0].shape[0], []).append(float(self.clip_factor))
+            NU.setdefault(self.param_groups[0]["params"][0].shape[0], []).append(float(self.clip_factor))
         return out
 
-    saved = dict(parametrize.GRAFTED)
+    watched.watched = True
     LayerwiseOptimizer.step = watched
+
+
+def measure(name: str, overrides: list[str], param: str, widths: list[int], seeds: int, own_rule: bool = False):
+    from muso_cli import coord, parametrize
+    from muso_cli.config import compose
+
+    cfg = compose([*overrides, f"param={param}", f"coord.widths=[{','.join(map(str, widths))}]", "coord.steps=3",
+                   f"coord.seeds={seeds}", "device=cpu"])
+    _watch_trust_region()
+    NU.clear()
+    saved = dict(parametrize.GRAFTED)
     try:
         if own_rule:
             parametrize.GRAFTED.clear()
         df = coord.measure(cfg)
     finally:
-        LayerwiseOptimizer.step = step
         parametrize.GRAFTED.update(saved)
+    nu = dict(NU)
     slopes = coord.slopes(df, coord.fit_from_width(cfg))
     return slopes[slopes.metric == "dh"].assign(case=name, param=param), nu
 

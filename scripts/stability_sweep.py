@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Grids of training runs for the robustness measurements of K-FAC and Shampoo (docs/results.md, §2 and §6).
+"""Grids of training runs for the robustness measurements of K-FAC and Shampoo (docs/results.md, §2 and §8).
 
 Every cell of the grid is one ``muso run`` with the base overrides plus one value of every grid key, trained
 in-process by :func:`muso_cli.train.run` (the same loop, divergence rule and result as ``muso run``) in a
@@ -13,6 +13,7 @@ can be widened later. ``--jobs`` worker processes share the cells (``--threads``
     .venv/bin/python scripts/stability_sweep.py table outputs/stability/kfac.jsonl \\
         --rows model.depth model.activation --cols optimizer.damping optimizer.lr
 
+``plot`` draws a value against one key (e.g. the training loss against the lr, one line per optimizer).
 ``table`` prints one cell per (rows, cols) combination: ``·`` trained, ``D`` diverged (``d``: some seeds
 diverged), ``F`` failed, or with ``--value train_loss`` the mean final training loss over the matching runs.
 Grid values: a comma list, or ``log2:lo:hi[:step]`` / ``log10:lo:hi[:step]`` as in ``study.lr``.
@@ -193,6 +194,36 @@ def table(args: argparse.Namespace) -> int:
     return 0
 
 
+def plot(args: argparse.Namespace) -> int:
+    """One line per value of ``--lines`` keys: the mean over the matching runs (seeds) of ``--value`` against
+    ``--x`` (log2 axis), diverged runs marked × at the top; written to ``--png``."""
+    sys.path.insert(0, str(REPO))
+    from muso_cli.plots import pyplot, save
+
+    plt = pyplot()
+    rows = load(args.file, args.where)
+    lines: dict[tuple, dict[float, list]] = {}
+    for r in rows:
+        x = float(_get(r, args.x))
+        lines.setdefault(tuple(_get(r, k) for k in args.lines), {}).setdefault(x, []).append(r.get(args.value))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    top = max((v for line in lines.values() for vs in line.values() for v in vs if v is not None), default=1.0)
+    for key, points in sorted(lines.items(), key=lambda kv: [str(k) for k in kv[0]]):
+        xs = sorted(points)
+        ok = [(x, sum(points[x]) / len(points[x])) for x in xs if None not in points[x]]
+        label = " ".join(f"{k.split('.')[-1]}={_label(v)}" for k, v in zip(args.lines, key))
+        (line,) = ax.plot([x for x, _ in ok], [y for _, y in ok], "o-", ms=3, label=label)
+        bad = [x for x in xs if None in points[x]]
+        ax.plot(bad, [top * 1.1] * len(bad), "x", color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(args.x)
+    ax.set_ylabel(f"{args.value} (mean over seeds; × = diverged)")
+    ax.legend(fontsize=7)
+    save(fig, args.png)
+    print(args.png)
+    return 0
+
+
 def _isnum(x) -> bool:
     try:
         float(x)
@@ -233,8 +264,15 @@ def main(argv=None) -> int:
     t.add_argument("--where", nargs="*", default=[], help="key=value filters")
     t.add_argument("--value", default=None,
                    help="train_loss | best_train_loss | test_acc | clipped | nu_median instead of the status")
+    g = sub.add_parser("plot", help="plot a value against one key, one line per value of other keys")
+    g.add_argument("file")
+    g.add_argument("--x", required=True)
+    g.add_argument("--lines", nargs="*", default=[])
+    g.add_argument("--where", nargs="*", default=[], help="key=value filters")
+    g.add_argument("--value", default="train_loss")
+    g.add_argument("--png", required=True)
     args = p.parse_args(argv)
-    return run(args) if args.command == "run" else table(args)
+    return {"run": run, "table": table, "plot": plot}[args.command](args)
 
 
 if __name__ == "__main__":
