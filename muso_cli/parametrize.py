@@ -74,25 +74,38 @@ INIT: dict[str, dict[str, float]] = {
 # Learning rate: η_layer = η · m**LR[param][optimizer][role]. A string entry points at another cell. The columns
 # of this table are the optimizers muso knows.
 LR: dict[str, dict[str, dict[str, float] | str | Preconditioned]] = {
-    "sp": {"sgd": _Z, "adam": _Z, "kfac": _Z, "shampoo": _Z},
+    "sp": {"sgd": _Z, "adam": _Z, "kfac": _Z, "shampoo": _Z, "muon": _Z, "soap": _Z},
     "mup": {
         "sgd": _row(1, 0, -1, vector=1),
         "adam": _row(0, -1, -1, vector=0),
         "kfac": "mup.sgd",      # the naive practice: first-order (SGD) µP rules on a second-order optimizer
         "shampoo": "mup.sgd",
+        "muon": "mup.adam",     # the naive practice for the optimizers that replace Adam(W): Adam's µP rules
+        "soap": "mup.adam",
     },
     "somup": {
         "sgd": "mup.sgd",
         "adam": "mup.adam",
         "kfac": Preconditioned(1.0),
         "shampoo": Preconditioned(0.5),
+        # Muon's update is G's orthogonal factor U Vᵀ = (G Gᵀ)^-¼ G (Gᵀ G)^-¼: Shampoo's form without
+        # accumulation, total power ½. SOAP's first step is the same U Vᵀ (Adam in the eigenbasis of G Gᵀ and
+        # Gᵀ G normalises each singular value to 1): Shampoo-like, not Adam-like (docs/parameterization.md).
+        "muon": Preconditioned(0.5),
+        "soap": Preconditioned(0.5),
     },
 }
 OPTIMIZERS = tuple(LR["sp"])
 
 # Optimizers whose update treats a Linear/Conv2d layer's weight and bias as one matrix [W | b] (the bias as an
 # extra input column): their param groups are whole layers, and a layer's bias takes its weight's lr.
-LAYERWISE = ("kfac", "shampoo")
+LAYERWISE = ("kfac", "shampoo", "soap")
+
+# Optimizers that update the weights of Linear/Conv2d layers their own way (each weight as the matrix
+# W.flatten(1)) and every other parameter (biases, norm gains, embeddings, bare tensors) with another optimizer
+# of the table, whose column gives those parameters' lr: {optimizer: the optimizer of the rest}. The Muon
+# recipe: AdamW for everything that is not a layer's weight.
+REST: dict[str, str] = {"muon": "adam"}
 
 # Damping: the value used for a layer's factor F is ρ · m**DAMPING[optimizer][rule][F][role]. The optimizers
 # listed here are the *damped* ones. K-FAC factors: A = E[x xᵀ] (layer inputs), B = E[δ δᵀ] (output gradients);
@@ -110,6 +123,13 @@ DAMPING: dict[str, dict[str, dict[str, dict[str, float]]]] = {
         "somup": {"eps": _row(-1, 0, 1)},
         "relative": {"eps": _Z},       # ε·λ_max of each factor: width-free by construction
     },
+    # SOAP: Adam's ε, added to √v of the gradient rotated into the eigenbasis of L and R, whose entries are of
+    # the order of G's singular values √(|x|²|δ|²) = Θ(M^-½) / Θ(1) / Θ(M^½): the square root of Shampoo's.
+    "soap": {
+        "constant": {"eps": _Z},
+        "somup": {"eps": _row(-0.5, 0, 0.5)},
+        "relative": {"eps": _Z},       # ε·√λ_max(L), the largest singular value's scale: width-free
+    },
 }
 DAMPING_RULES = {opt: tuple(rules) for opt, rules in DAMPING.items()}
 # Rules whose value the optimizer computes from the curvature factors at run time (multiplier 1 here).
@@ -118,10 +138,12 @@ ADAPTIVE_RULES = ("trace", "pi", "relative")
 DEFAULT_DAMPING_RULE: dict[str, dict[str, str]] = {
     "kfac": {"sp": "constant", "mup": "constant", "somup": "somup"},
     "shampoo": {"sp": "relative", "mup": "relative", "somup": "relative"},
+    "soap": {"sp": "constant", "mup": "constant", "somup": "somup"},
 }
 
 # Weight decay: every optimizer here decays a parameter by lr_layer · λ_layer per step (torch's SGD and AdamW,
-# and K-FAC / Shampoo, which add λ·W to the preconditioned direction). λ_layer = λ · m**(c · e_lr), with e_lr
+# torch's Muon update (W ← (1 − lr·λ)·W), and K-FAC / Shampoo / SOAP, which add λ·W to the preconditioned
+# direction). λ_layer = λ · m**(c · e_lr), with e_lr
 # the layer's lr exponent above and c = WEIGHT_DECAY[rule]:
 #   decoupled (default)  c = −1: lr_layer · λ_layer = η·λ at every width, a width-free decay timescale
 #                        (as CompleteP, u-µP and Megatron's µP recipes keep η·λ fixed);
@@ -136,12 +158,17 @@ def is_damped(optimizer: str) -> bool:
     return optimizer in DAMPING
 
 
-def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None) -> float:
+def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None, *,
+                layer_weight: bool = True) -> float:
     """Exponent e of the lr multiplier m**e for a parameter of ``role``.
 
     ``power`` is the preconditioner's total inverse power when the optimizer's hyperparameters set it (Shampoo:
-    2·exponent); it only matters for second-order µP's preconditioned rule.
+    2·exponent); it only matters for second-order µP's preconditioned rule. ``layer_weight``: the parameter is
+    the weight of a Linear/Conv2d layer (ParamSpec.is_layer_weight); for an optimizer in REST every other
+    parameter takes the lr of the optimizer of the rest (Muon: AdamW's).
     """
+    if optimizer in REST and not layer_weight:
+        optimizer = REST[optimizer]
     cell = LR[param][optimizer]
     while isinstance(cell, str):
         p, o = cell.split(".")
@@ -203,6 +230,11 @@ class ParamSpec:
     fan_in: int
     layer: str | None = None
     is_bias: bool = False
+
+    @property
+    def is_layer_weight(self) -> bool:
+        """The weight of a Linear/Conv2d layer (what Muon orthogonalises; see REST)."""
+        return self.layer is not None and not self.is_bias
 
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
@@ -316,15 +348,18 @@ class Plan:
                             .mul_(std).to(p.device))
         return model
 
-    def param_groups(self, model: nn.Module, lr: float, weight_decay: float | None = None, **options) -> list[dict]:
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float | None = None, *,
+                     rest_lr: float | None = None, **options) -> list[dict]:
         """torch param groups carrying each parameter's lr (``lr`` × multiplier) and its damping multipliers.
 
         Every group has ``params``, ``param_names`` (torch's key), ``lr`` and ``role``. Layerwise optimizers
-        (K-FAC, Shampoo): one group per Linear/Conv2d layer, weight then bias (the bias is preconditioned with
-        its weight, the input augmented by a constant), with ``layer``, ``damping_rule`` and ``damping_A`` /
-        ``damping_B`` or ``damping_eps``; every other parameter a group of its own. With ``weight_decay`` (λ at
-        the base width) each group gets ``weight_decay`` = λ × its multiplier, and a layer group also
-        ``bias_weight_decay`` for its bias. ``options`` are copied into every group.
+        (K-FAC, Shampoo, SOAP): one group per Linear/Conv2d layer, weight then bias (the bias is preconditioned
+        with its weight, the input augmented by a constant), with ``layer``, ``damping_rule`` and ``damping_A`` /
+        ``damping_B`` or ``damping_eps``; every other parameter a group of its own. Optimizers in REST (Muon):
+        one group per parameter with ``algorithm`` (the optimizer that updates it: ``muon`` for a layer's
+        weight, ``adam`` for the rest), and the rest's lr is ``rest_lr`` (default ``lr``) × its multiplier. With
+        ``weight_decay`` (λ at the base width) each group gets ``weight_decay`` = λ × its multiplier, and a layer
+        group also ``bias_weight_decay`` for its bias. ``options`` are copied into every group.
         """
         params = dict(model.named_parameters())
         groups: list[dict] = []
@@ -337,8 +372,10 @@ class Plan:
             if self.optimizer in LAYERWISE and spec.layer is not None:
                 by_layer.setdefault(spec.layer, []).append(name)
             else:
-                groups.append({"params": [params[name]], "param_names": [name], "lr": lr * self.lr_mult[name],
-                               "role": spec.role, **decay(name), **options})
+                algorithm = {"algorithm": self.algorithm(name)} if self.optimizer in REST else {}
+                groups.append({"params": [params[name]], "param_names": [name],
+                               "lr": self._base_lr(name, lr, rest_lr) * self.lr_mult[name], "role": spec.role,
+                               **algorithm, **decay(name), **options})
         for layer, names in by_layer.items():
             names.sort(key=lambda n: self.specs[n].is_bias)  # weight first, then bias
             weight = names[0]
@@ -352,14 +389,31 @@ class Plan:
             groups.append({**group, **options})
         return groups
 
-    def rows(self) -> list[dict]:
+    def algorithm(self, name: str) -> str:
+        """The optimizer (a column of the table) that updates parameter ``name``: the plan's own, or for an
+        optimizer in REST the optimizer of the rest for every parameter that is not a layer's weight."""
+        if self.optimizer in REST and not self.specs[name].is_layer_weight:
+            return REST[self.optimizer]
+        return self.optimizer
+
+    def _base_lr(self, name: str, lr: float, rest_lr: float | None) -> float:
+        """The base lr of parameter ``name``: ``rest_lr`` (when given) for the rest of an optimizer in REST."""
+        return rest_lr if rest_lr is not None and self.algorithm(name) != self.optimizer else lr
+
+    def rows(self, lr: float | None = None, rest_lr: float | None = None) -> list[dict]:
         """One row per parameter, for `muso params`: name, shape, role, m, init std, lr, weight-decay and
-        damping multipliers."""
+        damping multipliers. Optimizers in REST (Muon) add ``algorithm`` (which optimizer updates it). With the
+        base ``lr`` (and ``rest_lr``, the rest's, as for param_groups) a column ``lr``: the learning rate in
+        effect for that parameter at this width."""
         out = []
         for name, s in self.specs.items():
             row = {"name": name, "shape": list(s.shape), "role": s.role, "width_mult": s.width_mult,
                    "init_std": self.init_std[name], "lr_mult": self.lr_mult[name],
                    "wd_mult": self.weight_decay_mult[name]}
+            if self.optimizer in REST:
+                row["algorithm"] = self.algorithm(name)
+            if lr is not None:
+                row["lr"] = self._base_lr(name, lr, rest_lr) * self.lr_mult[name]
             if self.damping_rule is not None:
                 damping = self.damping_mult.get(s.layer or "", {}) if not s.is_bias else {}
                 row["damping_rule"] = self.damping_rule
@@ -394,7 +448,7 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     lr_mult, init_std, damping = {}, {}, {}
     for name, s in specs.items():
         m = s.width_mult
-        lr_mult[name] = m ** lr_exponent(param, optimizer, s.role, power)
+        lr_mult[name] = m ** lr_exponent(param, optimizer, s.role, power, layer_weight=s.is_layer_weight)
         if len(s.shape) >= 2:
             zero = readout_zero_init and s.role == "output"
             init_std[name] = 0.0 if zero else sigma * m ** INIT[param][s.role] / math.sqrt(s.fan_in)
