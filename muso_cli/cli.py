@@ -9,6 +9,8 @@ import argparse
 import itertools
 import json
 import os
+import re
+import shlex
 import sys
 import traceback
 import warnings
@@ -18,7 +20,8 @@ from typing import Callable, Sequence
 from . import track
 from .config import CONF_DIR, compose, to_container
 from .errors import UsageError, widths as check_widths
-from .validate import validate
+from .logs import to_console
+from .validate import check_added_keys, validate
 
 USAGE = """usage: muso <command> [overrides ...]
 
@@ -27,8 +30,9 @@ commands:
   params       show what the parameterization does to each parameter (role, width multiplier, init, lr, damping)
   coord-check  per-layer feature updates against width: plot, slopes and a verdict per layer
   sweep        tune learning rate × damping at the base width (a study)
+  refine       add grid points near each optimum of a study until it is resolved (study.refine_to)
   transfer     train a study's best setting at larger widths
-  report       tables and plots of a study
+  report       the verdict per parameterization (transfers / drifts / undecided), tables and plots
   status       trial counts of a study (ok / diverged / failed / running / pending)
   run-trial    run trial i of a study (what launchers and `sbatch --array` call)
 
@@ -45,13 +49,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import __version__
         print(f"muso {__version__}")
         return 0
+    completion = _shell_completion(argv)
+    if completion is not None:
+        return completion
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"muso: unknown command {command!r}. Fix: use one of {', '.join(COMMANDS)} (muso --help).",
               file=sys.stderr)
         return 2
+    if command != "run":  # muso run is a Hydra app: Hydra's job logging takes the muso logger
+        to_console()
     try:
         return COMMANDS[command](args) or 0
+    except _ConfigShown:
+        return 0
+    except BrokenPipeError:  # `muso status S | head`: the reader left; end quietly, as a killed-by-SIGPIPE tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except UsageError as e:
         if os.environ.get("MUSO_DEBUG"):
             traceback.print_exc()
@@ -59,22 +73,111 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+_BASH_COMPLETION = """_muso_complete()
+{
+    local words=($COMP_LINE)
+    local word=${COMP_WORDS[COMP_CWORD]}
+    if (( COMP_CWORD <= 1 )); then
+        COMPREPLY=($(compgen -W "%(commands)s" -- "$word"))
+        return
+    fi
+    local choices=$(COMP_LINE="$COMP_LINE" %(prog)s --shell-completion query=bash 2>/dev/null)
+    COMPREPLY=($(compgen -o nospace -o default -W "$choices" -- "$word"))
+}
+COMP_WORDBREAKS=${COMP_WORDBREAKS//=}
+COMP_WORDBREAKS=$COMP_WORDBREAKS complete -o nospace -o default -F _muso_complete %(prog)s
+"""
+
+
+def _shell_completion(argv: list[str]) -> int | None:
+    """``muso [command] --shell-completion install=bash`` prints a bash completion script for ``muso`` (eval it);
+    the script asks ``muso --shell-completion query=bash`` for the overrides (config groups and keys, from
+    Hydra's own completion over muso's config tree). None when the command line is not about completion."""
+    flags = [i for i, a in enumerate(argv) if a in ("--shell-completion", "-sc")]
+    if not flags or flags[0] + 1 >= len(argv):
+        return None
+    request = argv[flags[0] + 1]
+    if request == "install=bash":
+        print(_BASH_COMPLETION % {"commands": " ".join(COMMANDS), "prog": "muso"})
+        return 0
+    if request == "uninstall=bash":
+        print("complete -r muso")
+        return 0
+    if request == "query=bash":
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra._internal.core_plugins.bash_completion import BashCompletion
+        from hydra._internal.utils import create_config_search_path
+
+        words = os.environ.get("COMP_LINE", "").split()[2:]  # after `muso <command>`
+        line = " ".join(words) + (" " if os.environ.get("COMP_LINE", "").endswith(" ") else "")
+        loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+        print(" ".join(BashCompletion(loader)._query(config_name="config", line=line)))
+        return 0
+    print(f"muso: --shell-completion takes install=bash, uninstall=bash or query=bash, not {request!r}.",
+          file=sys.stderr)
+    return 2
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are muso's usage errors: the argument, the problem and the fix (exit status 2)."""
+
+    def error(self, message: str):
+        missing = re.search(r"the following arguments are required: (.+)", message)
+        if missing:
+            names = [n for n in missing.group(1).split(", ") if n != "overrides"] or ["overrides"]
+            raise UsageError(names[0], f"is missing: `{self.prog}` needs {', '.join(names)}.",
+                             f"usage: {self.format_usage().strip().removeprefix('usage: ')}")
+        raise UsageError(self.prog, f"{message}.", f"see `{self.prog} --help`.")
+
+
+def _help_epilog() -> str:
+    """The config groups and their options, as Hydra's own --help lists them."""
+    from .config import group_options
+
+    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+    lines = ["Config groups (group=option):"]
+    lines += [f"  {g:<10} {', '.join(group_options(g))}" for g in groups]
+    lines += ["Any key can be overridden (key=value), e.g. model.width=1024 optimizer.lr=0.05 study.lr=log2:-8:0;",
+              "`--cfg job` prints the composed config with every key. Grammar:",
+              "https://hydra.cc/docs/advanced/override_grammar/basic/"]
+    return "\n".join(lines)
+
+
+# `--cfg job`: the first composition of the command prints its config and ends the command (exit 0).
+_SHOW_CFG = {"on": False}
+
+
+class _ConfigShown(Exception):
+    """The composed config was printed (--cfg job): the command stops there."""
+
+
 def _parse(prog: str, args: Sequence[str], description: str,
            extra: Callable[[argparse.ArgumentParser], None] | None = None,
            positionals: Sequence[tuple[str, dict]] = ()) -> argparse.Namespace:
     """Options of a subcommand; after its ``positionals``, every other argument is a Hydra override."""
-    parser = argparse.ArgumentParser(prog=f"muso {prog}", description=description)
+    parser = _ArgumentParser(prog=f"muso {prog}", description=description, epilog=_help_epilog(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, kwargs in positionals:
         parser.add_argument(name, **kwargs)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.width=1024 optimizer=kfac")
+    parser.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
     if extra:
         extra(parser)
-    return parser.parse_intermixed_args(args)
+    ns = parser.parse_intermixed_args(args)
+    _SHOW_CFG["on"] = ns.cfg == "job"
+    return ns
 
 
 def compose_valid(overrides: Sequence[str], *, check_data: bool = True):
-    """Compose and validate (warnings from validation are shown once, as warnings)."""
+    """Compose and validate (warnings from validation are shown once, as warnings). With ``--cfg job`` the first
+    composition is printed instead and the command ends."""
     cfg = compose(overrides)
+    if _SHOW_CFG["on"]:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg))
+        raise _ConfigShown
+    check_added_keys(cfg, overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         validate(cfg, check_data=check_data)
@@ -94,7 +197,12 @@ def cmd_run(args: list[str]) -> int:
     ns = get_args_parser().parse_args(args)
     if not (ns.help or ns.hydra_help or ns.info or ns.shell_completion):
         for overrides in expand_sweeps(ns.overrides) if ns.multirun else [ns.overrides]:
-            compose_valid(overrides)
+            cfg = compose_valid(overrides)
+            if cfg.launcher.name != "local":
+                raise UsageError("launcher", f"launcher={cfg.launcher.name} chooses how a study's trials run; "
+                                 "muso run trains one run in this process and would ignore it.",
+                                 "for a study use muso sweep launcher=...; to spread a multirun use Hydra's "
+                                 "launchers: muso run -m hydra/launcher=submitit_slurm (or joblib) key=a,b.")
     _RUN_RESULTS.clear()
     argv0, sys.argv = sys.argv, ["muso-run", *args]
     try:
@@ -228,13 +336,63 @@ def cmd_coord_check(args: list[str]) -> int:
 STUDY_ARG = ("study", {"help": "the study folder (printed by muso sweep)"})
 
 
-def _study_overrides(overrides: list[str]) -> list[str]:
-    """A study decides the parameterization itself (study.params): refuse a param= override."""
-    for o in overrides:
-        if o.split("=", 1)[0].lstrip("+~") == "param":
+# Keys a study sets itself, per command: key → the fix to print when a user sets it.
+_GRID_KEYS = {"model.width": "study.widths=[...] (a sweep's widths) or transfer.widths=[...] (a transfer's)",
+              "seed": "study.seeds=[...]", "optimizer.lr": "study.lr=[...]", "optimizer.damping": "study.damping=[...]"}
+
+
+def _study_overrides(overrides: list[str], command: str | None = None) -> list[str]:
+    """The overrides of a study command, with nothing silently ignored.
+
+    A study decides the parameterization (study.params) and, per trial, width, lr, damping and seed: those keys
+    are refused with the key to use, except that in a sweep ``optimizer.lr`` / ``optimizer.damping`` given
+    alone are the one-point grids study.lr / study.damping. ``hydra.*`` and ``hydra/…`` only apply to `muso run`.
+    Hydra's comma lists (a multirun sweep elsewhere) are grid lists for study.* keys and refused for others.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException:
+        return list(overrides)  # compose() reports the syntax error, with its hint
+    keys = {o.key_or_group for o in parsed}
+    out = []
+    for o in parsed:
+        key, line = o.key_or_group, o.input_line
+        if command in ("transfer", "refine", "report") and key == "study.widths":
+            raise UsageError(key, f"is the sweep's grid of widths; muso {command} does not take it.",
+                             "the target widths of a transfer are transfer.widths=[...]."
+                             if command == "transfer" else "sweep other widths with muso sweep study.widths=[...].")
+        if command == "report" and not key.startswith(("study.", "transfer.", "hydra.searchpath")):
+            raise UsageError(key, "muso report reads the study's results; this key would change nothing.",
+                             "only study.* keys change a report (study.metric, study.tolerance, study.bootstrap.*).")
+        if key == "param":
             raise UsageError("param", "a study compares the parameterizations in study.params.",
-                             f"write study.params=[{o.split('=', 1)[1]}] instead of {o}.")
-    return overrides
+                             f"write study.params=[{line.split('=', 1)[1]}] instead of {line}.")
+        if key.startswith("hydra") and key != "hydra.searchpath":  # the search path finds your own configs
+            raise UsageError(key, f"`muso {command or 'study'}` is not a Hydra multirun: hydra.* and hydra/... "
+                             "overrides only apply to `muso run`.",
+                             "choose how trials run with launcher=local|pool|slurm (launcher.* keys).")
+        if o.is_sweep_override():
+            values = list(o.sweep_string_iterator())
+            if not key.startswith(("study.", "transfer.")) and not (command == "sweep" and key in _GRID_KEYS):
+                raise UsageError(key, f"has a comma list ({line}), which is a sweep, but {key} takes one value "
+                                 "in a study.", "grid values go in study.lr / study.damping / study.seeds / "
+                                 "study.widths, e.g. study.lr=[0.1,0.3].")
+            line = f"{key}=[{','.join(values)}]"
+        if key in _GRID_KEYS and not (command == "sweep" and key == "model.width"):  # checked in cmd_sweep
+            grid = f"study.{key.split('.')[-1]}" if key.startswith("optimizer.") else None
+            if command == "sweep" and grid and grid not in keys:
+                value = line.split("=", 1)[1]
+                if not value.startswith("["):  # a single value: validated as given, and the one-point grid
+                    out.append(line)
+                line = f"{grid}={value if value.startswith('[') else f'[{value}]'}"
+            else:
+                raise UsageError(key, f"is set by the study for each trial, so {line} would be ignored.",
+                                 f"use {_GRID_KEYS[key] if not grid or command != 'sweep' else grid + '=[...] only'}.")
+        out.append(line)
+    return out
 
 
 def _print_plan(study_path, trials) -> None:
@@ -242,11 +400,19 @@ def _print_plan(study_path, trials) -> None:
 
     df = pd.DataFrame([{"param": t.param, "width": t.width, "lr": t.lr, "damping": t.damping, "seed": t.seed}
                        for t in trials])
-    print(f"study {study_path}: {len(trials)} trials")
+    print(f"study {study_path}: {_entries_and_runs(trials)}")
     for (param, width), g in df.groupby(["param", "width"]):
         damp = sorted(g.damping.dropna().unique())
         print(f"  {param:>6} width {width:>5}: {g.lr.nunique()} lr {_grid(sorted(g.lr.unique()))}"
               + (f" × {len(damp)} damping {_grid(damp)}" if damp else "") + f" × {g.seed.nunique()} seeds")
+
+
+def _entries_and_runs(trials) -> str:
+    """'8 trials (4 runs: a base-width run serves every parameterization)', or '8 trials' when each is a run."""
+    runs = len({t.id for t in trials})
+    if runs == len(trials):
+        return f"{len(trials)} trials"
+    return f"{len(trials)} trials ({runs} runs: a base-width run serves every parameterization)"
 
 
 def _grid(values) -> str:
@@ -256,6 +422,7 @@ def _grid(values) -> str:
 
 def _plan_flags(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
     parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    parser.add_argument("--yes", action="store_true", help="run a grid larger than study.max_trials")
     parser.add_argument("--no-launch", action="store_true",
                         help="write the study's trial list and run nothing (for your own sbatch --array line)")
 
@@ -265,8 +432,11 @@ def _launch_and_summarise(study, trials, cfg, no_launch: bool = False) -> int:
     from .stop import Interrupted
 
     if no_launch:
-        print(f"trials written, none launched. Run them with e.g.\n  sbatch --array=$(muso status {study.path} "
-              f"--pending) scripts/slurm_array.sh {study.path}\nor `muso run-trial {study.path} <index>`.")
+        (study.path / "slurm").mkdir(exist_ok=True)  # Slurm does not create the folder of --output
+        path = shlex.quote(str(study.path))
+        print(f"trials written, none launched. Run them with e.g.\n  sbatch --array=$(muso status {path} --pending) "
+              f"--output={shlex.quote(str(study.path / 'slurm'))}/%A_%a.out scripts/slurm_array.sh {path}\n"
+              f"or `muso run-trial {path} <index>`.")
         return 0
     try:
         counts = launch(study, trials, cfg.launcher)
@@ -275,7 +445,10 @@ def _launch_and_summarise(study, trials, cfg, no_launch: bool = False) -> int:
               file=sys.stderr)
         return 130
     summary = ", ".join(f"{counts[k]} {k}" for k in track.STATUSES if counts[k])
-    print(f"{study.path}: {summary}")
+    print(f"{study.path}: {sum(counts.values())} runs: {summary}")
+    if cfg.logger.mode == "offline":
+        runs = shlex.quote(str(Path(cfg.logger.dir or study.path) / "wandb"))
+        print(f"W&B runs are offline in {runs}; upload them with: wandb sync {runs}/offline-run-*")
     return 1 if counts[track.FAILED] else 0
 
 
@@ -285,16 +458,30 @@ def cmd_sweep(args: list[str]) -> int:
                 lambda p: _plan_flags(p, "print the plan and its size"))
     from . import study as study_mod
 
-    overrides = _study_overrides(ns.overrides)
+    overrides = _study_overrides(ns.overrides, "sweep")
     cfg = compose_valid(overrides)
     grid = study_mod.check(cfg)
+    width_given = any(o.split("=", 1)[0].lstrip("+") == "model.width" for o in overrides)
+    if width_given and cfg.model.width not in grid.widths:
+        raise UsageError("model.width", f"a sweep trains at study.widths {grid.widths}, so model.width="
+                         f"{cfg.model.width} would be ignored.", f"write study.widths=[{cfg.model.width}] (or a list).")
+    folder = study_mod.check_folder(cfg)
+    from .errors import raise_all
+    from .launch import check as check_launcher
+
+    raise_all(check_launcher(cfg.launcher))
+    if len(grid) > cfg.study.max_trials and not ns.yes:
+        raise UsageError("study.max_trials", f"the grid has {len(grid)} trials, more than study.max_trials="
+                         f"{cfg.study.max_trials}.", "check study.lr / study.damping / study.seeds / study.widths; "
+                         "to run it anyway pass --yes (or raise study.max_trials).")
     param_configs = {p: to_container(compose_valid([*overrides, f"param={p}"])) for p in grid.params}
     trials = study_mod.plan_sweep(cfg, param_configs)
-    study = study_mod.Study(Path(cfg.study.root) / study_mod.study_name(cfg))
+    study = study_mod.Study(folder)
     if ns.dry_run:
         _print_plan(study.path, trials)
-        done = sum(1 for t in trials if study.path.exists() and study.status(t) in track.FINAL_STATUSES)
-        print(f"{done} of them finished already; {len(trials) - done} to run (launcher={cfg.launcher.name})")
+        runs = {t.id: t for t in trials}
+        done = sum(1 for t in runs.values() if study.path.exists() and study.status(t) in track.FINAL_STATUSES)
+        print(f"{done} of {len(runs)} runs finished already; {len(runs) - done} to run (launcher={cfg.launcher.name})")
         return 0
     study = study_mod.open_or_create(cfg, overrides)
     trials = study.add(trials)
@@ -309,22 +496,48 @@ def _open_study(path: str):
 
 def cmd_transfer(args: list[str]) -> int:
     ns = _parse("transfer", args, "Pick each parameterization's best (lr, damping) at the base width from a sweep "
-                "and train it at study.widths.",
-                lambda p: _plan_flags(p, "print the choice and the plan"), positionals=[STUDY_ARG])
+                "and train it at study.widths. Refuses a base width without a finite optimum, and one whose "
+                "optimum sits at the grid edge unless --allow-edge.",
+                lambda p: (_plan_flags(p, "print the choice and the plan"),
+                           p.add_argument("--allow-edge", action="store_true",
+                                          help="transfer an optimum that lies at the edge of its grid")),
+                positionals=[STUDY_ARG])
     from . import study as study_mod
+    from .errors import raise_all
 
     study = _open_study(ns.study)
-    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides)])
+    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides, "transfer")])
     study_mod.check_same_base(study, cfg)
-    if cfg.study.widths is None:
-        raise UsageError("study.widths", "transfer needs the target widths.", "e.g. study.widths=[256,1024,2048].")
-    widths = check_widths("study.widths", cfg.study.widths, minimum=cfg.model.base_width)
+    if cfg.transfer.widths is None:
+        raise UsageError("transfer.widths", "transfer needs the target widths.",
+                         "e.g. transfer.widths=[256,1024,2048].")
+    widths = check_widths("transfer.widths", cfg.transfer.widths, minimum=cfg.model.base_width)
     grid = study_mod.check(cfg)
-    best = study_mod.select_best(study, cfg.study.metric, cfg.model.base_width)
-    if not best:
-        raise UsageError("study", f"{study.path} has no finished sweep trial at the base width "
-                         f"{cfg.model.base_width}.", f"run `muso sweep` first (or finish it: muso status {study.path}).")
-    _print_best(best, cfg, [p for p in grid.params if p not in best])
+    base = cfg.model.base_width
+    best = study_mod.select_best(study, cfg.study.metric, base)
+    usable = [p for p in grid.params if best.get(p, {}).get("lr") is not None]
+    refusals = []
+    for param in grid.params:  # a transfer needs a finite optimum at the base width: refuse before launching
+        if param not in best:
+            refusals.append(UsageError("study.params", f"{param}: no trial at the base width {base}.",
+                                       f"sweep it first (muso sweep ... study.params=[{param}])."))
+        elif best[param]["lr"] is None:
+            e = best[param]["problem"]
+            refusals.append(UsageError(e.key, f"{param}: no finite optimum at the base width: {e.problem}.",
+                                       e.fix + (f"; or transfer the others only (study.params=[{','.join(usable)}])"
+                                                if usable else "") + "."))
+    raise_all(refusals)
+    best = {param: best[param] for param in grid.params}
+    for param, b in best.items():
+        for axis, side in b["edge"].items():
+            problem = (f"{param}: the best {axis} at the base width, {b[axis]:.4g}, is at the grid edge (the "
+                       f"{'lowest' if side == 'low' else 'highest'} {axis} tried): the optimum may lie beyond.")
+            if not ns.allow_edge:
+                raise UsageError(f"study.{axis}", problem,
+                                 f"widen study.{axis} {'below' if side == 'low' else 'above'} {b[axis]:.4g} "
+                                 f"(muso refine {study.path} extends it), or pass --allow-edge to transfer it anyway.")
+            print(f"warning: {problem} Transferring it anyway (--allow-edge).", file=sys.stderr)
+    _print_best(best, cfg)
     planned = study_mod.plan_transfer(study, best, widths, grid.seeds, runtime=to_container(cfg))
     if ns.dry_run:
         _print_plan(study.path, planned)
@@ -335,14 +548,68 @@ def cmd_transfer(args: list[str]) -> int:
     return _launch_and_summarise(study, trials, cfg, ns.no_launch)
 
 
-def _print_best(best: dict, cfg, missing: list[str]) -> None:
+def _print_best(best: dict, cfg) -> None:
     print(f"best setting at base width {cfg.model.base_width} by final {cfg.study.metric}:")
     for param, b in best.items():
         damping = "" if b["damping"] is None else f" damping={b['damping']:.3g}"
         partial = "" if b["finished"] == b["planned"] else f" (from {b['finished']}/{b['planned']} finished trials)"
-        print(f"  {param:>6}: lr={b['lr']:.4g}{damping}  {cfg.study.metric}={b['value']:.4f}{partial}")
-    if missing:
-        print(f"  no finished trials for {', '.join(missing)}: not transferred", file=sys.stderr)
+        flags = [f"{a} at the grid edge" for a in b["edge"]] + [f"stability-bound in {a}" for a in b["stability_bound"]]
+        print(f"  {param:>6}: lr={b['lr']:.4g}{damping}  {cfg.study.metric}={b['value']:.4f}{partial}"
+              + (f"  ({'; '.join(flags)})" if flags else ""))
+
+
+def cmd_refine(args: list[str]) -> int:
+    ns = _parse("refine", args, "Add grid points at half the current step on both sides of each cell's optimum "
+                "(one step beyond a grid edge), run them, and repeat until the step near every optimum is at most "
+                "study.refine_to octaves or every verdict is decided, within study.refine_budget trials.",
+                lambda p: _plan_flags(p, "print the next round's plan"), positionals=[STUDY_ARG])
+    import time
+
+    from . import report, study as study_mod, verdict
+
+    study = _open_study(ns.study)
+    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides, "refine")])
+    study_mod.check_same_base(study, cfg)
+    grid = study_mod.check(cfg)
+    settings = verdict.check(cfg.study)
+    refine_to, budget = study_mod.check_refine(cfg.study)
+    metric, base = cfg.study.metric, cfg.model.base_width
+    used, started, rounds = 0, time.time(), 0
+    while True:
+        judged = verdict.judge(study_mod.points(study, metric), base, settings, study.transfers())
+        open_params = [p for p in grid.params  # a decided verdict needs no finer grid
+                       if judged["params"].get(p, {}).get("verdict") not in verdict.DECIDED]
+        planned, notes = study_mod.plan_refine(study, metric, open_params, refine_to, grid.seeds,
+                                               runtime=to_container(cfg))
+        to_run = {t.id for t in planned if study.status(t) not in track.FINAL_STATUSES}
+        if not to_run:
+            reason = ("every verdict is decided" if not open_params else
+                      f"every optimum is resolved to {refine_to:g} octave or has no optimum to refine around")
+            print(f"refine: done after {rounds} round(s), {used} trials run in {time.time() - started:.0f} s: "
+                  f"{reason}.")
+            break
+        if used + len(to_run) > budget:
+            print(f"refine: round {rounds + 1} needs {len(to_run)} trials, {budget - used} left of study.refine_budget="
+                  f"{budget}: stopped after {rounds} round(s), {used} trials run in {time.time() - started:.0f} s. "
+                  "Raise study.refine_budget to go on.")
+            break
+        print(f"refine round {rounds + 1}: {len(to_run)} new trials (budget {budget}, {used} used) for "
+              f"{', '.join(open_params)}")
+        if ns.dry_run:
+            _print_plan(study.path, [t for t in planned if t.id in to_run])
+            return 0
+        trials = study.add(planned)
+        code = _launch_and_summarise(study, trials, cfg, ns.no_launch)
+        if ns.no_launch or code == 130:
+            return code
+        used += len(to_run)
+        rounds += 1
+    for note in notes:
+        print(f"  {note}")
+    print("verdict:")
+    for line in report.verdict_lines(judged):
+        print(f"  {line}")
+    return 0
 
 
 def cmd_status(args: list[str]) -> int:
@@ -351,24 +618,31 @@ def cmd_status(args: list[str]) -> int:
                            p.add_argument("--pending", action="store_true",
                                           help="print only the indices still to run, as an sbatch --array spec")),
                 positionals=[STUDY_ARG])
+    if ns.overrides:
+        raise UsageError("overrides", f"muso status takes no overrides (got {' '.join(ns.overrides)}).",
+                         "it reads the study folder as it is: muso status <study> [--list] [--pending].")
     study = _open_study(ns.study)
     from collections import Counter
 
     trials = study.trials()
     statuses = {t.index: study.status(t) for t in trials}
+    runs = {}  # trial id → its first entry: a base-width run serves several entries and runs once
+    for t in trials:
+        runs.setdefault(t.id, t)
     if ns.pending:
-        print(_ranges(sorted(i for i, s in statuses.items() if s in track.TO_RUN)))
+        print(_ranges(sorted(t.index for t in runs.values() if statuses[t.index] in track.TO_RUN)))
         return 0
     if ns.list:
         for t in trials:
-            print(f"{t.index:>5}  {t.id}  {t.phase:<8}  {statuses[t.index]:<8}  {t.label()}")
-    counts = Counter(statuses.values())
+            shared = "" if runs[t.id] is t else f"  (= run of entry {runs[t.id].index})"
+            print(f"{t.index:>5}  {t.id}  {t.phase:<8}  {statuses[t.index]:<8}  {t.label()}{shared}")
+    counts = Counter(statuses[t.index] for t in runs.values())
     by_phase = Counter((t.phase, statuses[t.index]) for t in trials)
-    print(f"{study.path}: {len(trials)} trials: " + ", ".join(
-        f"{counts[k]} {k}" for k in track.STATUSES))
+    print(f"{study.path}: {_entries_and_runs(trials)}: " + ", ".join(f"{counts[k]} {k}" for k in track.STATUSES)
+          + ("" if len(runs) == len(trials) else " (runs)"))
     for phase in sorted({t.phase for t in trials}):
-        print(f"  {phase:<8} " + ", ".join(f"{by_phase[phase, k]} {k}" for k in
-                                           track.STATUSES if by_phase[phase, k]))
+        print(f"  {phase:<8} entries: " + ", ".join(f"{by_phase[phase, k]} {k}" for k in
+                                                   track.STATUSES if by_phase[phase, k]))
     return 0
 
 
@@ -422,20 +696,29 @@ def cmd_run_trial(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    ns = _parse("report", args, "Tables and plots of a study: results.parquet/csv, report.md, loss_vs_lr.png, "
-                "heatmap_<param>.png, curves.png.",
+    ns = _parse("report", args, "The verdict per parameterization (transfers / drifts / undecided, with intervals "
+                "over seeds), then tables and plots: report.json, report.md, results.parquet/csv, loss_vs_lr.png, "
+                "drift.png, heatmap_<param>.png, curves.png.",
                 lambda p: p.add_argument("--out", help="report folder (default: <study>/report)"),
                 positionals=[STUDY_ARG])
-    from . import report
+    from . import report, verdict
+    from .study import check_metric
 
     study = _open_study(ns.study)
-    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides)], check_data=False)
-    from .study import check_metric
+    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides, "report")], check_data=False)
     check_metric(cfg.study.metric)
+    settings = verdict.check(cfg.study)
     out = Path(ns.out) if ns.out else study.path / "report"
-    res = report.build(study, out, cfg.study.metric, cfg.model.base_width)
+    res = report.build(study, out, cfg.study.metric, cfg.model.base_width, settings)
+    print("verdict:")
+    for line in report.verdict_lines(res["verdict"]):
+        print(f"  {line}")
     skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
     print(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
+    if res["unreadable"]:
+        shown = ", ".join(res["unreadable"][:3]) + (" …" if len(res["unreadable"]) > 3 else "")
+        print(f"unreadable (a result or metrics file that is not whole, or not numbers): {shown}; delete such a "
+              "folder and run the sweep again to retrain it", file=sys.stderr)
     headline = res["tables"].get("headline")
     if headline is not None and not headline.empty:
         print(f"headline ({cfg.study.metric} of the transferred setting per width):")
@@ -460,6 +743,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "params": cmd_params,
     "coord-check": cmd_coord_check,
     "sweep": cmd_sweep,
+    "refine": cmd_refine,
     "transfer": cmd_transfer,
     "status": cmd_status,
     "run-trial": cmd_run_trial,

@@ -44,11 +44,21 @@ def compose(overrides: Sequence[str] = (), *, config_name: str = "config") -> Di
     if isinstance(failure, MissingConfigException):
         raise _missing_option_error(str(failure)) from None
     if isinstance(failure, OverrideParseException):
-        first = str(failure).splitlines()[0].replace("Error parsing override ", "override ")
-        raise UsageError(first, "is not valid Hydra override syntax.",
-                         "write key=value, group=option or +new_key=value "
-                         "(https://hydra.cc/docs/advanced/override_grammar/basic/).") from None
+        raise _syntax_error(failure, overrides) from None
     raise _composition_error(str(failure)) from None
+
+
+def _syntax_error(failure: Exception, overrides: list[str]) -> UsageError:
+    """An override Hydra's lexer cannot read, named as the user wrote it, with the fix for the usual causes."""
+    text = str(failure)
+    bad = next((o for o in overrides if o in text), text.splitlines()[0].split(": ", 1)[-1])
+    key = bad.split("=", 1)[0] if "=" in bad else "override"
+    if "=" in bad and not bad.split("=", 1)[1].isascii():
+        fix = f"quote the value: {key}='{bad.split('=', 1)[1]}' (in a shell: \"{key}='...'\")."
+    else:
+        fix = ("write key=value, group=option or +new_key=value; quote values with spaces or special characters "
+               "(https://hydra.cc/docs/advanced/override_grammar/basic/).")
+    return UsageError(key, f"{bad!r} is not valid Hydra override syntax.", fix)
 
 
 def _missing_option_error(message: str) -> UsageError:
@@ -77,7 +87,8 @@ def _composition_error(message: str) -> UsageError:
             except UsageError:
                 pass
         return UsageError(key, f"is not a config key.{known}",
-                          f"check the spelling; to add a new key on purpose use +{key}=<value>.")
+                          f"check the spelling (`muso run --cfg job` prints every key); an argument of your own "
+                          f"model or data (a node with _target_) is added with +{key}=<value>.")
     m = re.search(r"Ambiguous value for argument '([^=']+)=", message)
     if m:
         return UsageError(m.group(1), "has a comma-separated value, which is a sweep.",

@@ -361,6 +361,9 @@ def check(cfg, *, files: bool = True) -> list[UsageError | None]:
         return [check_one_of("data.name", cfg.name, REGISTRY)]
     problems = [check_positive("data.n_train", cfg.get("n_train"), integer=True, optional=True),
                 check_positive("data.n_test", cfg.get("n_test"), integer=True, optional=True)]
+    if cfg.name == "synthetic":
+        problems += [check_positive(f"data.{k}", cfg[k], integer=True)
+                     for k in ("n_train", "n_test", "dim", "num_classes", "teacher_width")]
     if cfg.get("augment") and REGISTRY[cfg.name].augment is None:
         problems.append(UsageError("data.augment", f"{cfg.name} has no augmentation.", "set data.augment=false."))
     if files and not any(problems):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Callable
@@ -18,7 +20,52 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from . import claims, stop, track, train
+from .errors import UsageError, check_one_of, check_positive, is_int
+from .logs import LOG
+from .parametrize import PARAMS
 from .study import Study, Trial
+
+
+def check(lcfg: DictConfig) -> list[UsageError | None]:
+    """Problems with the ``launcher.*`` keys, found before a study is written."""
+    if lcfg.name == "pool":
+        return [check_positive("launcher.workers", lcfg.workers, integer=True, optional=True),
+                check_positive("launcher.per_gpu", lcfg.per_gpu, integer=True),
+                check_positive("launcher.threads", lcfg.threads, integer=True, optional=True)]
+    if lcfg.name == "slurm":
+        missing = [c for c in ("sbatch", "squeue", "scontrol") if shutil.which(c) is None]
+        problems = [check_positive(f"launcher.{k}", lcfg[k], integer=True)
+                    for k in ("cpus_per_task", "time_min", "array_parallelism", "trials_per_task")]
+        problems += [check_positive("launcher.gpus_per_task", lcfg.gpus_per_task, integer=True, allow_zero=True),
+                     check_positive("launcher.max_requeue", lcfg.max_requeue, integer=True, allow_zero=True),
+                     check_positive("launcher.mem_gb", lcfg.mem_gb, optional=True)]
+        if missing:
+            problems.append(UsageError("launcher", f"launcher=slurm needs Slurm's {', '.join(missing)} on the PATH, "
+                                       "which this machine does not have.",
+                                       "run on a Slurm login node, or use launcher=local / launcher=pool here."))
+        elif is_int(lcfg.gpus_per_task) and lcfg.gpus_per_task > 0:
+            problems.append(_check_slurm_gpus(lcfg.partition))
+        return problems
+    return [check_one_of("launcher.name", lcfg.name, LAUNCHERS)]
+
+
+def _check_slurm_gpus(partition: str | None) -> UsageError | None:
+    """launcher.gpus_per_task > 0 on a cluster (or partition) whose nodes have no GPUs: refused up front, since
+    Slurm would reject every array task ("Requested node configuration is not available")."""
+    import subprocess
+
+    cmd = ["sinfo", "-h", "-o", "%G"] + (["-p", str(partition)] if partition else [])
+    try:
+        gres = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # cannot tell: let Slurm decide
+    if "gpu" in gres:
+        return None
+    where = f"partition {partition}" if partition else "this cluster"
+    return UsageError("launcher.gpus_per_task", f"asks for GPUs, but the nodes of {where} have none (sinfo lists "
+                      f"their generic resources as {' '.join(sorted(set(gres.split()))) or 'none'}).",
+                      "set launcher.partition to a GPU partition (sinfo -o '%P %G' lists them), or "
+                      "launcher.gpus_per_task=0 to run on CPUs.")
 
 
 def run_trial(study: Study, trial: Trial, *, quiet: bool = True) -> dict:
@@ -43,20 +90,29 @@ def run_trial(study: Study, trial: Trial, *, quiet: bool = True) -> dict:
         if result and result.get("status") in track.FINAL_STATUSES:
             return result
         cfg = OmegaConf.create(trial.config)
-        tags = [f"param:{trial.param}", f"optimizer:{cfg.optimizer.name}", f"width:{trial.width}"]
+        if cfg.logger.mode != "disabled" and not cfg.logger.dir:
+            cfg.logger.dir = str(study.path)  # one W&B folder per study, <study>/wandb (`wandb sync` it at once)
+        params = sorted({t.param for t in study.trials() if t.id == trial.id}, key=PARAMS.index)
+        tags = [*(f"param:{p}" for p in params), f"optimizer:{cfg.optimizer.name}", f"width:{trial.width}"]
         try:
-            return train.run(cfg, folder, quiet=quiet, run_id=trial.id, group=study.name, job_type=trial.phase,
-                             tags=tags)
+            return train.run(cfg, folder, quiet=quiet, run_id=trial.id, name=run_name(trial, params),
+                             group=study.name, job_type=trial.phase, tags=tags)
         except OSError as e:  # the folder is not writable (train.run writes everything else into the result)
             return {"status": track.FAILED, "error": f"cannot write the trial folder {folder}: {e}"}
+
+
+def run_name(trial: Trial, params: list[str]) -> str:
+    """A W&B run name a person can read: somup-w512-lr0.0625-d0.1-s0 (sp+somup-… for a shared base-width run)."""
+    damping = "" if trial.damping is None else f"-d{trial.damping:.4g}"
+    return f"{'+'.join(params)}-w{trial.width}-lr{trial.lr:.4g}{damping}-s{trial.seed}"
 
 
 class Progress:
     """Prints one line per finished trial: counts, the trial, its outcome and an ETA from the mean trial time."""
 
-    def __init__(self, total: int, already_done: int, stream=None):
+    def __init__(self, total: int, already_done: int):
         self.total, self.done, self.todo_start = total, already_done, total - already_done
-        self.started, self.stream = time.time(), stream
+        self.started = time.time()
         self.counts: Counter = Counter()
         self.statuses: dict[str, str] = {}  # trial id → status of the result this launch got for it
 
@@ -72,8 +128,7 @@ class Progress:
         outcome = result.get("status", "?") + (f" train_loss {loss:.4f}" if isinstance(loss, float) else "")
         if result.get("status") == track.FAILED:
             outcome += f" ({result.get('error', '')[:80]})"
-        print(f"[{self.done}/{self.total}] {trial.label()}: {outcome}  ETA {_duration(eta)}",
-              file=self.stream or sys.stderr, flush=True)
+        LOG.info(f"[{self.done}/{self.total}] {trial.label()}: {outcome}  ETA {_duration(eta)}")
 
 
 def _duration(seconds: float) -> str:
@@ -122,8 +177,24 @@ def _worker_init(slots, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, stop.request_stop)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="muso-orphan-watch", daemon=True).start()
     import torch
     torch.set_num_threads(threads)
+
+
+_TRAINING = threading.Event()  # set while this worker runs a trial
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose launcher died (SIGKILL, an out-of-memory kill) must not live on holding its memory: once the
+    parent is gone the trial in progress checkpoints at its next step, and the worker exits. (Its pool pipes
+    stay open in its siblings, so it would never see end-of-file and would wait forever.)"""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    stop.request_stop(signal.SIGTERM)
+    while _TRAINING.is_set():
+        time.sleep(0.2)
+    os._exit(0)
 
 
 def _worker_run(study_path: str, index: int) -> dict:
@@ -131,7 +202,11 @@ def _worker_run(study_path: str, index: int) -> dict:
     if stop.STOP.signum is not None:
         raise stop.Interrupted("stop requested before the trial started")
     study = Study(study_path)
-    return run_trial(study, study.trial(index))
+    _TRAINING.set()
+    try:
+        return run_trial(study, study.trial(index))
+    finally:
+        _TRAINING.clear()
 
 
 def _pool(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progress) -> None:
@@ -330,7 +405,8 @@ LAUNCHERS: dict[str, Callable[[Study, list[Trial], DictConfig, Progress], None]]
 
 
 def launch(study: Study, trials: list[Trial], lcfg: DictConfig) -> Counter:
-    """Run the unfinished ``trials`` with the launcher ``lcfg.name``; return counts of their statuses.
+    """Run the unfinished ``trials`` with the launcher ``lcfg.name``; return counts of their runs' statuses (a
+    base-width run that serves several parameterizations counts once).
 
     Raises stop.Interrupted when stopped (finished results are kept; the rest resume on the next launch).
     """
@@ -344,4 +420,4 @@ def launch(study: Study, trials: list[Trial], lcfg: DictConfig) -> Counter:
         on_disk = study.status(t)
         return track.FAILED if on_disk == track.PENDING and progress.statuses.get(t.id) == track.FAILED else on_disk
 
-    return Counter(status(t) for t in trials)
+    return Counter(status(t) for t in {t.id: t for t in trials}.values())  # one count per run

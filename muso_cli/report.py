@@ -1,57 +1,61 @@
-"""Study reports: one table of trials, transfer metrics, and plots.
+"""Study reports: the verdict first, then the tables and plots behind it.
 
-``collect`` reads every trial's files into one pandas table (one row per trial entry: grid values, status,
-final/best metrics, the flattened config). Transfer metrics, per parameterization and width:
+``collect`` reads every trial's files into one pandas table (one row per trial entry with a result: grid values,
+status, final/best metrics, the flattened config). The verdict (:func:`muso_cli.verdict.judge`: optima, grid
+edges, stability cliffs, intervals over seeds, transfers / drifts / undecided per parameterization) is written
+as report.json and printed first in report.md; the tables here are views of it:
 
-- lr* and damping*: the best grid point at that width (mean over seeds of the selection loss; diverged = +inf);
-- drift: log2(lr*_width / lr*_base) in octaves, and the slope of log2 lr* against log2 width (the same for
-  damping* where damping was swept);
-- regret: loss at the transferred setting minus the best loss at that width (where a grid exists there);
-- wider is better: whether the transferred setting's loss falls (or stays) as the width grows.
+- optima: per (param, width) the best setting, its interval, the sub-grid estimate and its flags, or why there
+  is none;
+- drift: per parameterization, axis and width, the optimum's drift from the base width in octaves with its
+  interval and the width's verdict;
+- regret: the transferred setting's score minus the best at each width with a grid, with its interval;
+- transferred / wider is better / headline: the transferred setting's loss and test accuracy per width.
 
-Files written: results.parquet, results.csv, report.md (every table), loss_vs_lr.png, loss_vs_damping.png and
-heatmap_<param>.png (when damping was swept), curves.png. Unreadable or half-written trial folders are counted
-and skipped, never fatal.
+Files written: report.json, report.md, results.parquet, results.csv, loss_vs_lr.png, drift.png, and where
+damping was swept loss_vs_damping.png and heatmap_<param>.png; curves.png after a transfer. Unreadable or
+half-written trial folders are counted and skipped, never fatal.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import claims, track
+from . import track, verdict
 from .plots import pyplot, save
-from .study import METRICS, Study, objective
+from .study import METRICS, UNREADABLE, Study, points
 
-LOWER_IS_BETTER_LABEL = {"train_loss": "final train loss", "test_loss": "final test loss",
-                         "test_acc": "final test accuracy"}
+METRIC_LABEL = {"train_loss": "final train loss", "test_loss": "final test loss", "test_acc": "final test accuracy"}
+AXIS_LABEL = {"lr": "log2 base learning rate (octaves)", "damping": "log2 base damping (octaves)"}
+TITLES = {"optima": "Best setting per width", "drift": "Drift of the optimum (octaves from the base width)",
+          "regret": "Regret of the transferred setting", "headline": "Transferred setting per parameterization",
+          "transferred": "Transferred setting per width", "wider": "Wider is better?"}
 
 
-def collect(study: Study, metric: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    """(one row per trial entry, counts of skipped entries by reason: pending / running / unreadable)."""
-    rows, skipped = [], {track.PENDING: 0, track.RUNNING: 0, "unreadable": 0}
-    for t in study.trials():
-        folder = study.trial_dir(t)
-        result = track.read_json(folder / track.RESULT)
+def collect(entries: list[dict]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """(one row per trial entry with a result, counts of skipped entries: pending / running / unreadable).
+
+    ``entries``: :func:`muso_cli.study.points`."""
+    rows, skipped = [], {track.PENDING: 0, track.RUNNING: 0, UNREADABLE: 0}
+    for e in entries:
+        result = e["result"]
         if result is None:
-            if (folder / track.RESULT).exists():
-                skipped["unreadable"] += 1
-            else:
-                skipped[track.RUNNING if claims.is_running(folder) else track.PENDING] += 1
+            skipped[e["status"]] += 1
             continue
         final, best = result.get("final") or {}, result.get("best") or {}
-        loss = objective(result, metric)
-        row = {"index": t.index, "trial_id": t.id, "phase": t.phase, "param": t.param, "width": t.width,
-               "lr": t.lr, "damping": t.damping, "seed": t.seed, "status": result.get("status"),
-               "objective": math.nan if loss is None else loss,
-               **{f"final_{k}": final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
-               **{f"best_{k}": best.get(k) for k in ("train_loss", "test_loss", "test_acc")},
-               "steps": result.get("steps"), "wall_seconds": result.get("wall_seconds"), "device": result.get("device"),
-               **{f"config.{k}": str(v) if isinstance(v, list) else v  # lists: one parquet type per column
-                  for k, v in track.flatten(t.config, ".").items()}}
-        rows.append(row)
+        rows.append({"index": e["index"], "trial_id": e["trial_id"], "phase": e["phase"], "param": e["param"],
+                     "width": e["width"], "lr": e["lr"], "damping": e["damping"], "seed": e["seed"],
+                     "status": e["status"], "objective": e["objective"],
+                     **{f"final_{k}": final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+                     **{f"best_{k}": best.get(k) for k in ("train_loss", "test_loss", "test_acc")},
+                     "steps": result.get("steps"), "wall_seconds": result.get("wall_seconds"),
+                     "device": result.get("device"),
+                     **{f"config.{k}": str(v) if isinstance(v, list) else v  # lists: one parquet type per column
+                        for k, v in track.flatten(e["config"], ".").items()}})
     df = pd.DataFrame(rows)
     if not df.empty:
         df["damping"] = df["damping"].astype(float)
@@ -59,75 +63,82 @@ def collect(study: Study, metric: str) -> tuple[pd.DataFrame, dict[str, int]]:
     return df, skipped
 
 
-def _setting_means(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean objective over seeds per (param, width, lr, damping); a setting with any diverged seed is +inf."""
-    keys = ["param", "width", "lr", "damping"]
-    usable = df[df.status.isin(track.FINAL_STATUSES)]
-    g = usable.groupby(keys, dropna=False)
-    return g.agg(objective=("objective", "mean"), seeds=("seed", "nunique"),
-                 diverged=("status", lambda s: int((s == track.DIVERGED).sum()))).reset_index()
+# ------------------------------------------------------------------------------------------------------
+# Tables: views of the verdict
+
+def _log2(x: float | None) -> str:
+    return "" if x is None else f"{x:+.2f}"
 
 
-def optima(df: pd.DataFrame) -> pd.DataFrame:
-    """Best grid point per (param, width) where a grid (at least two settings of lr and/or damping) was tried."""
-    means = _setting_means(df[df.phase == "sweep"])
+def _notes(axes: dict) -> str:
+    """The flags of an optimum, in words."""
+    notes = []
+    for a, info in axes.items():
+        if info["edge"]:
+            notes.append(f"{a} at the grid edge ({'lowest' if info['edge'] == 'low' else 'highest'} {a}): "
+                         "the optimum may lie beyond")
+        if info["stability_bound"]:
+            notes.append(f"stability-bound: the next {'larger' if a == 'lr' else 'smaller'} {a} diverged")
+    return "; ".join(notes)
+
+
+def optima_table(v: dict, sign: float) -> pd.DataFrame:
+    """One row per (param, width) with a grid (or no optimum): the best setting, its interval (log2), the sub-grid
+    estimate (log2), the score in the metric's units, seeds at the optimum, settings tried, flags."""
     rows = []
-    for (param, width), g in means.groupby(["param", "width"]):
-        if len(g) < 2:
+    for c in v["cells"]:
+        opt = c["optimum"]
+        row = {"param": c["param"], "width": c["width"], "settings": c["counts"]["settings"]}
+        if opt is None:
+            rows.append({**row, "notes": f"no optimum: {c['problem']}: {c['fix']}"})
             continue
-        best = g.loc[g.objective.idxmin()]
-        rows.append({"param": param, "width": width, "lr*": best.lr, "damping*": best.damping,
-                     "loss*": best.objective, "grid": len(g)})
-    return pd.DataFrame(rows, columns=["param", "width", "lr*", "damping*", "loss*", "grid"])
+        if not opt["axes"] and c["width"] != v["base_width"]:
+            continue  # one setting, not a grid (a transfer width)
+        row.update({"lr*": opt["lr"], "damping*": opt["damping"], "loss*": sign * opt["objective"],
+                    "seeds": opt["seeds"], "notes": _notes(opt["axes"])})
+        for a, info in opt["axes"].items():
+            row[f"log2 {a}*"] = info["log2"]
+            row[f"{a}* interval"] = (verdict.fmt_interval(*info["interval_log2"]) if "interval_log2" in info
+                                     else "1 seed: no interval")
+            row[f"{a}* sub-grid"] = _log2(info["subgrid_log2"])
+        rows.append(row)
+    order = ["param", "width", "lr*", "log2 lr*", "lr* interval", "lr* sub-grid", "damping*", "log2 damping*",
+             "damping* interval", "damping* sub-grid", "loss*", "seeds", "settings", "notes"]
+    df = pd.DataFrame(rows)
+    return df[[c for c in order if c in df.columns]] if len(df) else pd.DataFrame(columns=order)
 
 
-def _log2_slope(widths, values) -> float:
-    """Slope of log2(values) against log2(widths), rounded (a flat optimum fits ~1e-17, which should read 0)."""
-    if len(widths) < 2 or not np.all(np.asarray(values, float) > 0):
-        return math.nan
-    return round(float(np.polyfit(np.log2(widths), np.log2(np.asarray(values, float)), 1)[0]), 4) + 0.0
-
-
-def drift(opt: pd.DataFrame, base_width: int) -> pd.DataFrame:
-    """Drift of the optimum from the base width, per width: lr* in octaves (log2 lr*/lr*_base) and the slope of
-    log2 lr* against log2 width; the same for damping* (NaN for first-order optimizers, which have none)."""
+def drift_table(v: dict) -> pd.DataFrame:
+    """Per param, swept axis and width: the optimum, its drift from the base width (octaves), the drift's
+    interval, the width's verdict and what would decide an undecided one."""
     rows = []
-    for param, g in opt.groupby("param"):
-        g = g.sort_values("width")
-        base = g[g.width == base_width]
-        if base.empty:
-            continue
-        lr0, d0 = float(base["lr*"].iloc[0]), base["damping*"].iloc[0]
-        has_damping = pd.notna(d0) and g["damping*"].notna().all()
-        lr_slope = _log2_slope(g.width, g["lr*"])
-        damping_slope = _log2_slope(g.width, g["damping*"]) if has_damping else math.nan
-        for _, r in g.iterrows():
-            rows.append({"param": param, "width": r.width, "lr*": r["lr*"], "drift_octaves": math.log2(r["lr*"] / lr0),
-                         "lr_slope": lr_slope, "damping*": r["damping*"],
-                         "damping_drift_octaves": math.log2(r["damping*"] / d0) if has_damping else math.nan,
-                         "damping_slope": damping_slope})
-    return pd.DataFrame(rows, columns=["param", "width", "lr*", "drift_octaves", "lr_slope", "damping*",
-                                       "damping_drift_octaves", "damping_slope"])
+    for p, pv in v["params"].items():
+        for a, ax in pv["axes"].items():
+            rows.append({"param": p, "axis": a, "width": v["base_width"], "optimum": ax["base"]["value"],
+                         "drift_octaves": 0.0, "interval": "", "verdict": "base", "note": _notes({a: ax["base"]})})
+            for r in ax["widths"]:
+                interval = ("1 seed: no interval" if r.get("interval") is None and "drift" in r
+                            else verdict.fmt_interval(*r["interval"]) if r.get("interval") else "")
+                note = "; ".join(x for x in (r.get("why"), ", ".join(r.get("decide", [])) and
+                                             "decide: " + ", ".join(r.get("decide", []))) if x)
+                rows.append({"param": p, "axis": a, "width": r["width"], "optimum": r.get("value"),
+                             "drift_octaves": r.get("drift"), "interval": interval, "verdict": r["verdict"],
+                             "note": note})
+    return pd.DataFrame(rows, columns=["param", "axis", "width", "optimum", "drift_octaves", "interval", "verdict",
+                                       "note"])
 
 
-def regret(df: pd.DataFrame, transfers: dict, opt: pd.DataFrame, base_width: int) -> pd.DataFrame:
-    """Loss at the transferred setting minus the best loss at that width, where a grid exists there (above the
-    base width, where the transferred setting is the best by construction)."""
-    means = _setting_means(df)
+def regret_table(v: dict) -> pd.DataFrame:
+    """Per param and width with a grid: the transferred setting's regret (metric units, ≥ 0) and its interval."""
     rows = []
-    for _, o in opt.iterrows():
-        choice = transfers.get(o.param)
-        if not choice or o.width == base_width:
-            continue
-        same = means[(means.param == o.param) & (means.width == o.width) & np.isclose(means.lr, choice["lr"])]
-        if choice.get("damping") is not None:
-            same = same[np.isclose(same.damping, choice["damping"])]
-        if same.empty:
-            continue
-        loss = float(same.objective.iloc[0])
-        rows.append({"param": o.param, "width": o.width, "transferred_loss": loss, "best_loss": o["loss*"],
-                     "regret": loss - o["loss*"]})
-    return pd.DataFrame(rows, columns=["param", "width", "transferred_loss", "best_loss", "regret"])
+    for p, pv in v["params"].items():
+        for r in pv["regret"]:
+            rows.append({"param": p, "width": r["width"], "lr": pv["transferred"]["lr"],
+                         "damping": pv["transferred"]["damping"],
+                         "regret": math.inf if r["diverged"] else r["regret"],
+                         "interval": "diverged" if r["diverged"] else "1 seed: no interval" if r["interval"] is None
+                         else verdict.fmt_interval(*r["interval"], octaves=False)})
+    return pd.DataFrame(rows, columns=["param", "width", "lr", "damping", "regret", "interval"])
 
 
 def transferred(df: pd.DataFrame, transfers: dict) -> pd.DataFrame:
@@ -157,28 +168,14 @@ def wider_is_better(tr: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["param", "widths", "wider_is_better"])
 
 
-def headline(tr: pd.DataFrame, drift_df: pd.DataFrame, regret_df: pd.DataFrame, wider: pd.DataFrame,
-             transfers: dict, metric_sign: float) -> pd.DataFrame:
-    """One row per parameterization: the chosen setting, its loss per width, drift and regret at the widest
-    width with a grid, and the wider-is-better verdict."""
+def headline(tr: pd.DataFrame, wider: pd.DataFrame, transfers: dict, sign: float) -> pd.DataFrame:
+    """One row per transferred parameterization: the setting, its score per width (w<width> columns, metric
+    units), and whether wider was better."""
     rows = []
     for param, choice in transfers.items():
         row = {"param": param, "lr": choice["lr"], "damping": choice.get("damping")}
         for _, r in tr[tr.param == param].sort_values("width").iterrows():
-            row[f"w{r.width}"] = metric_sign * r.loss
-        d = drift_df[drift_df.param == param]
-        if len(d) > 1:
-            last = d.sort_values("width").iloc[-1]
-            row["drift_octaves"] = last.drift_octaves
-            row["drift_at"] = int(last.width)
-            row["lr_slope"] = last.lr_slope
-            if pd.notna(last.damping_drift_octaves):
-                row["damping_drift_octaves"] = last.damping_drift_octaves
-        r = regret_df[regret_df.param == param]
-        if len(r):
-            last = r.sort_values("width").iloc[-1]
-            row["regret"] = last.regret
-            row["regret_at"] = int(last.width)
+            row[f"w{r.width}"] = sign * r.loss
         w = wider[wider.param == param]
         row["wider_is_better"] = w.wider_is_better.iloc[0] if len(w) else "n/a"
         rows.append(row)
@@ -188,69 +185,179 @@ def headline(tr: pd.DataFrame, drift_df: pd.DataFrame, regret_df: pd.DataFrame, 
 # ------------------------------------------------------------------------------------------------------
 # Plots
 
-def plot_loss_vs_lr(df: pd.DataFrame, path: Path, metric: str, axis: str = "lr") -> None:
-    """One panel per parameterization: loss against log2(lr) (best damping per lr), a curve per width,
-    the optimum marked (★), diverged settings marked (×) at the top of the panel. ``axis="damping"``: the same
-    against log10(damping), best lr per damping (the damping-transfer picture)."""
+def _colors(plt, widths) -> dict:
+    widths = sorted(widths)
+    return {w: plt.cm.viridis(0.9 * i / max(1, len(widths) - 1)) for i, w in enumerate(widths)}
+
+
+def _curve(cell: verdict.Cell, axis: str) -> pd.DataFrame:
+    """Per value of ``axis`` in a cell, its best setting over the other axis: x (log2), mean, per-seed min and
+    max (finite seeds), and whether the value is the cell's optimum."""
+    rows = []
+    values = cell.values(axis)
+    for value in np.unique(values):
+        at = np.flatnonzero(np.isclose(values, value, rtol=1e-9))
+        g = at[np.argmin(np.where(np.isfinite(cell.mean[at]), cell.mean[at], np.inf))]
+        seeds = cell.scores[g][np.isfinite(cell.scores[g])]
+        rows.append({"x": math.log2(value), "mean": cell.mean[g], "lo": seeds.min() if len(seeds) else np.nan,
+                     "hi": seeds.max() if len(seeds) else np.nan, "best": g == cell.best})
+    return pd.DataFrame(rows)
+
+
+def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr") -> None:
+    """One panel per parameterization: the score against log2 ``axis`` (best over the other axis), one curve per
+    width with a band over seeds (min–max), the optimum ★ (flagged "edge" at the grid edge, "cliff" when
+    stability-bound), diverged settings × in one row per width above the curves, and a cell with no optimum
+    named in the panel."""
     plt = pyplot()
-    means = _setting_means(df[df.phase == "sweep"])
-    params = sorted(means.param.unique())
-    fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), squeeze=False, sharey=True)
     sign = -1 if METRICS[metric] == "max" else 1
-    finite = means.objective[np.isfinite(means.objective)]
-    top = (sign * finite).max() if len(finite) else 1.0
-    bottom = (sign * finite).min() if len(finite) else 0.0
-    cap = top + 0.08 * (top - bottom + 1e-9)
-    widths = sorted(means.width.unique())
-    colors = {w: plt.cm.viridis(i / max(1, len(widths) - 1)) for i, w in enumerate(widths)}
+    params = sorted({p for p, _ in grid})
+    colors = _colors(plt, {w for _, w in grid})
+    rows = max(len([c for (p, _), c in grid.items() if p == param]) for param in params)
+    band = 0.04 + 0.045 * rows  # the top band of each panel (axes fraction) holds the rows of × markers
+    finite = np.concatenate([sign * c.scores[np.isfinite(c.scores)] for c in grid.values()] + [np.zeros(0)])
+    low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+    pad = 0.05 * (high - low) if high > low else 0.5
+    fig, axes = plt.subplots(1, len(params), figsize=(4.6 * len(params), 4.0), squeeze=False, sharey=True)
     for ax, param in zip(axes[0], params):
-        for width, g in means[means.param == param].groupby("width"):
-            per_x = g.loc[g.groupby(axis).objective.idxmin()].sort_values(axis)
-            log = np.log2 if axis == "lr" else np.log10
-            x, y = log(per_x[axis].to_numpy(float)), sign * per_x.objective.to_numpy()
-            ok = np.isfinite(y)
-            ax.plot(x[ok], y[ok], marker="o", ms=3, color=colors[width], label=f"width {width}")
-            ax.scatter(x[~ok], np.full((~ok).sum(), cap), marker="x", color=colors[width])
+        cells = sorted((c for (p, _), c in grid.items() if p == param and c.n_settings >= 2), key=lambda c: c.width)
+        notes, xs = [], []
+        for k, c in enumerate(cells):
+            color, label = colors[c.width], f"{param}, width {c.width}"
+            if c.best is None:
+                notes.append(f"width {c.width}: no optimum ({c.problem().problem.split(' at width')[0]})")
+            if axis not in c.swept:
+                continue
+            curve = _curve(c, axis)
+            xs += list(curve.x)
+            ok = np.isfinite(curve["mean"].to_numpy())
             if ok.any():
-                i = int(np.argmin(sign * y[ok])) if sign > 0 else int(np.argmax(y[ok]))
-                ax.scatter(x[ok][i], y[ok][i], marker="*", s=140, color=colors[width], edgecolor="k", zorder=5)
+                ax.plot(curve.x[ok], sign * curve["mean"][ok], marker="o", ms=3, color=color, label=label)
+            if (curve.hi > curve.lo).any():
+                ax.fill_between(curve.x[ok], sign * curve.lo[ok], sign * curve.hi[ok], color=color, alpha=0.15, lw=0)
+            # diverged: x in data, y in axes fraction, one row per width, so that widths stay apart
+            ax.scatter(curve.x[~ok], np.full((~ok).sum(), 0.98 - band + 0.045 * (k + 0.5)), marker="x", s=24,
+                       color=color, transform=ax.get_xaxis_transform(), label=None if ok.any() else label)
+            if c.best is not None:
+                best = curve[curve.best].iloc[0]
+                ax.scatter(best.x, sign * best["mean"], marker="*", s=160, color=color, edgecolor="k", zorder=5)
+                info = c.axis(axis)
+                flag = ", ".join(f for f, on in (("edge", info["edge"]), ("cliff", info["stability_bound"])) if on)
+                if flag:
+                    ax.annotate(flag, (best.x, sign * best["mean"]), textcoords="offset points", xytext=(6, -10),
+                                fontsize=7, color=color)
+        for i, note in enumerate(notes):
+            ax.text(0.02, 0.03 + 0.055 * i, note, transform=ax.transAxes, fontsize=7, color="crimson")
+        if xs:  # autoscaling ignores the × rows (drawn in axes fraction): set the x range from every point
+            margin = 0.05 * (max(xs) - min(xs)) or 0.5
+            ax.set_xlim(min(xs) - margin, max(xs) + margin)
         ax.set_title(param)
-        ax.set_xlabel("log2 learning rate (base)" if axis == "lr" else "log10 damping (base)")
+        ax.set_xlabel(AXIS_LABEL[axis])
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(LOWER_IS_BETTER_LABEL[metric] + " (× = diverged)")
-    axes[0][-1].legend(fontsize=7)
-    save(fig, path)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="center right")
+    # data below the top band: bottom - pad … high + pad fills (1 - band) of the panel
+    axes[0][0].set_ylim(low - pad, low - pad + (high - low + 2 * pad) / (1 - band))
+    if not len(finite):  # nothing finished finite: the score axis has nothing to show
+        axes[0][0].set_yticks([])
+    axes[0][0].set_ylabel(f"{METRIC_LABEL[metric]} (mean over seeds)")
+    fig.text(0.5, 0.005, "★ optimum (edge: at the grid edge, the optimum may lie beyond; cliff: stability-bound)\n"
+             "× diverged, one row per width · band: min–max over seeds", ha="center", fontsize=7)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    save(fig, path, tight=False)
 
 
-def plot_heatmaps(df: pd.DataFrame, path_for, metric: str) -> list[Path]:
-    """Per parameterization, lr × damping heatmaps of the loss, one panel per width (diverged: blank, ×)."""
+def plot_drift(v: dict, path: Path) -> bool:
+    """The picture of the paper: per swept axis, the optimum (log2) against log2 width per parameterization, with
+    its interval, the base ± tolerance band shaded; open markers at a grid edge, a cross where a width has no
+    optimum. False (nothing drawn) when no parameterization has an axis to show."""
+    axes_used = [a for a in verdict.AXES if any(a in pv["axes"] for pv in v["params"].values())]
+    if not axes_used:
+        return False
     plt = pyplot()
-    means = _setting_means(df[df.phase == "sweep"])
-    if means.damping.nunique() < 2:
-        return []
+    params = sorted(v["params"])
+    cells = {(c["param"], c["width"]): c for c in v["cells"]}
+    widths = sorted({w for _, w in cells})
+    fig, axes = plt.subplots(1, len(axes_used), figsize=(5.6 * len(axes_used), 4.2), squeeze=False)
+    tol = v["settings"]["tolerance_octaves"]
+    for ax, axis in zip(axes[0], axes_used):
+        for i, param in enumerate(params):
+            pv, color = v["params"][param], plt.cm.tab10(i)
+            if axis not in pv["axes"]:
+                continue
+            base = pv["axes"][axis]["base"]["log2"]
+            ax.axhspan(base - tol, base + tol, color=color, alpha=0.12, lw=0,
+                       label=f"{param}: base ±{tol:g} octave")
+            offset = 0.06 * (i - (len(params) - 1) / 2)
+            for w in [v["base_width"]] + [r["width"] for r in pv["axes"][axis]["widths"]]:
+                c = cells[param, w]
+                x = math.log2(w) + offset
+                if c["optimum"] is None:
+                    ax.scatter(x, base, marker="X", s=60, color="crimson", zorder=5)
+                    ax.annotate("no optimum", (x, base), textcoords="offset points", xytext=(4, 6), fontsize=7,
+                                color="crimson")
+                    continue
+                info = c["optimum"]["axes"][axis]
+                lo, hi = info.get("interval_log2", (info["log2"], info["log2"]))
+                y = info["log2"]
+                shown = [max(lo, y - 3), min(hi, y + 3)]  # unbounded ends drawn as 3 octaves with an arrow
+                ax.errorbar(x, y, yerr=[[y - shown[0]], [shown[1] - y]], color=color, capsize=3, lw=1)
+                for end, inf, mark in ((shown[0], lo == -math.inf, "v"), (shown[1], hi == math.inf, "^")):
+                    if inf:
+                        ax.scatter(x, end, marker=mark, s=25, color=color)
+                ax.scatter(x, y, marker="o", s=36, zorder=5, color="white" if info["edge"] else color,
+                           edgecolor=color)
+                if info["subgrid_log2"] is not None:
+                    ax.scatter(x, info["subgrid_log2"], marker="+", s=40, color=color, zorder=6)
+            ax.plot([], [], marker="o", color=color, ls="", label=f"{param}: {axis}* (verdict: {pv['verdict']})")
+        ax.set_xticks([math.log2(w) for w in widths], [str(w) for w in widths])
+        ax.set_xlabel("width (log2 scale)")
+        ax.set_ylabel(f"{axis}*: {AXIS_LABEL[axis]}")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        ax.set_title(f"{axis}* against width" + ("" if v["seeds"] >= 2 else " (1 seed: no interval)"), fontsize=9)
+    fig.text(0.5, 0.005, f"bars: {v['settings']['level']:.0%} interval over seeds, each optimum within half a grid "
+             "step\nopen marker: at the grid edge · ▲▼: unbounded · +: sub-grid (parabola) estimate", ha="center",
+             fontsize=7)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    save(fig, path, tight=False)
+    return True
+
+
+def plot_heatmaps(grid: dict, path_for, metric: str) -> list[Path]:
+    """Per parameterization with an lr × damping grid: heatmaps of the score, one panel per width (× diverged,
+    blank: not tried, ★ optimum)."""
+    plt = pyplot()
     sign = -1 if METRICS[metric] == "max" else 1
     paths = []
-    for param, g in means.groupby("param"):
-        widths = sorted(g.width.unique())
-        fig, axes = plt.subplots(1, len(widths), figsize=(3.8 * len(widths), 3.4), squeeze=False)
-        values = sign * g.objective[np.isfinite(g.objective)]
+    for param in sorted({p for p, _ in grid}):
+        cells = sorted((c for (p, _), c in grid.items() if p == param and {"lr", "damping"} <= set(c.swept)),
+                       key=lambda c: c.width)
+        if not cells:
+            continue
+        fig, axes = plt.subplots(1, len(cells), figsize=(3.9 * len(cells), 3.5), squeeze=False)
+        values = np.concatenate([sign * c.mean[np.isfinite(c.mean)] for c in cells])
         vmin, vmax = (values.min(), values.max()) if len(values) else (0, 1)
-        for ax, width in zip(axes[0], widths):
-            table = g[g.width == width].pivot_table(index="damping", columns="lr", values="objective", aggfunc="mean")
-            z = sign * table.to_numpy(float)
-            im = ax.imshow(np.where(np.isfinite(z), z, np.nan), origin="lower", aspect="auto", cmap="viridis_r"
-                           if sign > 0 else "viridis", vmin=vmin, vmax=vmax)
-            for (i, j) in zip(*np.where(~np.isfinite(z))):
+        for ax, c in zip(axes[0], cells):
+            lrs, dampings = np.unique(c.lr), np.unique(c.damping)
+            z = np.full((len(dampings), len(lrs)), np.nan)
+            for lr, d, m in zip(c.lr, c.damping, c.mean):
+                z[np.searchsorted(dampings, d), np.searchsorted(lrs, lr)] = m
+            im = ax.imshow(np.where(np.isfinite(z), sign * z, np.nan), origin="lower", aspect="auto",
+                           cmap="viridis_r" if sign > 0 else "viridis", vmin=vmin, vmax=vmax)
+            for i, j in zip(*np.where(np.isinf(z))):
                 ax.text(j, i, "×", ha="center", va="center", color="red")
-            if np.isfinite(z).any():
-                i, j = np.unravel_index(np.nanargmin(np.where(np.isfinite(z), sign * z, np.nan)), z.shape)
-                ax.scatter(j, i, marker="*", s=120, color="white", edgecolor="k")
-            ax.set_xticks(range(len(table.columns)), [f"{math.log2(v):g}" for v in table.columns], fontsize=7)
-            ax.set_yticks(range(len(table.index)), [f"{v:.3g}" for v in table.index], fontsize=7)
-            ax.set_xlabel("log2 lr")
-            ax.set_ylabel("damping")
-            ax.set_title(f"{param}, width {width}", fontsize=9)
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=LOWER_IS_BETTER_LABEL[metric])
+            if c.best is not None:
+                ax.scatter(np.searchsorted(lrs, c.lr[c.best]), np.searchsorted(dampings, c.damping[c.best]),
+                           marker="*", s=120, color="white", edgecolor="k")
+            ax.set_xticks(range(len(lrs)), [f"{math.log2(v):g}" for v in lrs], fontsize=7)
+            ax.set_yticks(range(len(dampings)), [f"{v:.3g}" for v in dampings], fontsize=7)
+            ax.set_xlabel("log2 base learning rate (octaves)")
+            ax.set_ylabel("base damping")
+            ax.set_title(f"{param}, width {c.width}", fontsize=9)
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"{METRIC_LABEL[metric]} (mean over seeds)")
+        fig.text(0.01, 0.01, "× diverged · blank: not tried · ★ optimum", fontsize=7)
         path = path_for(param)
         save(fig, path, tight=False)
         paths.append(path)
@@ -263,68 +370,77 @@ def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path) -> 
     params = [p for p in transfers if not df[df.trial_id.isin(transfers[p].get("transfer_trials", []))].empty]
     if not params:
         return False
-    fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(params), figsize=(4.4 * len(params), 3.6), squeeze=False, sharey=True)
     for ax, param in zip(axes[0], params):
         rows = df[df.trial_id.isin(transfers[param]["transfer_trials"]) & (df.param == param)]
-        widths = sorted(rows.width.unique())
-        for i, (width, g) in enumerate(rows.groupby("width")):
-            color = plt.cm.viridis(i / max(1, len(widths) - 1))
+        colors = _colors(plt, rows.width.unique())
+        for width, g in rows.groupby("width"):
             for k, trial_id in enumerate(g.trial_id):
                 metrics = [m for m in track.read_json_lines(study.path / "trials" / trial_id / track.METRICS) or []
                            if m.get("train_loss") is not None]
-                ax.plot([m["step"] for m in metrics], [m["train_loss"] for m in metrics], color=color, lw=1,
-                        label=f"width {width}" if k == 0 else None)
+                ax.plot([m["step"] for m in metrics], [m["train_loss"] for m in metrics], color=colors[width], lw=1,
+                        label=f"{param}, width {width}" if k == 0 else None)
         ax.set_yscale("log")
-        ax.set_title(f"{param}: lr={transfers[param]['lr']:.3g}")
-        ax.set_xlabel("step")
+        damping = transfers[param].get("damping")
+        ax.set_title(f"{param}: lr={transfers[param]['lr']:.3g}"
+                     + ("" if damping is None else f", damping={damping:.3g}"), fontsize=9)
+        ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("train loss (eval subset)")
-    axes[0][-1].legend(fontsize=7)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("train loss on the eval subset (log scale)")
     save(fig, path)
     return True
 
 
 # ------------------------------------------------------------------------------------------------------
 
-def build(study: Study, out_dir: Path, metric: str, base_width: int) -> dict:
-    """Write every file of the report into ``out_dir`` and return the tables."""
+def build(study: Study, out_dir: Path, metric: str, base_width: int,
+          settings: verdict.Settings = verdict.Settings()) -> dict:
+    """Write every file of the report into ``out_dir``; return {results, skipped, tables, verdict, unreadable (the
+    trial folders whose result or metrics cannot be trusted)}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df, skipped = collect(study, metric)
+    entries = points(study, metric)
+    df, skipped = collect(entries)
     transfers = study.transfers()
-    tables: dict[str, pd.DataFrame] = {}
+    v = verdict.judge(entries, base_width, settings, transfers)
+    # strict JSON for machines: an unbounded interval end (±inf) and NaN are written as null
+    track.write_json(out_dir / "report.json", json.loads(json.dumps({"study": study.name, "metric": metric, **v}),
+                                                         parse_constant=lambda _: None))
+    sign = -1.0 if METRICS[metric] == "max" else 1.0
+    tables = {"optima": optima_table(v, sign), "drift": drift_table(v), "regret": regret_table(v)}
     if not df.empty:
         df.to_parquet(out_dir / "results.parquet", index=False)
         df.to_csv(out_dir / "results.csv", index=False)
-        sign = -1.0 if METRICS[metric] == "max" else 1.0
-        opt = optima(df)
-        tables["optima"] = opt.assign(**{"loss*": sign * opt["loss*"]})
-        tables["drift"] = drift(opt, base_width)
-        reg = regret(df, transfers, opt, base_width)
-        tables["regret"] = reg.assign(transferred_loss=sign * reg.transferred_loss, best_loss=sign * reg.best_loss)
         tr = transferred(df, transfers)
         tables["transferred"] = tr.assign(loss=sign * tr.loss)
         tables["wider"] = wider_is_better(tr)
-        tables["headline"] = headline(tr, tables["drift"], reg, tables["wider"], transfers, sign)
-        plot_loss_vs_lr(df, out_dir / "loss_vs_lr.png", metric)
-        if df[df.phase == "sweep"].damping.nunique() >= 2:
-            plot_loss_vs_lr(df, out_dir / "loss_vs_damping.png", metric, axis="damping")
-        plot_heatmaps(df, lambda p: out_dir / f"heatmap_{p}.png", metric)
+        tables["headline"] = headline(tr, tables["wider"], transfers, sign)
+        grid = verdict.cells(entries)
+        for axis in verdict.AXES:
+            if any(axis in c.swept for c in grid.values()):
+                plot_loss_vs(grid, out_dir / f"loss_vs_{axis}.png", metric, axis)
+        plot_heatmaps(grid, lambda p: out_dir / f"heatmap_{p}.png", metric)
+        plot_drift(v, out_dir / "drift.png")
         plot_curves(study, df, transfers, out_dir / "curves.png")
-    _write_markdown(out_dir / "report.md", study, tables, skipped, len(df), metric, out_dir)
-    return {"results": df, "skipped": skipped, "tables": tables}
+    _write_markdown(out_dir / "report.md", study, v, tables, skipped, len(df), metric, out_dir)
+    unreadable = sorted({str(study.path / "trials" / e["trial_id"]) for e in entries if e["status"] == UNREADABLE})
+    return {"results": df, "skipped": skipped, "tables": tables, "verdict": v, "unreadable": unreadable}
 
 
-def _write_markdown(path: Path, study: Study, tables: dict, skipped: dict, n: int, metric: str, out_dir: Path) -> None:
-    lines = [f"# Study {study.name}", "", f"{n} trial results read" + (
-        "; skipped: " + ", ".join(f"{v} {k}" for k, v in skipped.items() if v) if any(skipped.values()) else "")
-        + f". Selection metric: {LOWER_IS_BETTER_LABEL[metric]}.", ""]
-    titles = {"headline": "Headline: transferred setting per parameterization",
-              "optima": "Best (lr, damping) per width (grids only)",
-              "drift": "Drift of the optimum (octaves from the base width; damping: log2 of its ratio too)",
-              "regret": "Regret of the transferred setting", "transferred": "Transferred setting per width",
-              "wider": "Wider is better?"}
-    for key, title in titles.items():
+def verdict_lines(v: dict) -> list[str]:
+    """The verdict sentences, one per parameterization, and how the intervals were made."""
+    return [pv["sentence"] for pv in v["params"].values()] + [v["interval"]]
+
+
+def _write_markdown(path: Path, study: Study, v: dict, tables: dict, skipped: dict, n: int, metric: str,
+                    out_dir: Path) -> None:
+    lines = [f"# Study {study.name}", "", "## Verdict", ""]
+    lines += [f"- {line}" for line in verdict_lines(v)[:-1]] + ["", verdict_lines(v)[-1], ""]
+    lines += [f"{n} trial results read" + (
+        "; skipped: " + ", ".join(f"{k} {key}" for key, k in skipped.items() if k) if any(skipped.values()) else "")
+        + f". Selection metric: {METRIC_LABEL[metric]}. Machine-readable verdict: report.json.", ""]
+    for key, title in TITLES.items():
         table = tables.get(key)
         if table is None or table.empty:
             continue
@@ -332,4 +448,3 @@ def _write_markdown(path: Path, study: Study, tables: dict, skipped: dict, n: in
     for png in sorted(out_dir.glob("*.png")):
         lines += [f"![{png.stem}]({png.name})", ""]
     track.write_atomic(path, "\n".join(lines))
-

@@ -1,11 +1,12 @@
-"""Studies: a grid of trials at the base width (sweep), its best setting carried to larger widths (transfer).
+"""Studies: a grid of trials at the base width (sweep), refined near each optimum (refine), its best setting
+carried to larger widths (transfer).
 
 A study is a folder::
 
     study.yaml      what the study is: name, the overrides it was made with, the hash of its base config
-    trials.jsonl    the numbered trial list, append-only: index, id, phase, param, width, lr, damping, seed and
-                    the trial's full resolved config (self-contained: `muso run-trial <study> <i>` and a plain
-                    `sbatch --array` need nothing else)
+    trials.jsonl    the numbered trial list, append-only: index, id, phase (sweep | refine | transfer), param,
+                    width, lr, damping, seed and the trial's full resolved config (self-contained:
+                    `muso run-trial <study> <i>` and a plain `sbatch --array` need nothing else)
     trials/<id>/    one folder per trial: config.yaml, metrics.jsonl, result.json (track.py)
     transfer.json   the settings chosen for transfer, per parameterization, with the trials they came from
 
@@ -20,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import math
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,16 +31,17 @@ from typing import Any, Iterable
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from . import claims, track
+from . import claims, track, verdict
 from .config import to_container
-from .errors import UsageError, is_int, widths as check_widths
+from .errors import UsageError, check_positive, is_int, is_number, raise_all, widths as check_widths
 from .parametrize import PARAMS, identity, is_damped
 
 SPEC, TRIALS, TRANSFER, LOCK = "study.yaml", "trials.jsonl", "transfer.json", ".index.lock"
 # Config sections and keys that do not change a trial's numbers: left out of its id.
-NON_SEMANTIC = ("launcher", "logger", "study", "coord", "device", "hydra")
+NON_SEMANTIC = ("launcher", "logger", "study", "transfer", "coord", "device", "hydra")
 NON_SEMANTIC_TRAIN = ("progress", "threads", "checkpoint_every", "eval_batch_size")
 METRICS = {"train_loss": "min", "test_loss": "min", "test_acc": "max"}
+MAX_GRID_POINTS = 1000  # per axis: a typo such as log2:-10:10:0.001 is refused before it fills memory
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -64,7 +67,13 @@ def parse_grid(key: str, spec: Any) -> list[float]:
         if hi < lo or step <= 0:
             raise UsageError(key, f"the range {spec!r} is empty.", "use lo ≤ hi and a positive step.")
         n = int(math.floor((hi - lo) / step + 1e-9)) + 1
-        values = [float(base) ** round(lo + i * step, 10) for i in range(n)]
+        if n > MAX_GRID_POINTS:
+            raise UsageError(key, f"the range {spec!r} has {n} points.",
+                             f"use a coarser step or a narrower range (at most {MAX_GRID_POINTS} points).")
+        try:
+            values = [float(base) ** round(lo + i * step, 10) for i in range(n)]
+        except OverflowError:
+            values = [math.inf]  # refused below: a grid value must be a finite number
     else:
         values = [spec]
     if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
@@ -128,7 +137,7 @@ class Trial:
 
     index: int
     id: str
-    phase: str           # sweep | transfer
+    phase: str           # sweep | refine | transfer
     param: str
     width: int
     lr: float
@@ -318,9 +327,33 @@ class Study:
 
 def study_name(cfg: DictConfig) -> str:
     """study.name, or <model>-<data>-<optimizer>-<hash of the base config>: rerunning a sweep finds its study."""
-    if cfg.study.name:
+    if cfg.study.name is not None:
         return str(cfg.study.name)
     return f"{cfg.model.name}-{cfg.data.name}-{cfg.optimizer.name}-{_digest(base_config(to_container(cfg)), 6)}"
+
+
+def check_folder(cfg: DictConfig) -> Path:
+    """The study folder for ``cfg``: study.name one path component, study.root a folder that can be written (or
+    created). UsageError otherwise; nothing is created here."""
+    root, name = cfg.study.root, study_name(cfg)
+    if not isinstance(root, str) or not root.strip():
+        raise UsageError("study.root", f"must be a folder, got {root!r}.", "e.g. study.root=studies.")
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("~")
+            or name != name.strip()):
+        raise UsageError("study.name", f"must be one folder name inside study.root, got {name!r}.",
+                         "use letters, digits, '-', '_' or '.', e.g. study.name=mlp-kfac (and study.root for the "
+                         "parent folder).")
+    path = Path(root).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError("study.root", f"{existing} is a file, not a folder.", "point study.root at a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError("study.root", f"{existing} cannot be written.", "choose a folder you can write to, e.g. "
+                         "study.root=$HOME/studies, or fix its permissions.")
+    folder = path / name
+    if folder.exists() and not folder.is_dir():
+        raise UsageError("study.name", f"{folder} is a file, not a study folder.", "choose another study.name.")
+    return folder
 
 
 @dataclass(frozen=True)
@@ -360,8 +393,14 @@ def check(cfg: DictConfig) -> Grid:
     seeds = list(s.seeds) if OmegaConf.is_list(s.seeds) else [s.seeds]
     if not seeds or not all(is_int(x) for x in seeds):
         raise UsageError("study.seeds", f"must be a list of integers, got {s.seeds!r}.", "e.g. study.seeds=[0,1].")
-    widths = check_widths("study.widths", s.widths if s.widths is not None else [cfg.model.base_width])
+    widths = check_widths("study.widths", s.widths if s.widths is not None else [cfg.model.base_width],
+                          minimum=cfg.model.base_width)
     check_metric(s.metric)
+    verdict.check(s)
+    check_refine(s)
+    if not (is_int(s.max_trials) and s.max_trials > 0):
+        raise UsageError("study.max_trials", f"must be a positive integer, got {s.max_trials!r}.",
+                         "e.g. study.max_trials=10000.")
     return Grid(params, lrs, dampings, seeds, widths)
 
 
@@ -383,7 +422,7 @@ def plan_sweep(cfg: DictConfig, param_configs: dict[str, dict]) -> list[Trial]:
 
 def open_or_create(cfg: DictConfig, overrides: list[str]) -> Study:
     """The study folder for ``cfg`` (created when new). A named study made with other settings is refused."""
-    study = Study(Path(cfg.study.root) / study_name(cfg))
+    study = Study(check_folder(cfg))
     check_same_base(study, cfg)
     if not (study.path / SPEC).exists():
         base = base_config(to_container(cfg))
@@ -416,6 +455,9 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 # ------------------------------------------------------------------------------------------------------
 # Selecting the best setting at the base width
 
+UNREADABLE = "unreadable"   # a result.json that cannot be read (counted and skipped by the report)
+
+
 def objective(result: dict | None, metric: str) -> float | None:
     """The selection value of a result, as a loss (lower is better): diverged → +inf; failed/missing → None."""
     if not result or result.get("status") not in track.FINAL_STATUSES:
@@ -423,37 +465,74 @@ def objective(result: dict | None, metric: str) -> float | None:
     if result["status"] == track.DIVERGED:
         return math.inf
     value = (result.get("final") or {}).get(metric)
-    if value is None or not math.isfinite(value):
+    if not is_number(value):  # None (JSON's inf) or a non-finite number; a non-number never gets here: _trusted
         return math.inf
     return -value if METRICS[metric] == "max" else value
 
 
-def select_best(study: Study, metric: str, base_width: int) -> dict[str, dict]:
-    """Per parameterization: the (lr, damping) with the best mean objective over seeds at the base width.
+def _trusted(result: dict, folder: Path) -> bool:
+    """Whether a result can be believed: a known status, numbers (or null) where metrics are, and a whole
+    metrics.jsonl beside a finished one (a torn or hand-edited file is counted unreadable, never half-read)."""
+    if result.get("status") not in track.RESULT_STATUSES:
+        return False
+    if result["status"] == track.FAILED:
+        return True
+    final = result.get("final")
+    if not isinstance(final, dict) or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                                              for v in final.values()):
+        return False
+    return track.read_json_lines(folder / track.METRICS) is not None
 
-    Returns {param: {lr, damping, value, trials: [ids], finished, planned}}: value in the metric's own units
-    (+inf for a diverged setting), finished / planned counts of that parameterization's base-width trials.
-    """
-    groups: dict[tuple, list[tuple[Trial, float | None]]] = {}
+
+def points(study: Study, metric: str) -> list[dict]:
+    """One row per trial entry, what the verdict (muso_cli.verdict) reads: index, trial_id, phase, param, width,
+    lr, damping (NaN without damping), seed, status (ok | diverged | failed | running | pending | unreadable),
+    objective (:func:`objective`; NaN when unfinished), the result itself (None when there is none) and the
+    trial's config."""
+    rows = []
     for t in study.trials():
-        if t.width == base_width and t.phase == "sweep":
-            groups.setdefault((t.param, t.lr, t.damping), []).append((t, objective(study.result(t), metric)))
+        folder = study.trial_dir(t)
+        result = track.read_json(folder / track.RESULT)
+        if result is not None and _trusted(result, folder):
+            status = result["status"]
+        elif (folder / track.RESULT).exists():
+            status, result = UNREADABLE, None
+        else:
+            status = track.RUNNING if claims.is_running(folder) else track.PENDING
+        value = objective(result, metric)
+        rows.append({"index": t.index, "trial_id": t.id, "phase": t.phase, "param": t.param, "width": t.width,
+                     "lr": t.lr, "damping": math.nan if t.damping is None else t.damping, "seed": t.seed,
+                     "status": status, "objective": math.nan if value is None else value, "result": result,
+                     "config": t.config})
+    return rows
+
+
+def select_best(study: Study, metric: str, base_width: int) -> dict[str, dict]:
+    """Per parameterization with trials at the base width: the optimum of its base-width cell (muso_cli.verdict:
+    the setting with the lowest mean objective over seeds; a setting with a diverged seed is never chosen).
+
+    Returns {param: choice}. A choice with an optimum: {lr, damping, value (in the metric's own units), metric,
+    trials (ids at the optimum), finished, planned (counts of the parameterization's base-width trials), edge
+    ({axis: low | high} where the optimum is at the grid edge), stability_bound ([axes])}. Without one (no setting
+    finished finite): {lr: None, problem: UsageError naming the key and the fix, finished, planned}.
+    """
+    rows = [r for r in points(study, metric) if r["width"] == base_width]
     best: dict[str, dict] = {}
-    scores: dict[str, float] = {}
-    counts: dict[str, list[int]] = {}
-    for (param, lr, damping), members in groups.items():
-        values = [v for _, v in members if v is not None]
-        finished, planned = counts.setdefault(param, [0, 0])
-        counts[param] = [finished + len(values), planned + len(members)]
-        if not values:
+    for (param, _), cell in verdict.cells(rows).items():
+        mine = [r for r in rows if r["param"] == param]
+        counts = {"finished": sum(r["status"] in track.FINAL_STATUSES for r in mine), "planned": len(mine)}
+        if cell.best is None:
+            best[param] = {"lr": None, "problem": cell.problem(), **counts}
             continue
-        mean = sum(values) / len(values)
-        if param not in scores or mean < scores[param]:
-            scores[param] = mean
-            best[param] = {"lr": lr, "damping": damping, "value": -mean if METRICS[metric] == "max" else mean,
-                           "metric": metric, "trials": [t.id for t, _ in members]}
-    for param, choice in best.items():
-        choice["finished"], choice["planned"] = counts[param]
+        opt = cell.summary()["optimum"]
+        at = [r for r in mine if math.isclose(r["lr"], opt["lr"], rel_tol=1e-9)
+              and (opt["damping"] is None or math.isclose(r["damping"], opt["damping"], rel_tol=1e-9))]
+        axes = opt["axes"]
+        best[param] = {"lr": opt["lr"], "damping": opt["damping"],
+                       "value": -opt["objective"] if METRICS[metric] == "max" else opt["objective"],
+                       "metric": metric, "trials": [r["trial_id"] for r in at],
+                       "edge": {a: info["edge"] for a, info in axes.items() if info["edge"]},
+                       "stability_bound": [a for a, info in axes.items() if info["stability_bound"]], **counts}
     return best
 
 
@@ -474,3 +553,79 @@ def plan_transfer(study: Study, best: dict[str, dict], widths: list[int], seeds:
                 config = with_values(source, width=width, seed=seed)
                 trials.append(make_trial(with_runtime(config, runtime) if runtime else config, "transfer"))
     return trials
+
+
+# ------------------------------------------------------------------------------------------------------
+# Refining a sweep near each optimum
+
+def check_refine(study_cfg: Any) -> tuple[float, int]:
+    """(study.refine_to in octaves, study.refine_budget in trials), or UsageError naming the key."""
+    to, budget = study_cfg.get("refine_to", 0.25), study_cfg.get("refine_budget", 200)
+    raise_all([check_positive("study.refine_to", to), check_positive("study.refine_budget", budget, integer=True)])
+    return float(to), int(budget)
+
+
+def refine_values(axis: dict, refine_to: float) -> list[float]:
+    """New values of one axis around a cell's optimum (``axis``: :meth:`muso_cli.verdict.Cell.axis`): half the
+    step to each neighbour wider than ``refine_to`` octaves, and one step beyond a grid edge (the step of the other
+    side). Geometric midpoints and reflections, to 12 significant digits (the same values on every replanning)."""
+    v, below, above = axis["value"], axis["step_below"], axis["step_above"]
+    coarse = refine_to * (1 + 1e-6)  # grid values carry 12 digits: a step of 0.25 may read 0.2500000001
+    new = []
+    if axis["edge"] == "low":
+        new.append(v / 2 ** above)
+    elif below > coarse:
+        new.append(v / 2 ** (below / 2))
+    if axis["edge"] == "high":
+        new.append(v * 2 ** below)
+    elif above > coarse:
+        new.append(v * 2 ** (above / 2))
+    return [float(f"{x:.12g}") for x in new]
+
+
+def plan_refine(study: Study, metric: str, params: Iterable[str], refine_to: float, seeds: list[int],
+                runtime: dict | None = None) -> tuple[list[Trial], list[str]]:
+    """One refinement round: the trials to plan, and notes on the cells left as they are.
+
+    For every cell (parameterization × width with a grid) of ``params`` that has an optimum: along each swept
+    axis, the new values of :func:`refine_values`; with lr and damping both swept, every combination of the
+    optimum's lr and the new lrs with its damping and the new dampings (so that a new optimum has neighbours on
+    both axes). Each setting of the cell, old and new, is planned for every seed in ``seeds``: finished trials
+    keep their ids and are not rerun, and a new seed list fills in the whole cell. A cell without an optimum is
+    not refined (there is nothing to refine around); its note says why and what to change. At the base width
+    every parameterization is the same run: a point planned there for one is planned for every parameterization
+    whose trial it is (the same id, no extra run), so their base cells stay the same grid.
+    """
+    rows = points(study, metric)
+    by_key = {(t.id, t.param): t for t in study.trials()}
+    grid = verdict.cells(rows)
+    wanted, notes = set(params), []
+    planned: dict[tuple[str, int], set] = {}  # refined cell → its settings (lr, damping), old and new
+    for (param, width), cell in grid.items():
+        if param not in wanted or cell.n_settings < 2:
+            continue
+        if cell.best is None:
+            e = cell.problem()
+            notes.append(f"{param} width {width}: {e.problem}: not refined. Fix: {e.fix}.")
+            continue
+        opt = cell.summary()["optimum"]
+        lrs = [opt["lr"], *(refine_values(opt["axes"]["lr"], refine_to) if "lr" in opt["axes"] else [])]
+        dampings = [opt["damping"], *(refine_values(opt["axes"]["damping"], refine_to)
+                                      if "damping" in opt["axes"] else [])]
+        planned[param, width] = {(r["lr"], None if math.isnan(r["damping"]) else r["damping"]) for r in rows
+                                 if r["param"] == param and r["width"] == width}
+        planned[param, width] |= {(lr, d) for lr in lrs for d in dampings if cell.find(lr, d) is None}
+
+    def plan(param: str, width: int, settings: set) -> list[Trial]:
+        source = by_key[next(r["trial_id"] for r in rows if r["param"] == param and r["width"] == width), param]
+        configs = [with_values(source.config, lr=lr, damping=damping, seed=seed)
+                   for lr, damping in sorted(settings, key=lambda s: (s[0], s[1] or 0.0)) for seed in seeds]
+        return [make_trial(with_runtime(c, runtime) if runtime else c, "refine") for c in configs]
+
+    trials = {(t.id, t.param): t for (param, width), settings in planned.items() for t in plan(param, width, settings)}
+    ids = {i for i, _ in trials}
+    for param, width in grid:  # the same runs, listed for the other parameterizations they serve
+        for (other, w), settings in planned.items():
+            if w == width and other != param:
+                trials.update({(t.id, t.param): t for t in plan(param, width, settings) if t.id in ids})
+    return list(trials.values()), notes

@@ -57,6 +57,8 @@ def finite_or_none(x: Any) -> Any:
         return None
     if isinstance(x, dict):
         return {k: finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_or_none(v) for v in x]
     return x
 
 
@@ -118,7 +120,7 @@ class Recorder:
     """
 
     def __init__(self, out_dir: Path, config: dict, *, wandb_cfg: dict | None = None, run_id: str | None = None,
-                 group: str | None = None, job_type: str | None = None, tags: list[str] | None = None,
+                 name: str | None = None, group: str | None = None, job_type: str | None = None, tags: list[str] | None = None,
                  metrics: list[dict] | None = None):
         import yaml
 
@@ -128,7 +130,7 @@ class Recorder:
         self.wandb = None
         wandb_cfg = wandb_cfg or {}
         if wandb_cfg.get("mode", "disabled") != "disabled":
-            self.wandb = _wandb_init(self.out_dir, config, wandb_cfg, run_id, group, job_type, tags)
+            self.wandb = _wandb_init(self.out_dir, config, wandb_cfg, run_id, name, group, job_type, tags)
 
     def log(self, row: dict) -> None:
         """Append one evaluation row (must hold ``step``) to metrics.jsonl and W&B."""
@@ -143,6 +145,9 @@ class Recorder:
         result = write_result(self.out_dir, result)
         if self.wandb is not None:
             self.wandb.summary.update(flatten(finite_or_none(result)))
+            # the summary's headline metrics are the result's, not the last history row's (a diverged run's
+            # last row is the batch that blew up): train_loss is null for a diverged run, as final/train_loss
+            self.wandb.summary.update({k: v for k, v in finite_or_none(result.get("final") or {}).items()})
             self.wandb.finish(exit_code=0 if result.get("status") in FINAL_STATUSES else 1)
             self.wandb = None
         return result
@@ -165,7 +170,7 @@ def flatten(d: dict, sep: str = "/", prefix: str = "") -> dict:
     return out
 
 
-def _wandb_init(out_dir: Path, config: dict, wcfg: dict, run_id, group, job_type, tags):
+def _wandb_init(out_dir: Path, config: dict, wcfg: dict, run_id, name, group, job_type, tags):
     import wandb
 
     wandb_dir = Path(wcfg.get("dir") or out_dir)
@@ -173,4 +178,4 @@ def _wandb_init(out_dir: Path, config: dict, wcfg: dict, run_id, group, job_type
     return wandb.init(project=wcfg.get("project") or "muso", entity=wcfg.get("entity"), group=group,
                       job_type=job_type, tags=list(wcfg.get("tags") or []) + list(tags or []), config=config,
                       id=run_id, resume="allow" if run_id else None, dir=str(wandb_dir), mode=wcfg["mode"],
-                      name=run_id, reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+                      name=name or run_id, reinit="create_new", settings=wandb.Settings(silent=True, console="off"))

@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from . import __version__, optim, track
 from . import data as data_mod
 from .config import to_container
+from .logs import LOG
 from .losses import LOSSES
 from .setup import build_model_and_plan, resolve_device
 from .stop import STOP, Interrupted
@@ -91,7 +93,7 @@ def total_steps(cfg: DictConfig, n_train: int) -> int:
     return max(1, int(cfg.train.epochs * (n_train // cfg.train.batch_size)))
 
 
-def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | None = None,
+def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | None = None, name: str | None = None,
         group: str | None = None, job_type: str | None = None, tags: list[str] | None = None) -> dict:
     """Train the run ``cfg`` into ``out_dir``; return the result dict (also written to result.json).
 
@@ -107,7 +109,7 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
         torch.set_num_threads(int(threads))
     checkpoint = _load_checkpoint(out_dir)
     recorder = track.Recorder(out_dir, to_container(cfg), wandb_cfg=OmegaConf.to_container(cfg.logger),
-                              run_id=run_id, group=group, job_type=job_type, tags=tags,
+                              run_id=run_id, name=name, group=group, job_type=job_type, tags=tags,
                               metrics=checkpoint["metrics"] if checkpoint else None)
     base_result = {"muso_version": __version__, "torch_version": torch.__version__, "device": str(device),
                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "host": platform.node(),
@@ -212,40 +214,47 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
         track.write_atomic(out_dir / track.CHECKPOINT, buffer.getvalue())
 
     status, reason = track.OK, None
+    console = _Console(quiet, steps, step)
     if initial_loss is None:  # not when resuming, even from a checkpoint taken at step 0 (its row is recorded)
         row = eval_row()
         recorder.log(row)
         initial_loss = row["train_loss"]
-        _progress(quiet, row, steps)
+        console.evaluation(row)
     model.train()
-    while step < steps:
-        if STOP.signum is not None:
-            save_checkpoint()
-            raise Interrupted(f"stopped at step {step} by signal {STOP.signum}")
-        idx = sampler.next().to(device)
-        x, y = data.x_train[idx], data.y_train[idx]
-        if augment is not None:
-            x = augment(x, augment_rng)
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        state.scheduler.step()
-        step += 1
-        batch_loss = loss.item()
-        if not math.isfinite(batch_loss) or batch_loss > tcfg.diverge_factor * initial_loss:
-            status, reason = track.DIVERGED, f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
-            recorder.log({"step": step, "train_loss": batch_loss, "seconds": round(time.time() - t0, 3)})
-            break
-        if step % tcfg.eval_every == 0 or step == steps:
-            row = eval_row()
-            recorder.log(row)
-            _progress(quiet, row, steps)
-            if not math.isfinite(row["train_loss"]) or row["train_loss"] > tcfg.diverge_factor * initial_loss:
-                status, reason = track.DIVERGED, f"train loss {row['train_loss']:.4g} at step {step}"
+    try:
+        while step < steps:
+            if STOP.signum is not None:
+                save_checkpoint()
+                raise Interrupted(f"stopped at step {step} by signal {STOP.signum}")
+            idx = sampler.next().to(device)
+            x, y = data.x_train[idx], data.y_train[idx]
+            if augment is not None:
+                x = augment(x, augment_rng)
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.scheduler.step()
+            step += 1
+            console.step()
+            batch_loss = loss.item()
+            if not math.isfinite(batch_loss) or batch_loss > tcfg.diverge_factor * initial_loss:
+                status = track.DIVERGED
+                reason = f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
+                # the loss of the batch that blew up, not a train_loss measured on the evaluation subset
+                recorder.log({"step": step, "batch_loss": batch_loss, "seconds": round(time.time() - t0, 3)})
                 break
-        if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < steps:
-            save_checkpoint()
+            if step % tcfg.eval_every == 0 or step == steps:
+                row = eval_row()
+                recorder.log(row)
+                console.evaluation(row)
+                if not math.isfinite(row["train_loss"]) or row["train_loss"] > tcfg.diverge_factor * initial_loss:
+                    status, reason = track.DIVERGED, f"train loss {row['train_loss']:.4g} at step {step}"
+                    break
+            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < steps:
+                save_checkpoint()
+    finally:
+        console.close()
     return _summarise(status, reason, recorder.metrics, step, steps, data.source), state.seconds
 
 
@@ -265,11 +274,30 @@ def _summarise(status: str, reason: str | None, metrics: list[dict], step: int, 
     return out
 
 
-def _progress(quiet: bool, row: dict, steps: int) -> None:
-    if quiet:
-        return
-    print(f"step {row['step']:>6}/{steps}  train_loss {row['train_loss']:.4f}  test_loss {row['test_loss']:.4f}  "
-          f"test_acc {row['test_acc']:.4f}  ({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
+class _Console:
+    """A run's progress when not under a launcher: a step counter with ETA (tqdm) and a log line per evaluation
+    (through the muso logger, so Hydra's run.log has them too). Quiet: nothing."""
+
+    def __init__(self, quiet: bool, steps: int, start: int):
+        self.quiet, self.steps = quiet, steps
+        self.bar = None if quiet else tqdm(total=steps, initial=start, unit="step", file=sys.stderr, leave=False,
+                                           dynamic_ncols=True, mininterval=1.0, disable=None)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def evaluation(self, row: dict) -> None:
+        if self.quiet:
+            return
+        line = (f"step {row['step']:>6}/{self.steps}  train_loss {row['train_loss']:.4f}  test_loss "
+                f"{row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  ({row['seconds']:.1f}s)")
+        with tqdm.external_write_mode(file=sys.stderr):  # the bar steps aside for the line
+            LOG.info(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _load_checkpoint(out_dir: Path) -> dict | None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import warnings
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import data, models, optim, setup, track
+from .config import CONF_DIR
 from .errors import UsageError, check_bool, check_one_of, check_positive, raise_all
 from .parametrize import DAMPING_RULES, PARAMS, WEIGHT_DECAY, is_damped
 
@@ -24,6 +25,10 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
     """
     raise_all([*setup.check(cfg), *models.check(cfg.model), *data.check(cfg.data, files=False),
                *track.check(cfg.logger), *_check_param(cfg)])
+    n_train = cfg.data.get("n_train")
+    if n_train is not None and n_train < cfg.train.batch_size:
+        raise UsageError("data.n_train", f"{n_train} training examples cannot fill a batch of train.batch_size="
+                         f"{cfg.train.batch_size}.", "use more examples or a smaller train.batch_size.")
     # the model must fit the data (a CNN needs images) and the optimizer its hyperparameters: build both on meta
     model, plan = setup.build_model_and_plan(cfg, *data.spec(cfg.data), device="meta")
     raise_all(optim.check(cfg.optimizer, model, plan, cfg.train.loss))
@@ -31,6 +36,32 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
         raise_all(data.check(cfg.data))
     _warn_known_pitfalls(cfg)
     return cfg
+
+
+def check_added_keys(cfg: DictConfig, overrides) -> None:
+    """Refuse ``+key=value`` overrides that add a key muso does not read: it would be ignored, yet change the
+    trial ids of a study. Keys added under a node with ``_target_`` (your own model or data, built by Hydra's
+    instantiate) are arguments of that constructor and welcome; ``+group=option`` adds a config group."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException:
+        return
+    for o in parsed:
+        key = o.key_or_group
+        if not o.is_add() or key.startswith("hydra"):
+            continue
+        parent = key.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent) if parent else None
+        if parent and isinstance(node, DictConfig) and "_target_" in node:
+            continue
+        if not parent and "." not in key and (CONF_DIR / key).is_dir():
+            continue
+        raise UsageError(key, f"is not a key muso reads ({o.input_line} adds it); it would be ignored, yet change "
+                         "the trial ids of a study.", "check the spelling against `muso run --cfg job`; extra "
+                         "arguments belong under a node with _target_ (your own model or data).")
 
 
 def _check_param(cfg: DictConfig) -> list[UsageError | None]:

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Run trial $SLURM_ARRAY_TASK_ID of a muso study; for users who write their own sbatch line:
 #
-#   sbatch --array=$(muso status studies/NAME --pending) scripts/slurm_array.sh studies/NAME
-#   sbatch --array=0-47%8 --partition=gpu --gres=gpu:1 --time=60 scripts/slurm_array.sh studies/NAME
+#   sbatch --array=$(muso status studies/NAME --pending) --output=studies/NAME/slurm/%A_%a.out \
+#          scripts/slurm_array.sh studies/NAME
+#   sbatch --array=0-47%8 --partition=gpu --gres=gpu:1 --time=60 --output=studies/NAME/slurm/%A_%a.out ...
+#
+# (`muso sweep --no-launch` prints this line with your study's paths and creates its slurm/ folder; without
+# --output the logs land as slurm-<job>_<task>.out in the folder you submit from.)
 #
 # Array task i runs trial i (a finished trial is skipped at once). Slurm sends USR1 90 s before the time limit
 # (B: to this script, which `exec` made the muso process): the trial saves a checkpoint at the next step, the

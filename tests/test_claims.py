@@ -165,7 +165,7 @@ def test_a_corrupt_index_is_refused_by_every_command_and_never_rewritten(tmp_pat
     sweep = ["sweep", *FAST, f"study.root={tmp_path / 'studies'}", "study.name=s", "study.params=[sp]",
              "study.lr=[0.1,0.2]"]
     for argv in (sweep, ["status", str(study.path)], ["report", str(study.path)],
-                 ["transfer", str(study.path), "study.widths=[32]"], ["run-trial", str(study.path), "0"]):
+                 ["transfer", str(study.path), "transfer.widths=[32]"], ["run-trial", str(study.path), "0"]):
         assert main(argv) == 2, argv
         assert "trials.jsonl cannot be read" in capsys.readouterr().err
     assert index.read_bytes() == before and not list(study.path.glob("trials/*/result.json"))
@@ -231,3 +231,21 @@ def test_eight_run_trial_processes_train_every_trial_exactly_once(tmp_path):
     for p in procs:
         p.communicate(timeout=600)
     assert {p: p.read_bytes() for p in study.path.glob("trials/*/result.json") if p in snapshot} == snapshot
+
+
+def test_a_non_numeric_metric_or_a_torn_metrics_file_is_counted_unreadable(tmp_path, capsys):
+    """Report and transfer skip what cannot be trusted and name it; they never crash on it."""
+    assert main(["sweep", *FAST, f"study.root={tmp_path / 'studies'}", "study.name=s", "study.params=[sp]",
+                 "study.lr=[0.05,0.1,0.2]"]) == 0
+    study = Study(tmp_path / "studies" / "s")
+    a, b, _ = study.trials()
+    result = json.loads((study.trial_dir(a) / track.RESULT).read_text())
+    result["final"]["train_loss"] = "abc"
+    (study.trial_dir(a) / track.RESULT).write_text(json.dumps(result))
+    metrics = study.trial_dir(b) / track.METRICS
+    metrics.write_text(metrics.read_text()[:-20])  # torn last line
+    capsys.readouterr()
+    assert main(["report", str(study.path)]) == 0
+    captured = capsys.readouterr()
+    assert "2 unreadable" in captured.out and a.id in captured.err and b.id in captured.err
+    assert main(["transfer", str(study.path), "transfer.widths=[32]", "--allow-edge", "--dry-run"]) == 0

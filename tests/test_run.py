@@ -87,7 +87,7 @@ def test_multirun_two_jobs(tmp_path):
     (["data.root=/nonexistent", "data.download=false"], "data.root", "apt-get install dataset-fashion-mnist"),
     (["-m", "optimizer.lr=0.1,-2"], "optimizer.lr", "got -2"),  # every job of a multirun is checked first
     (["optimizer.lr=1,2"], "optimizer.lr", "use -m"),
-    (["optimizer.lr=("], "override", "syntax"),
+    (["optimizer.lr=("], "optimizer.lr", "syntax"),  # the key as written, not a generic "override"
 ])
 def test_bad_input_exits_2_naming_the_key(tmp_path, capsys, overrides, key, needle):
     assert main(["run", *overrides, f"hydra.run.dir={tmp_path / 'x'}"]) == 2

@@ -105,3 +105,12 @@ def test_the_plain_sbatch_script_runs_trial_i_in_task_i_and_requeues_on_usr1(slu
     steps = steps_of(study, first)
     assert steps == sorted(set(steps)) and steps[-1] == 3000
     assert "requeueing Slurm job" in (tmp_path / f"slurm-{job}_0.out").read_text()
+
+
+def test_gpus_on_a_cluster_without_gpus_is_refused_before_anything_is_written(slurm_cluster: SlurmCluster,
+                                                                              tmp_path, capsys):
+    root = tmp_path / "studies"
+    assert main(["sweep", *FAST, *SLURM, "launcher.gpus_per_task=1", f"study.root={root}"]) == 2
+    err = capsys.readouterr().err
+    assert "error: launcher.gpus_per_task" in err and "have none" in err and "Traceback" not in err
+    assert not root.exists()

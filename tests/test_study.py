@@ -18,10 +18,8 @@ from muso_cli.cli import main
 from muso_cli.config import compose, to_container
 from muso_cli.errors import UsageError
 from muso_cli.study import Study, parse_grid, trial_id, with_values
+from handmade import FAST
 from wandb_records import offline_run
-
-FAST = ["data=synthetic", "data.n_train=512", "data.n_test=256", "model.base_width=16", "train.steps=30",
-        "train.eval_every=10", "train.progress=false"]
 
 
 def sweep(tmp_path, *extra, code=0):
@@ -97,7 +95,7 @@ def test_sweep_runs_the_grid_once_and_resumes_without_rewriting(tmp_path, capsys
 def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path, capsys):
     assert main(["sweep", *FAST, f"study.root={tmp_path / 'studies'}", "study.lr=log2:-3:0", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "8 trials" in out and "4 lr" in out and "8 to run" in out
+    assert "8 trials" in out and "4 lr" in out and "4 to run" in out  # sp and somup share their 4 runs
     assert not (tmp_path / "studies").exists()
 
 
@@ -105,7 +103,7 @@ def test_diverged_trials_are_results_and_never_selected(tmp_path):
     study = sweep(tmp_path, "study.lr=[0.5,1000]", "study.params=[sp]")
     statuses = {t.lr: study.status(t) for t in study.trials()}
     assert statuses == {0.5: "ok", 1000.0: "diverged"}
-    assert main(["transfer", str(study.path), "study.widths=[32]"]) == 0
+    assert main(["transfer", str(study.path), "transfer.widths=[32]", "--allow-edge"]) == 0
     assert study.transfers()["sp"]["lr"] == 0.5
 
 
@@ -139,7 +137,7 @@ def test_a_named_study_refuses_other_settings(tmp_path, capsys):
 def test_transfer_picks_the_best_base_setting_and_records_its_source(tmp_path, capsys):
     study = sweep(tmp_path, "study.lr=log2:-3:0", "study.seeds=[0,1]")
     capsys.readouterr()
-    assert main(["transfer", str(study.path), "study.widths=[32,64]"]) == 0
+    assert main(["transfer", str(study.path), "transfer.widths=[32,64]", "--allow-edge"]) == 0
     # the choice, recomputed here from the result files: lowest mean final train loss over seeds
     rows = [(t.param, t.lr, study.result(t)["final"]["train_loss"]) for t in study.trials() if t.phase == "sweep"]
     means = pd.DataFrame(rows, columns=["param", "lr", "loss"]).groupby(["param", "lr"]).loss.mean()
@@ -156,9 +154,10 @@ def test_transfer_picks_the_best_base_setting_and_records_its_source(tmp_path, c
 
 
 @pytest.mark.parametrize("args, key", [
-    (["study.widths=[8,32]"], "study.widths"),   # below the base width
-    ([], "study.widths"),                        # no target widths
-    (["train.steps=99", "study.widths=[32]"], "train.steps"),  # transfer keeps the sweep's settings
+    (["transfer.widths=[8,32]"], "transfer.widths"),   # below the base width
+    ([], "transfer.widths"),                           # no target widths (the sweep's are not reused)
+    (["study.widths=[32]"], "study.widths"),           # the sweep's key: refused, naming transfer.widths
+    (["train.steps=99", "transfer.widths=[32]"], "train.steps"),  # transfer keeps the sweep's settings
 ])
 def test_bad_transfer_input_exits_2(tmp_path, capsys, args, key):
     study = sweep(tmp_path, "study.lr=[0.5]", "study.params=[sp]")
@@ -168,7 +167,7 @@ def test_bad_transfer_input_exits_2(tmp_path, capsys, args, key):
 
 
 def test_unreadable_study_folder_exits_2(tmp_path, capsys):
-    assert main(["transfer", str(tmp_path), "study.widths=[32]"]) == 2
+    assert main(["transfer", str(tmp_path), "transfer.widths=[32]"]) == 2
     assert "not a study folder" in capsys.readouterr().err
     (tmp_path / "study.yaml").write_text("name: x\n")
     (tmp_path / "trials.jsonl").write_text("{not json\n")
@@ -181,7 +180,7 @@ def test_unreadable_study_folder_exits_2(tmp_path, capsys):
 
 def test_report_tables_plots_and_skipped_folders(tmp_path, capsys):
     study = sweep(tmp_path, "study.lr=log2:-3:0", "study.widths=[16,32]")
-    assert main(["transfer", str(study.path), "study.widths=[32,64]"]) == 0
+    assert main(["transfer", str(study.path), "transfer.widths=[32,64]", "--allow-edge"]) == 0
     entries = study.trials()
     # a half-written trial (config only) and an unreadable result are skipped and counted, never fatal
     half, garbled = entries[0], entries[-1]
@@ -221,19 +220,21 @@ def test_report_tables_plots_and_skipped_folders(tmp_path, capsys):
 
 def test_report_of_a_damping_only_grid_gives_the_damping_drift(tmp_path, capsys):
     """The paper's damping-transfer study fixes lr and sweeps damping: the optimum and its drift come from the
-    damping grid (log2 of damping*/damping*_base), not from the (single) lr."""
+    damping grid (log2 of damping*/damping*_base), and the (single) lr gets no verdict."""
     study = sweep(tmp_path, "optimizer=kfac", "study.lr=[0.5]", "study.damping=[0.01,0.1,1]", "study.params=[somup]",
                   "study.widths=[16,32]")
     res = __import__("muso_cli.report", fromlist=["x"])
     tables = res.build(study, tmp_path / "r", "train_loss", 16)["tables"]
     df = pd.read_parquet(tmp_path / "r" / "results.parquet")
     best = {w: g.groupby("damping").final_train_loss.mean().idxmin() for w, g in df.groupby("width")}
+    assert set(tables["drift"].axis) == {"damping"}
     drift = tables["drift"].set_index("width")
-    assert list(drift.index) == [16, 32] and (drift["drift_octaves"] == 0).all()
-    assert drift.loc[32, "damping*"] == pytest.approx(best[32])
-    assert drift.loc[32, "damping_drift_octaves"] == pytest.approx(math.log2(best[32] / best[16]))
-    assert tables["optima"].grid.tolist() == [3, 3]
+    assert list(drift.index) == [16, 32]
+    assert drift.loc[32, "optimum"] == pytest.approx(best[32])
+    assert drift.loc[32, "drift_octaves"] == pytest.approx(math.log2(best[32] / best[16]))
+    assert tables["optima"].settings.tolist() == [3, 3]
     assert (tmp_path / "r" / "loss_vs_damping.png").stat().st_size > 10_000
+    assert not (tmp_path / "r" / "loss_vs_lr.png").exists()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -262,9 +263,10 @@ def test_status_and_run_trial(tmp_path, capsys):
 def test_wandb_offline_mirror_matches_the_files(tmp_path):
     study = sweep(tmp_path, "study.lr=[0.5]", "study.params=[sp]", "logger.mode=offline", "logger.project=p")
     trial = study.trials()[0]
-    run = offline_run(study.trial_dir(trial))
+    run = offline_run(study.path, trial.id)  # one W&B folder per study: <study>/wandb
     assert len(run["files"]) == 1
     assert run["run"].run_id == trial.id and run["run"].project == "p"
+    assert run["run"].display_name == "sp-w16-lr0.5-s0"
     assert run["run"].run_group == "s" and run["run"].job_type == "sweep"
     assert set(run["run"].tags) == {"param:sp", "optimizer:sgd", "width:16"}
     metrics = track.read_json_lines(study.trial_dir(trial) / "metrics.jsonl")
@@ -273,6 +275,20 @@ def test_wandb_offline_mirror_matches_the_files(tmp_path):
     result = study.result(trial)
     assert run["summary"]["status"] == "ok"
     assert run["summary"]["final/train_loss"] == result["final"]["train_loss"]
+
+
+def test_wandb_names_tags_and_diverged_summaries_read_like_the_study(tmp_path):
+    """A base-width run shared by sp and somup is tagged with both; a diverged run's summary says what its
+    result says (no blown-up batch loss as its train_loss)."""
+    study = sweep(tmp_path, "study.lr=[0.5,300]", "optimizer=kfac", "optimizer.damping=0.1", "logger.mode=offline")
+    by_lr = {t.lr: t for t in study.trials() if t.param == "sp"}
+    shared = offline_run(study.path, by_lr[0.5].id)
+    assert shared["run"].display_name == "sp+somup-w16-lr0.5-d0.1-s0"
+    assert {"param:sp", "param:somup"} <= set(shared["run"].tags)
+    diverged = offline_run(study.path, by_lr[300.0].id)
+    assert study.result(by_lr[300.0])["status"] == "diverged"
+    assert diverged["summary"]["status"] == "diverged"
+    assert diverged["summary"]["train_loss"] is None and diverged["summary"]["final/train_loss"] is None
 
 
 # ------------------------------------------------------------------------------------------------------

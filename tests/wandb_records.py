@@ -35,9 +35,10 @@ def read_records(path: Path) -> list:
     return records
 
 
-def offline_run(trial_dir: Path) -> dict:
-    """{run: the run record, history: [{key: value}], summary: {key: value}} of a trial's offline W&B run(s)."""
-    logs = sorted(Path(trial_dir).glob("wandb/offline-run-*/run-*.wandb"))
+def offline_run(wandb_dir: Path, run_id: str) -> dict:
+    """{run: the run record, history: [{key: value}], summary: {key: value}} of the offline W&B run ``run_id``
+    under ``wandb_dir`` (a study keeps all its runs in <study>/wandb)."""
+    logs = sorted(Path(wandb_dir).glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
     out = {"run": None, "history": [], "summary": {}, "files": logs}
     for log in logs:
         for r in read_records(log):
