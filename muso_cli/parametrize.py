@@ -400,11 +400,9 @@ class Plan:
         """The base lr of parameter ``name``: ``rest_lr`` (when given) for the rest of an optimizer in REST."""
         return rest_lr if rest_lr is not None and self.algorithm(name) != self.optimizer else lr
 
-    def rows(self, lr: float | None = None, rest_lr: float | None = None) -> list[dict]:
+    def rows(self) -> list[dict]:
         """One row per parameter, for `muso params`: name, shape, role, m, init std, lr, weight-decay and
-        damping multipliers. Optimizers in REST (Muon) add ``algorithm`` (which optimizer updates it). With the
-        base ``lr`` (and ``rest_lr``, the rest's, as for param_groups) a column ``lr``: the learning rate in
-        effect for that parameter at this width."""
+        damping multipliers. Optimizers in REST (Muon) add ``algorithm`` (which optimizer updates it)."""
         out = []
         for name, s in self.specs.items():
             row = {"name": name, "shape": list(s.shape), "role": s.role, "width_mult": s.width_mult,
@@ -412,8 +410,6 @@ class Plan:
                    "wd_mult": self.weight_decay_mult[name]}
             if self.optimizer in REST:
                 row["algorithm"] = self.algorithm(name)
-            if lr is not None:
-                row["lr"] = self._base_lr(name, lr, rest_lr) * self.lr_mult[name]
             if self.damping_rule is not None:
                 damping = self.damping_mult.get(s.layer or "", {}) if not s.is_bias else {}
                 row["damping_rule"] = self.damping_rule

@@ -99,6 +99,14 @@ def build(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> torch.optim.
     return REGISTRY[cfg.name].build(cfg, model, plan, loss)
 
 
+def step_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """{parameter name: the learning rate the optimizer steps it with}, for `muso params`: its group's ``lr``, or
+    what the optimizer's own ``step_lr(group, param)`` makes of it (Muon: torch's adjust_lr_fn shape factor)."""
+    step_lr = getattr(optimizer, "step_lr", lambda group, p: group["lr"])
+    return {name: step_lr(group, p) for group in optimizer.param_groups
+            for name, p in zip(group["param_names"], group["params"])}
+
+
 def power(cfg) -> float | None:
     """Total inverse power of the preconditioner set by ``cfg``'s hyperparameters (None: the table's)."""
     return REGISTRY[cfg.name].power(cfg)
@@ -128,4 +136,4 @@ def check(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> list[UsageEr
     return []
 
 
-__all__ = ["KFAC", "REGISTRY", "Entry", "Muon", "SOAP", "Shampoo", "build", "check", "power"]
+__all__ = ["KFAC", "REGISTRY", "Entry", "Muon", "SOAP", "Shampoo", "build", "check", "power", "step_lrs"]

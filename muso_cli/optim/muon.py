@@ -154,6 +154,13 @@ class Muon(torch.optim.Optimizer):
                 (self._muon if group["algorithm"] == "muon" else self._adamw)(group, params)
         return loss
 
+    def step_lr(self, group: dict, p: Tensor) -> float:
+        """The learning rate ``p`` is stepped with: its group's ``lr``, times torch's ``adjust_lr_fn`` shape
+        factor for a Muon matrix [d_out, fan_in] (1 with ``none``, the default: the table alone scales it)."""
+        if group["algorithm"] != "muon":
+            return group["lr"]
+        return group["lr"] * shape_factor(group["adjust_lr_fn"], p.shape[0], p[0].numel())
+
     def _muon(self, group: dict, params: list[Tensor]) -> None:
         """torch.optim.Muon's update of each weight as the matrix [d_out, fan_in] (a view: same storage)."""
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -168,7 +175,7 @@ class Muon(torch.optim.Optimizer):
             dtype = NS_DTYPES[group["ns_dtype"]] or (torch.bfloat16 if p.is_cuda else torch.float32)
             update = orthogonalize(u, group["ns_steps"], dtype)
             w.mul_(1 - lr * wd)
-            w.add_(update, alpha=-lr * shape_factor(group["adjust_lr_fn"], *w.shape))
+            w.add_(update, alpha=-self.step_lr(group, p))
 
     def _adamw(self, group: dict, params: list[Tensor]) -> None:
         """torch.optim.AdamW's update (its state, lazily created as torch creates it)."""
