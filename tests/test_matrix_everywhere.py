@@ -7,11 +7,13 @@ import json
 import math
 
 import pytest
+import torch
 
 from handmade import FAST
-from muso_cli import stop, track, train
+from muso_cli import optim, stop, track, train
 from muso_cli.cli import main
 from muso_cli.config import compose
+from muso_cli.setup import build_model_and_plan
 from muso_cli.study import Study
 from wandb_records import offline_run
 
@@ -40,6 +42,26 @@ def test_params_shows_the_lr_muon_steps_each_layer_with(capsys):
     assert wide["layers.0.weight"]["lr"] == pytest.approx(0.02 * math.sqrt(32) * math.sqrt(2048 / 784))
     assert wide["layers.1.weight"]["lr"] == pytest.approx(0.02)
     assert wide["layers.2.weight"]["lr"] == pytest.approx(0.02 / math.sqrt(32))
+
+
+@pytest.mark.parametrize("name", ["adam", "muon", "soap"])
+def test_decoupled_weight_decay_shrinks_every_matrix_by_one_minus_lr_times_lambda_at_any_width(name):
+    """The table's weight-decay row (decoupled: λ_layer = λ·m^-e_lr) through each optimizer's own decay: with zero
+    gradients a step is the decay alone, and every weight matrix shrinks by 1 − η·λ, whatever its layer's lr
+    multiplier (somup at m = 4: Muon's m^½ / 1 / m^-½, Adam's 1 / m⁻¹ / m⁻¹); biases are not decayed."""
+    lr = {"adam": 1e-3, "muon": 0.02, "soap": 3e-3}[name]
+    cfg = compose([f"optimizer={name}", f"optimizer.lr={lr}", "optimizer.weight_decay=0.5", "param=somup",
+                   "model.width=256", "data=synthetic"])
+    model, plan = build_model_and_plan(cfg, (1, 28, 28), 10)
+    opt = optim.build(cfg.optimizer, model, plan)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert {n for n in before if plan.lr_mult[n] != 1.0 and before[n].dim() == 2}  # the multipliers differ
+    for n, p in model.named_parameters():
+        shrink = 1 - lr * 0.5 if p.dim() == 2 else 1.0
+        torch.testing.assert_close(p.detach(), before[n] * shrink, rtol=1e-6, atol=0, msg=n)
 
 
 @pytest.mark.parametrize("optimizer", MATRIX)

@@ -23,6 +23,13 @@ The width scaling is the table's alone: ``a`` is torch's ``adjust_lr_fn`` shape 
 (√max(1, d_out/fan_in), Keller Jordan's) and ``match_rms_adamw`` (0.2·√max(d_out, fan_in), Moonshot's)
 multiply torch's own shape rules on top, to compare with them; they are width rules outside the table.
 
+Why not torch.optim.Muon itself (muso keeps its update, coefficients, ε and momentum, and its functional AdamW):
+it takes 2-D parameters only (a conv weight would need a reshaped copy and its state kept apart from the weight
+muso checkpoints), it runs Newton–Schulz in bfloat16 unconditionally (the CPU cost above: a width-2048 coordinate
+check would take hours), and one optimizer must update a model's every parameter so that `muso run`, the
+schedulers and the checkpoints see one state_dict. ``orthogonalize`` is torch's ``_zeropower_via_newtonschulz``
+with the dtype as a parameter; with ``ns_dtype=bfloat16`` the step is torch's to the bit (tests/test_muon.py).
+
 State, in torch's ``self.state[p]``: ``momentum_buffer`` (Muon; shaped like p) or ``step``, ``exp_avg``,
 ``exp_avg_sq`` (AdamW, as torch.optim.AdamW keeps them): tensors only, so checkpoints load with weights_only.
 """

@@ -28,6 +28,13 @@ eigenbasis of G₁ (the reference skips its first update instead), and the eigen
 inverse step (the reference runs one power iteration and a QR there). At the first step the update is then
 Q_L sign(Σ) Q_Rᵀ = U Vᵀ, G's orthogonal factor (Muon's and ε-free Shampoo's): SOAP is Shampoo-like in width.
 
+Why not a library's SOAP (pytorch-optimizer 4.1 has one; heavyball calls itself compile-first): they
+precondition each tensor on its own (a bias apart from its weight, a conv weight with one factor per dimension
+unless its dimensions are merged up to a size limit), so a layer could not be the matrix [W | b] of out × in·kh·kw
+that muso's table and K-FAC and Shampoo use (a bias takes its weight's lr, LAYERWISE), their ε is one number per
+group without the relative rule, and their statistics come from ``.grad`` only (no factored form). Here SOAP
+reuses Shampoo's statistics code and the layer protocol's checkpoints, hooks and per-group damping.
+
 Parameters outside Linear/Conv2d layers (norm gains, embeddings, bare tensors) are updated by Adam (AdamW's
 decoupled decay), with the group's β₁, β₂ and ε = ``damping``, as SOAP updates 1-D tensors.
 
