@@ -105,12 +105,13 @@ repro-mlp-lr: setup
 	$(MUSO) report $(REPRO)/mlp-lr-shampoo
 
 # Learning-rate transfer with Muon (AdamW at lr 1e-3 for the biases): the MLP on Fashion-MNIST, an lr grid at widths
-# 64 → 512, sp / somup, 2 seeds, one thread per trial (~25 min on 2 cores: Newton–Schulz in float32 costs O(M³) per
-# step); the report's verdict per parameterization. On a GPU: MUON_WIDTHS=[64,256,1024,4096] DEVICE=cuda.
+# 64 → 256, sp / somup, 2 seeds, one thread per trial (~40 min on 2 shared cores: Newton–Schulz in float32 costs
+# O(M³) per step, 50× an SGD step at width 1024); the report's verdict per parameterization. On a GPU:
+# make repro-mlp-lr-muon DEVICE=cuda MUON_WIDTHS=[64,256,1024,4096] MUON_TRANSFER=[256,1024,4096].
 MUON_LR = data.n_train=10000 train.steps=200 train.eval_every=100 train.eval_train_samples=5000 train.threads=1 \
 	study.params=[sp,somup] study.lr=log2:-9:-1
-MUON_WIDTHS ?= [64,128,256,512]
-MUON_TRANSFER ?= [128,256,512]
+MUON_WIDTHS ?= [64,128,256]
+MUON_TRANSFER ?= [128,256]
 repro-mlp-lr-muon: SEEDS = [0,1]
 repro-mlp-lr-muon: setup
 	$(MUSO) sweep optimizer=muon $(MUON_LR) $(COMMON) study.widths=$(MUON_WIDTHS) study.name=mlp-lr-muon

@@ -138,7 +138,9 @@ ADAPTIVE_RULES = ("trace", "pi", "relative")
 DEFAULT_DAMPING_RULE: dict[str, dict[str, str]] = {
     "kfac": {"sp": "constant", "mup": "constant", "somup": "somup"},
     "shampoo": {"sp": "relative", "mup": "relative", "somup": "relative"},
-    "soap": {"sp": "constant", "mup": "constant", "somup": "somup"},
+    # SOAP as Shampoo: an absolute ε small enough not to bias Adam (1e-8) is below float32's rounding of the rotated
+    # gradient, whose null-space entries Adam then normalises to ±1 (tests/test_soap.py); a relative ε is not
+    "soap": {"sp": "relative", "mup": "relative", "somup": "relative"},
 }
 
 # Weight decay: every optimizer here decays a parameter by lr_layer · λ_layer per step (torch's SGD and AdamW,

@@ -223,7 +223,7 @@ def test_damping_multipliers(optimizer, rule):
 @pytest.mark.parametrize("optimizer, param, rule", [
     ("kfac", "sp", "constant"), ("kfac", "mup", "constant"), ("kfac", "somup", "somup"),
     ("shampoo", "sp", "relative"), ("shampoo", "somup", "relative"), ("sgd", "somup", None),
-    ("soap", "sp", "constant"), ("soap", "mup", "constant"), ("soap", "somup", "somup"), ("muon", "somup", None)])
+    ("soap", "sp", "relative"), ("soap", "somup", "relative"), ("muon", "somup", None)])
 def test_auto_damping_rule(optimizer, param, rule):
     assert P.resolve_damping_rule(optimizer, param) == rule
 
