@@ -76,8 +76,9 @@ REFINE = study.refine_to=$(REFINE_TO) study.refine_budget=$(REFINE_BUDGET)
 
 repro: repro-coord repro-mlp-lr repro-cnn-damping repro-nngp
 
-# Δh per layer against width: SGD / Adam / K-FAC / Shampoo / Muon / SOAP × sp / mup / somup, one figure (~15 min on
-# 2 cores: Muon's and SOAP's width 2048 dominate), then Muon and SOAP on the CNN over k = 1 → 8.
+# Δh per layer against width: SGD / Adam / K-FAC / Shampoo / Muon / SOAP × sp / mup / somup, one figure, then Muon
+# and SOAP on the CNN over k = 1 → 8. SGD … Shampoo take ~2 min; Muon and SOAP took 9 min to width 1024 on 2 shared
+# cores, and their width 2048 costs ~8× that (O(M³) per step: not run here).
 COORD_WIDTHS ?= [64,128,256,512,1024,2048]
 repro-coord: setup
 	$(BIN)/python scripts/repro_coord.py --out $(REPRO)/coord --widths $(COORD_WIDTHS) --device $(DEVICE)

@@ -29,10 +29,8 @@ OPTIMIZERS = {
     "shampoo": ["optimizer=shampoo", "optimizer.lr=0.1", "optimizer.damping=0.1", "optimizer.statistics_interval=1",
                 "optimizer.inverse_interval=1"],
     "muon": ["optimizer=muon", "optimizer.lr=0.02"],  # AdamW (lr 1e-3) for the biases
-    # ε relative to G's largest singular value: an absolute 1e-8 in float32 turns the rounding in the null space
-    # of the statistics into Adam's ±1 (tests/test_soap.py), which a batch of 32 leaves at every width
-    "soap": ["optimizer=soap", "optimizer.lr=0.003", "optimizer.damping=1e-4", "optimizer.damping_rule=relative",
-             "optimizer.statistics_interval=1", "optimizer.inverse_interval=1"],
+    "soap": ["optimizer=soap", "optimizer.lr=0.003", "optimizer.statistics_interval=1",  # ε 1e-4 relative (auto)
+             "optimizer.inverse_interval=1"],
 }
 PARAMS = ("sp", "mup", "somup")
 
