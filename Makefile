@@ -9,14 +9,14 @@ MUSO := $(BIN)/muso
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export WANDB_SILENT := true
 
-.PHONY: help setup data demo test test-slow test-all lock clean repro repro-coord repro-mlp-lr repro-mlp-lr-muon repro-cnn-damping repro-nngp repro-resnet
+.PHONY: help setup data demo test test-slow test-all lock clean repro repro-coord repro-mlp-lr repro-mlp-lr-muon repro-cnn-damping repro-nngp repro-resnet repro-transformer
 
 help:
 	@echo "make demo       set up, then run the demo on Fashion-MNIST (CPU, a few minutes)"
 	@echo "make test       set up, then run the fast tests"
 	@echo "make test-slow  the slow tests (full width ranges, Slurm); CI runs them"
 	@echo "make repro-*    reproduce the paper's experiments: repro-coord, repro-mlp-lr, repro-cnn-damping,"
-	@echo "                repro-nngp (CPU-sized) and repro-resnet (GPU); results in docs/results.md"
+	@echo "                repro-nngp, repro-transformer (CPU-sized) and repro-resnet (GPU); results in docs/results.md"
 
 setup: $(STAMP) data
 
@@ -152,6 +152,30 @@ repro-resnet: setup
 		$(COMMON) study.name=resnet-shampoo
 	$(MUSO) transfer $(REPRO)/resnet-shampoo transfer.widths=[2,4,8,16]
 	$(MUSO) report $(REPRO)/resnet-shampoo
+
+# Learning-rate transfer of a GPT on the Python standard library's source as bytes (data=pystdlib): K-FAC, Shampoo
+# and Adam × sp / mup / somup (Adam: sp / mup; somup is mup for Adam), the lr grid at every d_model in GPT_WIDTHS,
+# 2 seeds, then the transfer from the base width (the same trials: it records the choice) and the report (drift and
+# regret per width). CPU size (~30 min on 2 shared cores): 2 blocks, 4 heads, context 32, batch 8, 40 steps,
+# d_model 64 → 256. GPU size: make repro-transformer DEVICE=cuda LAUNCHER="launcher=pool launcher.per_gpu=4"
+#   GPT_WIDTHS=[128,256,512,1024,2048] GPT_TRANSFER=[256,512,1024,2048] GPT_RUN="data.context=128 train.steps=2000
+#   train.batch_size=64 train.eval_every=500 data.n_test=2048 train.eval_train_samples=2048 model.layers=4"
+GPT_RUN ?= data.context=32 data.n_test=128 train.steps=40 train.batch_size=8 train.eval_every=40 \
+	train.eval_train_samples=128
+GPT_WIDTHS ?= [64,128,256]
+GPT_TRANSFER ?= [128,256]
+GPT = model=gpt data=pystdlib $(GPT_RUN) $(COMMON) study.widths=$(GPT_WIDTHS)
+repro-transformer: setup
+	$(MUSO) sweep optimizer=kfac $(GPT) study.params=[sp,mup,somup] study.lr=log2:-5:-1 study.name=gpt-lr-kfac
+	$(MUSO) transfer $(REPRO)/gpt-lr-kfac transfer.widths=$(GPT_TRANSFER)
+	$(MUSO) report $(REPRO)/gpt-lr-kfac
+	$(MUSO) sweep optimizer=shampoo optimizer.eigh_dtype=float32 $(GPT) study.params=[sp,mup,somup] \
+		study.lr=log2:-6:-3 study.name=gpt-lr-shampoo
+	$(MUSO) transfer $(REPRO)/gpt-lr-shampoo transfer.widths=$(GPT_TRANSFER)
+	$(MUSO) report $(REPRO)/gpt-lr-shampoo
+	$(MUSO) sweep optimizer=adam $(GPT) study.params=[sp,mup] study.lr=log2:-9:-6 study.name=gpt-lr-adam
+	$(MUSO) transfer $(REPRO)/gpt-lr-adam transfer.widths=$(GPT_TRANSFER)
+	$(MUSO) report $(REPRO)/gpt-lr-adam
 
 lock: $(STAMP)
 	@{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -vi '^muso' | sed 's/+cpu$$//'; echo "torchvision==0.28.0"; } > constraints.new && mv constraints.new constraints.txt

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import track
-from .config import CONF_DIR, compose, to_container
+from .config import CONF_DIR, compose, search_path_override, to_container
 from .errors import UsageError, widths as check_widths
 from .logs import to_console
 from .validate import check_added_keys, validate
@@ -161,11 +161,26 @@ def _parse(prog: str, args: Sequence[str], description: str,
         parser.add_argument(name, **kwargs)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.width=1024 optimizer=kfac")
     parser.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own config groups (conf/model/mynet.yaml ...), searched after "
+                             "muso's; repeatable; recorded as the hydra.searchpath override")
     if extra:
         extra(parser)
     ns = parser.parse_intermixed_args(args)
     _SHOW_CFG["on"] = ns.cfg == "job"
+    ns.overrides = _with_config_dirs(ns.overrides, ns.config_dir)
     return ns
+
+
+def _with_config_dirs(overrides: list[str], dirs: Sequence[str]) -> list[str]:
+    """``overrides`` with ``--config-dir`` folders as the hydra.searchpath override (what a study records, so that
+    transfer and report find the same configs)."""
+    if not dirs:
+        return overrides
+    if any(o.partition("=")[0].lstrip("+~") == "hydra.searchpath" for o in overrides):
+        raise UsageError("hydra.searchpath", "is given twice: as an override and with --config-dir.",
+                         "give the folders one way (--config-dir DIR, or hydra.searchpath=[file://...]).")
+    return [*overrides, search_path_override(dirs)]
 
 
 def compose_valid(overrides: Sequence[str], *, check_data: bool = True):
@@ -196,8 +211,9 @@ def cmd_run(args: list[str]) -> int:
 
     ns = get_args_parser().parse_args(args)
     if not (ns.help or ns.hydra_help or ns.info or ns.shell_completion):
+        dirs = [ns.config_dir] if ns.config_dir else []  # Hydra's own --config-dir, which runs the job
         for overrides in expand_sweeps(ns.overrides) if ns.multirun else [ns.overrides]:
-            cfg = compose_valid(overrides)
+            cfg = compose_valid(_with_config_dirs(overrides, dirs))
             if cfg.launcher.name != "local":
                 raise UsageError("launcher", f"launcher={cfg.launcher.name} chooses how a study's trials run; "
                                  "muso run trains one run in this process and would ignore it.",
@@ -712,10 +728,15 @@ def cmd_report(args: list[str]) -> int:
     check_metric(cfg.study.metric)
     settings = verdict.check(cfg.study)
     out = Path(ns.out) if ns.out else study.path / "report"
-    res = report.build(study, out, cfg.study.metric, cfg.model.base_width, settings)
+    title = f"{study.name}: {cfg.optimizer.name}, {cfg.model.name} on {cfg.data.name}"
+    res = report.build(study, out, cfg.study.metric, cfg.model.base_width, settings, title)
     print("verdict:")
     for line in report.verdict_lines(res["verdict"]):
         print(f"  {line}")
+    drift = res["tables"]["drift"]
+    if (drift.verdict != "base").any():
+        print("drift of the optimum from the base width (octaves; interval over seeds):")
+        print(drift.drop(columns="note").to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
     skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
     print(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
     if res["unreadable"]:

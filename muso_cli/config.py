@@ -17,15 +17,47 @@ from .errors import UsageError
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # a link to the repository's conf/ (packaged with it)
 
 
-def group_options(group: str, config_dir: Path = CONF_DIR) -> list[str]:
-    """Names of the options of a config group (the yaml files under conf/<group>/)."""
-    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+def group_options(group: str, config_dir: Path | Sequence[Path] = CONF_DIR) -> list[str]:
+    """Names of the options of a config group (the yaml files under <config dir>/<group>/, over every folder
+    given)."""
+    dirs = [config_dir] if isinstance(config_dir, (str, Path)) else config_dir
+    return sorted({p.stem for d in dirs for p in (Path(d) / group).glob("*.yaml")})
 
 
-def compose(overrides: Sequence[str] = (), *, config_name: str = "config") -> DictConfig:
+def search_path_override(config_dirs: Sequence[str | Path]) -> str:
+    """The Hydra override ``hydra.searchpath=[file:///abs/dir, ...]`` that adds ``config_dirs`` to the config
+    search path (what ``--config-dir`` does). Record it with a study's overrides, so that ``muso transfer`` and
+    ``muso report`` compose the study's config again from the same folders. UsageError for a missing folder."""
+    entries = []
+    for d in config_dirs:
+        path = Path(d).expanduser().resolve()
+        if not path.is_dir():
+            raise UsageError("--config-dir", f"{d} is not a folder.", "give the folder that holds your config groups "
+                             "(e.g. conf/, with conf/model/mynet.yaml in it).")
+        entries.append(f"file://{path}")
+    return f"hydra.searchpath=[{','.join(entries)}]"
+
+
+def _search_dirs(overrides: Sequence[str]) -> list[Path]:
+    """muso's conf/ and the folders a hydra.searchpath override adds (file:// entries)."""
+    dirs = [CONF_DIR]
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") == "hydra.searchpath":
+            dirs += [Path(e.strip().strip("'\"")[len("file://"):]) for e in value.strip("[]").split(",")
+                     if e.strip().strip("'\"").startswith("file://")]
+    return dirs
+
+
+def compose(overrides: Sequence[str] = (), *, config_name: str = "config",
+            config_dirs: Sequence[str | Path] = ()) -> DictConfig:
     """Compose the config tree with Hydra overrides (``key=value``, ``group=option``, ``+key=value``).
 
-    Raises UsageError for unknown groups/options/keys and unparsable overrides.
+    ``config_dirs``: more config folders in the search path, after muso's own conf/, as Hydra's ``--config-dir``
+    adds them (a ``hydra.searchpath=[file://...]`` override does the same and may be given instead): your
+    ``<dir>/model/mynet.yaml`` is then ``model=mynet``. An option that muso's conf/ has too is muso's (Hydra's
+    rule: the first folder of the search path that has it). Raises UsageError for unknown groups/options/keys,
+    unparsable overrides and missing folders.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -33,6 +65,12 @@ def compose(overrides: Sequence[str] = (), *, config_name: str = "config") -> Di
                               OverrideParseException)
 
     overrides = list(overrides)
+    if config_dirs:
+        if any(o.partition("=")[0].lstrip("+~") == "hydra.searchpath" for o in overrides):
+            raise UsageError("hydra.searchpath", "is given twice: as an override and as config folders.",
+                             "give the folders one way (--config-dir, or hydra.searchpath=[file://...]).")
+        overrides.append(search_path_override(config_dirs))
+    dirs = _search_dirs(overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="muso"):
         try:
             return hydra_compose(config_name, overrides=overrides)
@@ -42,10 +80,10 @@ def compose(overrides: Sequence[str] = (), *, config_name: str = "config") -> Di
             failure = e
     # Build the message outside Hydra's global context: it may compose the defaults to list valid keys.
     if isinstance(failure, MissingConfigException):
-        raise _missing_option_error(str(failure)) from None
+        raise _missing_option_error(str(failure), dirs) from None
     if isinstance(failure, OverrideParseException):
         raise _syntax_error(failure, overrides) from None
-    raise _composition_error(str(failure)) from None
+    raise _composition_error(str(failure), dirs) from None
 
 
 def _syntax_error(failure: Exception, overrides: list[str]) -> UsageError:
@@ -61,19 +99,21 @@ def _syntax_error(failure: Exception, overrides: list[str]) -> UsageError:
     return UsageError(key, f"{bad!r} is not valid Hydra override syntax.", fix)
 
 
-def _missing_option_error(message: str) -> UsageError:
+def _missing_option_error(message: str, dirs: Sequence[Path] = (CONF_DIR,)) -> UsageError:
     m = re.search(r"Could not find '([^']+)'", message)
     missing = m.group(1) if m else "?"
     group, _, option = missing.rpartition("/")
     if not group:  # a whole group that does not exist, e.g. `foo=bar`
         return UsageError(missing, "is not a config group or key.",
-                          f"config groups are: {', '.join(_groups())}.")
-    options = group_options(group)
+                          f"config groups are: {', '.join(_groups(dirs))}.")
+    options = group_options(group, dirs)
     return UsageError(group, f"has no option '{option}'. Available {group} options: {', '.join(options)}.",
-                      f"pick one of them, e.g. {group}={options[0] if options else '...'}.")
+                      f"pick one of them, e.g. {group}={options[0] if options else '...'}; for a "
+                      f"{group}/{option}.yaml of your own, add its config folder to the search path "
+                      f"(hydra.searchpath=[file:///abs/path/conf]).")
 
 
-def _composition_error(message: str) -> UsageError:
+def _composition_error(message: str, dirs: Sequence[Path] = (CONF_DIR,)) -> UsageError:
     m = re.search(r"Could not override '([^']+)'", message)
     if m:
         key = m.group(1)
@@ -81,7 +121,7 @@ def _composition_error(message: str) -> UsageError:
         known = ""
         if parent:
             try:
-                node = OmegaConf.select(compose(()), parent)
+                node = OmegaConf.select(compose((), config_dirs=dirs[1:]), parent)
                 if isinstance(node, DictConfig):
                     known = f" Keys under {parent}: {', '.join(map(str, node.keys()))}."
             except UsageError:
@@ -96,8 +136,8 @@ def _composition_error(message: str) -> UsageError:
     return UsageError("overrides", message.splitlines()[0], "see `muso --help`.")
 
 
-def _groups() -> list[str]:
-    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+def _groups(dirs: Sequence[Path] = (CONF_DIR,)) -> list[str]:
+    return sorted({p.name for d in dirs if Path(d).is_dir() for p in Path(d).iterdir() if p.is_dir()})
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -1,8 +1,9 @@
 """Coordinate check: does each layer's feature update stay Θ(1) as the width grows?
 
 For each width, from the same seed, take ``steps`` optimizer steps on one fixed batch and record, per Linear /
-Conv2d layer, the RMS over all coordinates of its pre-activation h (the layer's output) and of its change
-Δh = h_t − h_0 from initialisation, both measured on that batch. The readout's output is the network output f,
+Conv2d layer, embedding and forward multiplier (attention logits: role ``attention``), the RMS over all
+coordinates of its output h (a layer's pre-activation) and of its change Δh = h_t − h_0 from initialisation,
+both measured on that batch. The readout's output is the network output f,
 so its Δh is Δf. Fit the slope of log2(RMS) against log2(width): a parameterization is right when every hidden
 Δh and the output Δf are flat (|slope| ≲ 0.15), docs/parameterization.md. Widths near the base width
 suffer finite-size effects, so slopes are fitted from ``fit_from`` (default 4 × base width) upward, and the
@@ -21,7 +22,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import optim
-from .parametrize import LAYER_TYPES
+from .parametrize import LAYER_TYPES, Plan, WidthMultiplier
 from .plots import pyplot, save
 from .errors import UsageError, check_positive, raise_all
 from .errors import widths as check_widths
@@ -31,11 +32,23 @@ from .setup import build_model_and_plan, resolve_device
 COLUMNS = ["width", "layer", "role", "step", "metric", "value"]
 
 
-def _layer_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Outputs of every Linear/Conv2d layer of ``model`` on ``x`` (no grad)."""
+def _roles(model: nn.Module, plan: Plan) -> dict[str, str]:
+    """{module name: role} of the modules measured: Linear/Conv2d layers (their weight's role), embeddings (input:
+    their output is the first features, also when the weight is a tied readout's) and forward multipliers (their
+    kind)."""
+    specs = {id(p): plan.specs[n] for n, p in model.named_parameters() if n in plan.specs}
+    roles = {name: "input" if isinstance(m, nn.Embedding) else specs[id(m.weight)].role
+             for name, m in model.named_modules()
+             if isinstance(m, (*LAYER_TYPES, nn.Embedding)) and id(m.weight) in specs}
+    roles.update({name: m.kind for name, m in model.named_modules() if isinstance(m, WidthMultiplier)})
+    return roles
+
+
+def _layer_outputs(model: nn.Module, x: torch.Tensor, names) -> dict[str, torch.Tensor]:
+    """Outputs of the modules ``names`` of ``model`` on ``x`` (no grad)."""
     captured: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_hook(lambda mod, inp, out, name=name: captured.__setitem__(name, out.detach()))
-               for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+               for name, m in model.named_modules() if name in names]
     try:
         with torch.no_grad():
             model(x)
@@ -54,18 +67,18 @@ def measure_width(cfg: DictConfig, width: int, steps: int, x: torch.Tensor, y: t
     """Rows (width, layer, role, step, metric ∈ {h, dh}, value) for one width and the seed in cfg."""
     torch.manual_seed(int(cfg.seed))
     model, plan = build_model_and_plan(cfg, input_shape, num_classes, width, device)
-    roles = {s.layer: s.role for s in plan.specs.values() if s.layer is not None and not s.is_bias}
+    roles = _roles(model, plan)
     optimizer = optim.build(cfg.optimizer, model, plan, cfg.train.loss)
     loss_fn = LOSSES[cfg.train.loss].value
     model.train()
-    h0 = _layer_outputs(model, x)
+    h0 = _layer_outputs(model, x, roles)
     rows = [dict(width=width, layer=n, role=roles[n], step=0, metric="h", value=_rms(h)) for n, h in h0.items()]
     for step in range(1, steps + 1):
         loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        for name, h in _layer_outputs(model, x).items():
+        for name, h in _layer_outputs(model, x, roles).items():
             rows.append(dict(width=width, layer=name, role=roles[name], step=step, metric="h", value=_rms(h)))
             rows.append(dict(width=width, layer=name, role=roles[name], step=step, metric="dh",
                              value=_rms(h - h0[name])))

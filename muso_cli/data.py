@@ -1,4 +1,6 @@
-"""Datasets as tensors on the run's device; batches are drawn by index (no DataLoader workers).
+"""Datasets as tensors on the run's device; batches are drawn by index (no DataLoader workers). Your own data
+(``data._target_``) too, or streamed one batch at a time when it does not fit on the device (:class:`Streamed`);
+and a byte-level text corpus (``data=pystdlib``, :mod:`muso_cli.corpus`).
 
 File-backed datasets (Fashion-MNIST, MNIST: IDX files; CIFAR-10/100: the python pickle batches) are found in
 this order: an explicit ``data.root`` (the only place looked at when given); the system copy (Debian's
@@ -11,7 +13,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UsageError, check_one_of, check_positive
+from . import corpus, targets
+from .errors import UsageError, check_bool, check_one_of, check_positive
 
 SYSTEM_ROOTS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 IDX_FILES = {
@@ -39,9 +42,13 @@ NORMALIZATION = {
 
 @dataclass
 class Dataset:
-    """A classification dataset held as tensors.
+    """A dataset held as tensors (or as :class:`Streamed` views, which index like them).
 
-    x_train: [N, *input_shape] float32, normalised; y_train: [N] int64 class indices; likewise x_test/y_test.
+    x_train: [N, *input_shape] inputs (float32 normalised images, int64 tokens, ...); y_train: [N] int64 class
+    indices, [N, T] int64 classes per position (a sequence: every position is one term of the loss), or float
+    targets [N, C] (for train.loss=mse); likewise x_test/y_test. num_classes: the model's output size C.
+    bytes_per_token: bytes of text per token for a text corpus (1 when byte-level; the loss per token in nats
+    divided by ln 2 · bytes_per_token is bits per byte), None for other data.
     """
 
     name: str
@@ -51,6 +58,7 @@ class Dataset:
     y_test: Tensor
     num_classes: int
     source: str
+    bytes_per_token: float | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -58,12 +66,81 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> "Dataset":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Dataset(self.name, move(self.x_train), move(self.y_train), move(self.x_test), move(self.y_test),
-                       self.num_classes, self.source)
+        return replace(self, x_train=move(self.x_train), y_train=move(self.y_train), x_test=move(self.x_test),
+                       y_test=move(self.y_test))
 
     def subset(self, n_train: int | None, n_test: int | None) -> "Dataset":
-        return Dataset(self.name, self.x_train[:n_train], self.y_train[:n_train], self.x_test[:n_test],
-                       self.y_test[:n_test], self.num_classes, self.source)
+        first = lambda t, n: t.head(n) if isinstance(t, Streamed) else t[:n]  # noqa: E731
+        return replace(self, x_train=first(self.x_train, n_train), y_train=first(self.y_train, n_train),
+                       x_test=first(self.x_test, n_test), y_test=first(self.y_test, n_test))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Streaming: data that stays off the device (host memory, or a torch Dataset) and comes one batch at a time.
+
+class _Split:
+    """The examples of one split: CPU tensors (x, y) or a map-style ``torch.utils.data.Dataset`` of (x, y) pairs.
+    Keeps the last batch fetched, so that the inputs and the targets of one batch are fetched once."""
+
+    def __init__(self, data):
+        self.data = data
+        self._positions: Tensor | None = None
+        self._batch: tuple[Tensor, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.data[0]) if isinstance(self.data, tuple) else len(self.data)
+
+    def fetch(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """(x, y) of the examples at ``positions`` (int64 [B], CPU), on the CPU: indexed tensors, or the Dataset's
+        items collated by torch's default_collate (as a DataLoader collates them)."""
+        if self._positions is None or not torch.equal(positions, self._positions):
+            if isinstance(self.data, tuple):
+                batch = (self.data[0][positions], self.data[1][positions])
+            else:
+                from torch.utils.data import default_collate
+
+                batch = tuple(default_collate([self.data[i] for i in positions.tolist()]))
+            self._positions, self._batch = positions, batch
+        return self._batch
+
+
+class Streamed:
+    """The inputs (field 0) or targets (field 1) of a split that stays off the device, indexed like a tensor:
+    ``view[idx]`` (int64 indices [B] on any device, or a slice) is that batch as a tensor on ``device``, so the
+    training loop's ``data.x_train[idx]`` works unchanged. ``len(view)`` and ``view.shape`` are the split's.
+
+    Cost (README "Your own data"): per step, B examples are gathered on the CPU in the training process (a
+    Dataset's ``__getitem__`` B times, then collated; no worker processes) and copied to the device; every
+    evaluation streams the test split and train.eval_train_samples training examples the same way.
+    """
+
+    def __init__(self, split: _Split, field: int, device: torch.device | str = "cpu", positions: Tensor | None = None):
+        self.split, self.field, self.device = split, field, torch.device(device)
+        self.positions = torch.arange(len(split)) if positions is None else positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.split.fetch(self.positions[:1])[self.field].shape[1:])
+
+    def __getitem__(self, idx: Tensor | slice) -> Tensor:
+        positions = self.positions[idx.cpu() if isinstance(idx, Tensor) else idx]
+        return self.split.fetch(positions)[self.field].to(self.device, non_blocking=True)
+
+    def head(self, n: int | None) -> "Streamed":
+        """The view of the first ``n`` examples (all for None)."""
+        return Streamed(self.split, self.field, self.device, self.positions[:n])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Streamed":
+        return Streamed(self.split, self.field, device, self.positions)
+
+
+def streamed(train, test) -> tuple[Streamed, Streamed, Streamed, Streamed]:
+    """(x_train, y_train, x_test, y_test) views of two splits (CPU tensor pairs or torch Datasets)."""
+    a, b = _Split(train), _Split(test)
+    return Streamed(a, 0), Streamed(a, 1), Streamed(b, 0), Streamed(b, 1)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -314,6 +391,11 @@ def _load_digits(cfg) -> Dataset:
     return _normalised("digits", x[tr], y[tr], x[te], y[te], 10, source="sklearn.datasets.load_digits")
 
 
+def _synthetic_keys(cfg) -> list[UsageError | None]:
+    return [check_positive(f"data.{k}", cfg[k], integer=True)
+            for k in ("n_train", "n_test", "dim", "num_classes", "teacher_width")]
+
+
 def _load_synthetic(cfg) -> Dataset:
     """Teacher–student: x ~ N(0, I_dim), label = argmax of a random two-layer tanh teacher."""
     g = torch.Generator().manual_seed(int(cfg.data_seed))
@@ -326,22 +408,134 @@ def _load_synthetic(cfg) -> Dataset:
                    int(cfg.num_classes), source=f"teacher-student(seed={cfg.data_seed})")
 
 
+# ------------------------------------------------------------------------------------------------------
+# The byte-level text corpus (muso_cli.corpus): sequences of data.context bytes and the next byte of each.
+
+def _check_corpus(cfg) -> None:
+    corpus.locate(cfg.root, cfg.verify)
+
+
+def _load_corpus(cfg) -> Dataset:
+    folder = corpus.locate(cfg.root, cfg.verify)
+    train, test = corpus.read(folder)
+    train = train[:cfg.corpus_bytes]
+    (xtr, ytr), (xte, yte) = corpus.sequences(train, cfg.context), corpus.sequences(test, cfg.context)
+    source = (f"python-stdlib-text {folder}: train {len(train)} bytes sha256 {corpus.digest(train)}, test "
+              f"{len(test)} bytes sha256 {corpus.digest(test)}")
+    return Dataset("pystdlib", xtr, ytr, xte, yte, corpus.VOCAB, source, bytes_per_token=1.0)
+
+
+def _corpus_keys(cfg) -> list[UsageError | None]:
+    return [check_positive("data.context", cfg.context, integer=True),
+            check_positive("data.corpus_bytes", cfg.corpus_bytes, integer=True, optional=True),
+            None if cfg.corpus_bytes is None or not isinstance(cfg.context, int) or cfg.corpus_bytes > cfg.context
+            else UsageError("data.corpus_bytes", f"{cfg.corpus_bytes} bytes hold no sequence of data.context="
+                            f"{cfg.context} tokens and its next token.", f"use more than {cfg.context} bytes."),
+            check_bool("data.verify", cfg.verify)]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Your own data: data._target_ names a function (or class) returning the two splits (README "Your own data").
+
+USER_KEYS = ("name", "n_train", "n_test", "num_classes", "stream", "augment")  # read by muso, not passed on
+_SPLITS_FIX = ("return dict(x_train=…, y_train=…, x_test=…, y_test=…) of tensors (x [N, *input_shape], y [N] or "
+               "[N, T] int64 classes, or float [N, C] targets), or dict(train=…, test=…) of torch Datasets whose "
+               "items are (x, y) pairs (README \"Your own data\").")
+
+
+def _splits(cfg) -> tuple[Any, Any]:
+    """What the target returns, as (train, test): each a pair of tensors (x, y) or a torch Dataset."""
+    from torch.utils.data import Dataset as TorchDataset
+
+    out = targets.call("data", cfg, USER_KEYS)
+    if isinstance(out, dict):
+        keys = ("x_train", "y_train", "x_test", "y_test") if "x_train" in out else ("train", "test")
+        out = tuple(out.get(k) for k in keys)
+    if isinstance(out, (tuple, list)) and len(out) == 4 and all(isinstance(t, Tensor) for t in out):
+        return (out[0], out[1]), (out[2], out[3])
+    if isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(d, TorchDataset) for d in out):
+        return out[0], out[1]
+    shown = type(out).__name__ + (f" of {', '.join(type(t).__name__ for t in out)}"
+                                  if isinstance(out, (tuple, list)) else "")
+    raise UsageError("data._target_", f"{cfg._target_} returned a {shown}.", _SPLITS_FIX)
+
+
+def _checked_pair(cfg, split: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    if len(x) != len(y) or len(x) == 0:
+        raise UsageError("data._target_", f"{cfg._target_}: the {split} split has {len(x)} inputs and {len(y)} "
+                         f"targets.", "return as many targets as inputs, at least one of each.")
+    if not (y.is_floating_point() or y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8)):
+        raise UsageError("data._target_", f"{cfg._target_}: y_{split} has dtype {y.dtype}.", _SPLITS_FIX)
+    return x, (y if y.is_floating_point() else y.long())  # cross-entropy takes int64 classes
+
+
+def _num_classes(cfg, y_train: Tensor, y_test: Tensor | None) -> int:
+    if cfg.num_classes is not None:
+        return int(cfg.num_classes)
+    if y_train.is_floating_point():
+        return int(y_train.shape[-1])
+    if y_test is None:
+        raise UsageError("data.num_classes", "is needed for streamed data: muso does not read the whole dataset "
+                         "to find the largest class.", "set data.num_classes=<the model's number of outputs>.")
+    return int(max(y_train.max(), y_test.max())) + 1
+
+
+def _load_user(cfg) -> Dataset:
+    train, test = _splits(cfg)
+    if isinstance(train, tuple):
+        train, test = _checked_pair(cfg, "train", *train), _checked_pair(cfg, "test", *test)
+    if isinstance(train, tuple) and not cfg.stream:
+        (xtr, ytr), (xte, yte) = train, test
+        return Dataset(cfg.name, xtr, ytr, xte, yte, _num_classes(cfg, ytr, yte), source=str(cfg._target_))
+    if isinstance(train, tuple):
+        train, test = tuple(t.cpu() for t in train), tuple(t.cpu() for t in test)
+    xtr, ytr, xte, yte = streamed(train, test)
+    if not cfg.stream:  # a Dataset that fits: collate it once and hold it as tensors
+        xtr, ytr, xte, yte = (view[:] for view in (xtr, ytr, xte, yte))
+        return Dataset(cfg.name, xtr, ytr, xte, yte, _num_classes(cfg, ytr, yte), source=str(cfg._target_))
+    return Dataset(cfg.name, xtr, ytr, xte, yte, _num_classes(cfg, ytr[:1], None), source=f"{cfg._target_} (streamed)")
+
+
+def _user_keys(cfg) -> list[UsageError | None]:
+    problems = [check_positive("data.num_classes", cfg.get("num_classes"), integer=True, optional=True),
+                check_bool("data.stream", cfg.get("stream")),
+                None if isinstance(cfg.get("name"), str) and cfg.get("name") else UsageError(
+                    "data.name", "data with _target_ need a short name (used in study names).",
+                    "add `name: mydata` to its config, or data.name=mydata.")]
+    if any(problems):
+        return problems
+    names = {f"data.{k}": k for k in targets.arguments(cfg, USER_KEYS)}
+    return targets.unknown_arguments("data", cfg, names)
+
+
+def _user_spec(cfg) -> tuple[tuple[int, ...], int]:
+    data = load(cfg)  # the target has to run to tell its shapes; load keeps the result for the run
+    return data.input_shape, data.num_classes
+
+
 def _always_available(cfg) -> None:
     return None
+
+
+def _no_keys(cfg) -> list[UsageError | None]:
+    return []
 
 
 @dataclass(frozen=True)
 class Source:
     """How to check, load and describe one dataset.
 
-    spec(cfg) → (input_shape, num_classes) without loading. augment (optional): training-batch augmentation
-    on the device, (x [B, *input_shape], generator on x's device) → x; used when data.augment=true.
+    check(cfg): raises UsageError when the data cannot be loaded (files missing). keys(cfg): problems with the
+    dataset's own keys. spec(cfg) → (input_shape, num_classes), without loading where the facts are known.
+    augment (optional): training-batch augmentation on the device, (x [B, *input_shape], generator on x's
+    device) → x; used when data.augment=true.
     """
 
     check: Callable[[Any], None]
     load: Callable[[Any], Dataset]
     spec: Callable[[Any], tuple[tuple[int, ...], int]]
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+    keys: Callable[[Any], list[UsageError | None]] = _no_keys
 
 
 REGISTRY: dict[str, Source] = {
@@ -350,38 +544,50 @@ REGISTRY: dict[str, Source] = {
     "cifar10": Source(_check_files, _load_files, lambda cfg: ((3, 32, 32), 10), augment=random_crop_flip),
     "cifar100": Source(_check_files, _load_files, lambda cfg: ((3, 32, 32), 100), augment=random_crop_flip),
     "digits": Source(_always_available, _load_digits, lambda cfg: ((1, 8, 8), 10)),
-    "synthetic": Source(_always_available, _load_synthetic, lambda cfg: ((int(cfg.dim),), int(cfg.num_classes))),
+    "synthetic": Source(_always_available, _load_synthetic, lambda cfg: ((int(cfg.dim),), int(cfg.num_classes)),
+                         keys=_synthetic_keys),
+    "pystdlib": Source(_check_corpus, _load_corpus, lambda cfg: ((int(cfg.context),), corpus.VOCAB),
+                       keys=_corpus_keys),
 }
+USER = Source(_always_available, _load_user, _user_spec, keys=_user_keys)
+
+
+def is_user_data(cfg) -> bool:
+    """Whether the data node names its own loader (``data._target_``) instead of one of muso's datasets."""
+    return "_target_" in cfg
+
+
+def _source(cfg) -> Source:
+    return USER if is_user_data(cfg) else REGISTRY[cfg.name]
 
 
 def check(cfg, *, files: bool = True) -> list[UsageError | None]:
     """Problems with the ``data.*`` keys; with ``files``, also whether the dataset can be loaded (the error names
     the key and how to get the files)."""
-    if cfg.name not in REGISTRY:
+    if not is_user_data(cfg) and cfg.name not in REGISTRY:
         return [check_one_of("data.name", cfg.name, REGISTRY)]
+    source = _source(cfg)
     problems = [check_positive("data.n_train", cfg.get("n_train"), integer=True, optional=True),
-                check_positive("data.n_test", cfg.get("n_test"), integer=True, optional=True)]
-    if cfg.name == "synthetic":
-        problems += [check_positive(f"data.{k}", cfg[k], integer=True)
-                     for k in ("n_train", "n_test", "dim", "num_classes", "teacher_width")]
-    if cfg.get("augment") and REGISTRY[cfg.name].augment is None:
+                check_positive("data.n_test", cfg.get("n_test"), integer=True, optional=True), *source.keys(cfg)]
+    if cfg.get("augment") and source.augment is None:
         problems.append(UsageError("data.augment", f"{cfg.name} has no augmentation.", "set data.augment=false."))
     if files and not any(problems):
         try:
-            REGISTRY[cfg.name].check(cfg)
+            source.check(cfg)
         except UsageError as e:
             problems.append(e)
     return problems
 
 
 def spec(cfg) -> tuple[tuple[int, ...], int]:
-    """(input shape, number of classes) of the dataset of ``cfg``, without loading it."""
-    return REGISTRY[cfg.name].spec(cfg)
+    """(input shape, number of classes) of the dataset of ``cfg``; without loading it, except for your own data
+    (``data._target_``), whose loader has to run (once per process: :func:`load` keeps its result)."""
+    return _source(cfg).spec(cfg)
 
 
 def augmenter(cfg) -> Callable[[Tensor, torch.Generator], Tensor] | None:
     """The on-device batch augmentation of ``cfg`` when data.augment=true, else None."""
-    return REGISTRY[cfg.name].augment if cfg.get("augment") else None
+    return _source(cfg).augment if cfg.get("augment") else None
 
 
 _CACHE: dict[tuple, Dataset] = {}  # datasets on the CPU, per data config: a sweep loads its data once
@@ -391,5 +597,5 @@ def load(cfg, device: torch.device | str = "cpu") -> Dataset:
     """The dataset of ``cfg`` (a data config node) on ``device``, cut to data.n_train / data.n_test."""
     key = tuple(sorted((k, str(v)) for k, v in cfg.items() if k != "augment"))
     if key not in _CACHE:
-        _CACHE[key] = REGISTRY[cfg.name].load(cfg).subset(cfg.get("n_train"), cfg.get("n_test"))
+        _CACHE[key] = _source(cfg).load(cfg).subset(cfg.get("n_train"), cfg.get("n_test"))
     return _CACHE[key].to(device)

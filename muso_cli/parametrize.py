@@ -21,7 +21,9 @@ that differs is a *vector*; nothing differs: *fixed* (treated as SP). Without a 
 plays its part, which cannot tell roles apart when the target has the base width. The width multiplier ``m``
 is target size / base size of the scaling dimension.
 Every multiplier is ``m ** exponent`` with exponents from the tables below, so at ``m = 1`` all
-parameterizations coincide (except for the damping rule).
+parameterizations coincide (except for the damping rule). A width-dependent constant of the forward pass (the
+attention logits' scale, a tied embedding's scale) is a :class:`WidthMultiplier` module in the model, whose
+value the plan sets from the table too.
 """
 from __future__ import annotations
 
@@ -101,12 +103,6 @@ OPTIMIZERS = tuple(LR["sp"])
 # extra input column): their param groups are whole layers, and a layer's bias takes its weight's lr.
 LAYERWISE = ("kfac", "shampoo", "soap")
 
-# Optimizers that update the weights of Linear/Conv2d layers their own way (each weight as the matrix
-# W.flatten(1)) and every other parameter (biases, norm gains, embeddings, bare tensors) with another optimizer
-# of the table, whose column gives those parameters' lr: {optimizer: the optimizer of the rest}. The Muon
-# recipe: AdamW for everything that is not a layer's weight.
-REST: dict[str, str] = {"muon": "adam"}
-
 # Damping: the value used for a layer's factor F is ρ · m**DAMPING[optimizer][rule][F][role]. The optimizers
 # listed here are the *damped* ones. K-FAC factors: A = E[x xᵀ] (layer inputs), B = E[δ δᵀ] (output gradients);
 # their nonzero eigenvalues under µP are Θ(|x|²) = Θ(1) / Θ(M) / Θ(M) and Θ(|δ|²) = Θ(1/M) / Θ(1/M) / Θ(1) for
@@ -155,22 +151,47 @@ DEFAULT_DAMPING_RULE: dict[str, dict[str, str]] = {
 WEIGHT_DECAY: dict[str, float] = {"decoupled": -1.0, "coupled": 0.0}
 
 
+# Transformers (docs/parameterization.md, "Transformers"). Three more facts, each as data:
+#
+# 1. What an optimizer does not precondition it updates like the optimizer named here, and so takes that
+#    optimizer's column of LR. K-FAC, Shampoo and SOAP (LAYERWISE) precondition the nn.Linear / nn.Conv2d layers
+#    [W | b]; Muon orthogonalises the layers' weights only (W.flatten(1)). Every other parameter (embeddings, norm
+#    gains and biases, any other tensor; under Muon the layers' biases too) gets K-FAC's and Shampoo's plain SGD
+#    step, SOAP's Adam step, and AdamW under Muon (the Muon recipe). See updated_like().
+UPDATED_LIKE: dict[str, str] = {"kfac": "sgd", "shampoo": "sgd", "soap": "adam", "muon": "adam"}
+
+# 2. Forward multipliers: width-dependent constants of the forward pass that init and lr cannot express. A
+#    model applies one through a WidthMultiplier module of a kind below, for a dimension of some size; the plan
+#    sets its value to m**FORWARD[kind][param], m = size / the size of the same module in the base model (so
+#    1 at the base width, where every parameterization coincides).
+#    attention       on the attention logits q·kᵀ/√d_head, m of d_head: µP's logit scale 1/d_head (Tensor
+#                    Programs V: after training q and k are correlated and q·k = Θ(d_head)) is 1/√d_head·m^-½.
+#                    Second-order µP moves q and k by Θ(1) per coordinate as µP does, so it keeps µP's scale.
+#    tied_embedding  on the output of an embedding whose weight is also the unembedding (a tied readout): the
+#                    shared tensor has the readout's output role (init m^-½/√fan_in), and this multiplier, with
+#                    the model's own constant √d_model, gives the embedding's rows back the input role's Θ(1).
+FORWARD: dict[str, dict[str, float]] = {
+    "attention": {"sp": 0.0, "mup": -0.5, "somup": -0.5},
+    "tied_embedding": {p: -INIT[p]["output"] for p in INIT},
+}
+
+# 3. Zero-initialised weights besides the readout (param.readout_zero_init): a model marks a weight with
+#    setattr(weight, ZERO_INIT, True) and it starts at 0 under every parameterization (µP's zero-initialised
+#    queries, Tensor Programs V: the attention is uniform at init, whatever the width).
+ZERO_INIT = "muso_zero_init"
+
+
 def is_damped(optimizer: str) -> bool:
     """Whether ``optimizer`` has a damping hyperparameter (a column of the damping table)."""
     return optimizer in DAMPING
 
 
-def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None, *,
-                layer_weight: bool = True) -> float:
+def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None) -> float:
     """Exponent e of the lr multiplier m**e for a parameter of ``role``.
 
     ``power`` is the preconditioner's total inverse power when the optimizer's hyperparameters set it (Shampoo:
-    2·exponent); it only matters for second-order µP's preconditioned rule. ``layer_weight``: the parameter is
-    the weight of a Linear/Conv2d layer (ParamSpec.is_layer_weight); for an optimizer in REST every other
-    parameter takes the lr of the optimizer of the rest (Muon: AdamW's).
+    2·exponent); it only matters for second-order µP's preconditioned rule.
     """
-    if optimizer in REST and not layer_weight:
-        optimizer = REST[optimizer]
     cell = LR[param][optimizer]
     while isinstance(cell, str):
         p, o = cell.split(".")
@@ -222,6 +243,7 @@ class ParamSpec:
     width_mult: m = target / base size of the growing dimension (1.0 when fixed).
     fan_in: inputs per output unit in the target model (in_features · kernel area; 1 for an embedding).
     layer: the name of the Linear/Conv2d module whose weight or bias this is (None otherwise).
+    holders: the types of the modules that hold it (several for a tied weight).
     """
 
     name: str
@@ -232,11 +254,21 @@ class ParamSpec:
     fan_in: int
     layer: str | None = None
     is_bias: bool = False
+    holders: tuple[type, ...] = ()
 
-    @property
-    def is_layer_weight(self) -> bool:
-        """The weight of a Linear/Conv2d layer (what Muon orthogonalises; see REST)."""
-        return self.layer is not None and not self.is_bias
+
+def updated_like(optimizer: str, spec: ParamSpec) -> str:
+    """The column of the table whose update parameter ``spec`` gets under ``optimizer``: the optimizer's own for
+    what it preconditions (a layer's weight and bias for LAYERWISE optimizers, a layer's weight for Muon), else
+    UPDATED_LIKE[optimizer]."""
+    own = spec.layer is not None and (optimizer in LAYERWISE or not spec.is_bias)
+    return optimizer if own or optimizer not in UPDATED_LIKE else UPDATED_LIKE[optimizer]
+
+
+def splits_tensors(optimizer: str) -> bool:
+    """Whether ``optimizer``'s param groups are single tensors, each saying (``algorithm``) which column's update
+    it gets: an optimizer of UPDATED_LIKE that is not LAYERWISE (Muon)."""
+    return optimizer in UPDATED_LIKE and optimizer not in LAYERWISE
 
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
@@ -283,7 +315,8 @@ def infer_roles(model: nn.Module, base: nn.Module, delta: nn.Module | None = Non
         role, mult, fan_in = _classify(name, shape, bshape, dshape, _layout(module))
         specs[name] = ParamSpec(name=name, shape=shape, base_shape=bshape, role=role, width_mult=mult,
                                 fan_in=fan_in, layer=layer_owner[0] if layer_owner else None,
-                                is_bias=bool(layer_owner and layer_owner[2] == "bias"))
+                                is_bias=bool(layer_owner and layer_owner[2] == "bias"),
+                                holders=tuple(type(m) for _, m, _ in held))
     return specs
 
 
@@ -309,6 +342,46 @@ def _classify(name: str, shape: tuple[int, ...], bshape: tuple[int, ...], dshape
 
 
 # ------------------------------------------------------------------------------------------------------
+# Forward multipliers (FORWARD).
+
+class WidthMultiplier(nn.Module):
+    """y = x · value, the forward multiplier of kind ``kind`` (a row of FORWARD) for a dimension of ``size``
+    (attention: d_head; tied_embedding: d_model). Any shape; no parameters.
+
+    ``value`` is 1.0 until a plan's ``init_`` sets it to m**FORWARD[kind][param] with m = size / the size of the
+    module of the same name in the base model. A model of your own puts one wherever such a constant goes, e.g.
+    ``scores = self.logit_scale(q @ k.transpose(-2, -1) / math.sqrt(d_head))``.
+    """
+
+    def __init__(self, kind: str, size: int):
+        super().__init__()
+        if kind not in FORWARD:
+            raise ValueError(f"unknown forward multiplier {kind!r}; use one of {', '.join(FORWARD)}")
+        self.kind, self.size, self.value = kind, int(size), 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.value == 1.0 else x * self.value
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, size={self.size}, value={self.value:.4g}"
+
+
+def forward_multipliers(model: nn.Module, base: nn.Module, param: str) -> dict[str, tuple[str, float, float]]:
+    """{module name: (kind, m, value)} for every WidthMultiplier of ``model``, m from the base model's module."""
+    base_modules = dict(base.named_modules())
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, WidthMultiplier):
+            base_module = base_modules.get(name)
+            if not isinstance(base_module, WidthMultiplier):
+                raise ValueError(f"forward multiplier {name!r} is in the model but not in the base model: build "
+                                 f"them with the same architecture (only the width differs)")
+            m = module.size / base_module.size
+            out[name] = (module.kind, m, m ** FORWARD[module.kind][param])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
 # The plan: everything the parameterization decides for one model.
 
 @dataclass
@@ -319,7 +392,7 @@ class Plan:
     init_std[name]: the init standard deviation (absolute; 0.0 for a zero-initialised readout; None: the
     module's own init, e.g. norm gains). lr_mult[name]: a layerwise optimizer's bias carries its weight's.
     weight_decay_mult[name]: 0.0 for a parameter that is not decayed. damping_mult[layer]: {"A", "B"} for
-    K-FAC, {"eps"} for Shampoo.
+    K-FAC, {"eps"} for Shampoo. forward_mult[module]: (kind, m, value) of each WidthMultiplier (FORWARD).
     """
 
     param: str
@@ -333,10 +406,15 @@ class Plan:
     init_std: dict[str, float | None]
     weight_decay_mult: dict[str, float] = field(default_factory=dict)
     damping_mult: dict[str, dict[str, float]] = field(default_factory=dict)
+    forward_mult: dict[str, tuple[str, float, float]] = field(default_factory=dict)
 
     def init_(self, model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
         """Initialise ``model`` in place: weights N(0, init_std²), Linear/Conv biases 0, others untouched
-        (tensors on the meta device have no values: nothing is drawn for them)."""
+        (tensors on the meta device have no values: nothing is drawn for them); every WidthMultiplier gets its
+        value."""
+        modules = dict(model.named_modules())
+        for name, (_, _, value) in self.forward_mult.items():
+            modules[name].value = value
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, spec in self.specs.items():
@@ -357,7 +435,7 @@ class Plan:
         Every group has ``params``, ``param_names`` (torch's key), ``lr`` and ``role``. Layerwise optimizers
         (K-FAC, Shampoo, SOAP): one group per Linear/Conv2d layer, weight then bias (the bias is preconditioned
         with its weight, the input augmented by a constant), with ``layer``, ``damping_rule`` and ``damping_A`` /
-        ``damping_B`` or ``damping_eps``; every other parameter a group of its own. Optimizers in REST (Muon):
+        ``damping_B`` or ``damping_eps``; every other parameter a group of its own. Optimizers whose groups are tensors (splits_tensors: Muon):
         one group per parameter with ``algorithm`` (the optimizer that updates it: ``muon`` for a layer's
         weight, ``adam`` for the rest), and the rest's lr is ``rest_lr`` (default ``lr``) × its multiplier. With
         ``weight_decay`` (λ at the base width) each group gets ``weight_decay`` = λ × its multiplier, and a layer
@@ -374,7 +452,7 @@ class Plan:
             if self.optimizer in LAYERWISE and spec.layer is not None:
                 by_layer.setdefault(spec.layer, []).append(name)
             else:
-                algorithm = {"algorithm": self.algorithm(name)} if self.optimizer in REST else {}
+                algorithm = {"algorithm": self.algorithm(name)} if splits_tensors(self.optimizer) else {}
                 groups.append({"params": [params[name]], "param_names": [name],
                                "lr": self._base_lr(name, lr, rest_lr) * self.lr_mult[name], "role": spec.role,
                                **algorithm, **decay(name), **options})
@@ -392,25 +470,23 @@ class Plan:
         return groups
 
     def algorithm(self, name: str) -> str:
-        """The optimizer (a column of the table) that updates parameter ``name``: the plan's own, or for an
-        optimizer in REST the optimizer of the rest for every parameter that is not a layer's weight."""
-        if self.optimizer in REST and not self.specs[name].is_layer_weight:
-            return REST[self.optimizer]
-        return self.optimizer
+        """The optimizer (a column of the table) whose update parameter ``name`` gets (updated_like)."""
+        return updated_like(self.optimizer, self.specs[name])
 
     def _base_lr(self, name: str, lr: float, rest_lr: float | None) -> float:
-        """The base lr of parameter ``name``: ``rest_lr`` (when given) for the rest of an optimizer in REST."""
+        """The base lr of parameter ``name``: ``rest_lr`` (when given) for what the optimizer updates like another."""
         return rest_lr if rest_lr is not None and self.algorithm(name) != self.optimizer else lr
 
     def rows(self) -> list[dict]:
         """One row per parameter, for `muso params`: name, shape, role, m, init std, lr, weight-decay and
-        damping multipliers. Optimizers in REST (Muon) add ``algorithm`` (which optimizer updates it)."""
+        damping multipliers; then one per forward multiplier: its module, role = its kind, m, forward_mult.
+        Optimizers whose groups are tensors (Muon) add ``algorithm`` (which column's update each gets)."""
         out = []
         for name, s in self.specs.items():
             row = {"name": name, "shape": list(s.shape), "role": s.role, "width_mult": s.width_mult,
                    "init_std": self.init_std[name], "lr_mult": self.lr_mult[name],
                    "wd_mult": self.weight_decay_mult[name]}
-            if self.optimizer in REST:
+            if splits_tensors(self.optimizer):
                 row["algorithm"] = self.algorithm(name)
             if self.damping_rule is not None:
                 damping = self.damping_mult.get(s.layer or "", {}) if not s.is_bias else {}
@@ -418,6 +494,8 @@ class Plan:
                 for k in DAMPING[self.optimizer][self.damping_rule]:
                     row[f"damping_{k}_mult"] = damping.get(k)
             out.append(row)
+        for name, (kind, m, value) in self.forward_mult.items():
+            out.append({"name": name, "shape": [], "role": kind, "width_mult": m, "forward_mult": value})
         return out
 
 
@@ -429,7 +507,9 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     param: sp | mup | somup. optimizer: a column of the table (OPTIMIZERS). damping_rule: auto or one of
     DAMPING_RULES[optimizer]. weight_decay_rule: decoupled | coupled (WEIGHT_DECAY); decay_vectors: decay
     biases and norm gains too. sigma: init std × √fan_in. power: the preconditioner's total inverse power when
-    the optimizer's hyperparameters set it (Shampoo: 2 × exponent).
+    the optimizer's hyperparameters set it (Shampoo: 2 × exponent). Parameters an optimizer does not
+    precondition take the lr rule of UPDATED_LIKE; weights marked ZERO_INIT start at 0; the model's
+    WidthMultipliers get m**FORWARD[kind][param].
     """
     if param not in PARAMS:
         raise ValueError(f"unknown parameterization {param!r}; use one of {', '.join(PARAMS)}")
@@ -443,12 +523,14 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
                       "model at another width, e.g. on the meta device>.", UserWarning, stacklevel=2)
     rule = resolve_damping_rule(optimizer, param, damping_rule)
     specs = infer_roles(model, base, delta)
+    params = dict(model.named_parameters())
     lr_mult, init_std, damping = {}, {}, {}
     for name, s in specs.items():
         m = s.width_mult
-        lr_mult[name] = m ** lr_exponent(param, optimizer, s.role, power, layer_weight=s.is_layer_weight)
+        # what the optimizer does not precondition takes the lr rule of the update it gets (UPDATED_LIKE)
+        lr_mult[name] = m ** lr_exponent(param, updated_like(optimizer, s), s.role, power)
         if len(s.shape) >= 2:
-            zero = readout_zero_init and s.role == "output"
+            zero = (readout_zero_init and s.role == "output") or getattr(params[name], ZERO_INIT, False)
             init_std[name] = 0.0 if zero else sigma * m ** INIT[param][s.role] / math.sqrt(s.fan_in)
         else:
             init_std[name] = 0.0 if s.is_bias else None
@@ -461,7 +543,8 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     weight_decay = {n: lr_mult[n] ** c if len(s.shape) >= 2 or decay_vectors else 0.0 for n, s in specs.items()}
     return Plan(param=param, optimizer=optimizer, damping_rule=rule, weight_decay_rule=weight_decay_rule,
                 sigma=sigma, readout_zero_init=readout_zero_init, specs=specs, lr_mult=lr_mult, init_std=init_std,
-                weight_decay_mult=weight_decay, damping_mult=damping)
+                weight_decay_mult=weight_decay, damping_mult=damping,
+                forward_mult=forward_multipliers(model, base, param))
 
 
 def _same_shapes(a: nn.Module, b: nn.Module) -> bool:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import track, verdict
+from .parametrize import PARAMS
 from .plots import pyplot, save
 from .study import METRICS, UNREADABLE, Study, points
 
@@ -112,8 +113,8 @@ def drift_table(v: dict) -> pd.DataFrame:
     """Per param, swept axis and width: the optimum, its drift from the base width (octaves), the drift's
     interval, the width's verdict and what would decide an undecided one."""
     rows = []
-    for p, pv in v["params"].items():
-        for a, ax in pv["axes"].items():
+    for p in _ordered(v["params"]):
+        for a, ax in v["params"][p]["axes"].items():
             rows.append({"param": p, "axis": a, "width": v["base_width"], "optimum": ax["base"]["value"],
                          "drift_octaves": 0.0, "interval": "", "verdict": "base", "note": _notes({a: ax["base"]})})
             for r in ax["widths"]:
@@ -185,6 +186,24 @@ def headline(tr: pd.DataFrame, wider: pd.DataFrame, transfers: dict, sign: float
 # ------------------------------------------------------------------------------------------------------
 # Plots
 
+def _ordered(params) -> list[str]:
+    """Parameterizations in the table's order (sp first), unknown names after."""
+    return sorted(params, key=lambda p: (PARAMS.index(p) if p in PARAMS else len(PARAMS), p))
+
+
+def _other_axis_note(grid: dict, axis: str) -> str:
+    """What the curves hold fixed or pick on the axis not plotted: a single damping value is named, a swept one
+    is picked per point."""
+    other = "damping" if axis == "lr" else "lr"
+    values = np.unique(np.concatenate([c.values(other) for c in grid.values()] + [np.zeros(0)]))
+    values = values[np.isfinite(values)]
+    if other == "damping" and not len(values):
+        return ""
+    if len(values) == 1:
+        return f"{other} {values[0]:.3g}"
+    return f"best {other} per point"
+
+
 def _colors(plt, widths) -> dict:
     widths = sorted(widths)
     return {w: plt.cm.viridis(0.9 * i / max(1, len(widths) - 1)) for i, w in enumerate(widths)}
@@ -204,14 +223,60 @@ def _curve(cell: verdict.Cell, axis: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr") -> None:
-    """One panel per parameterization: the score against log2 ``axis`` (best over the other axis), one curve per
-    width with a band over seeds (min–max), the optimum ★ (flagged "edge" at the grid edge, "cliff" when
-    stability-bound), diverged settings × in one row per width above the curves, and a cell with no optimum
-    named in the panel."""
+def _transferred_points(ax, cells: list, axis: str, sign: float, colors: dict) -> tuple[list[float], list[str]]:
+    """A transfer width's one setting as ◆ at its value of ``axis``; returns the x drawn and notes for diverged
+    ones."""
+    xs, notes = [], []
+    for c in cells:
+        if not len(c.mean) or not np.isfinite(c.values(axis)[0]):
+            continue  # not finished yet, or the axis has no value (an undamped optimizer)
+        x, y = math.log2(float(c.values(axis)[0])), sign * c.mean[0]
+        xs.append(x)
+        if np.isfinite(y):
+            ax.scatter(x, y, marker="D", s=30, color=colors[c.width], edgecolor="k", zorder=6,
+                       label=f"{c.param}, width {c.width} (transferred)")
+        else:
+            notes.append(f"width {c.width}: the transferred setting diverged")
+    return xs, notes
+
+
+def _grid_curve(ax, c: verdict.Cell, k: int, axis: str, sign: float, color, band: float, notes: list) -> list[float]:
+    """One swept width's curve: mean and seed band, diverged × in the k-th row of the top ``band``, the optimum ★
+    with its flags; a cell with no optimum adds a note. Returns the x drawn."""
+    label = f"{c.param}, width {c.width}"
+    if c.best is None:
+        notes.append(f"width {c.width}: no optimum ({c.problem().problem.split(' at width')[0]})")
+    if axis not in c.swept:
+        return []
+    curve = _curve(c, axis)
+    ok = np.isfinite(curve["mean"].to_numpy())
+    if ok.any():
+        ax.plot(curve.x[ok], sign * curve["mean"][ok], marker="o", ms=3, color=color, label=label)
+    if (curve.hi > curve.lo).any():
+        ax.fill_between(curve.x[ok], sign * curve.lo[ok], sign * curve.hi[ok], color=color, alpha=0.15, lw=0)
+    # diverged: x in data, y in axes fraction, one row per width, so that widths stay apart
+    ax.scatter(curve.x[~ok], np.full((~ok).sum(), 0.98 - band + 0.045 * (k + 0.5)), marker="x", s=24,
+               color=color, transform=ax.get_xaxis_transform(), label=None if ok.any() else label)
+    if c.best is not None:
+        best = curve[curve.best].iloc[0]
+        ax.scatter(best.x, sign * best["mean"], marker="*", s=160, color=color, edgecolor="k", zorder=5)
+        info = c.axis(axis)
+        flag = ", ".join(f for f, on in (("edge", info["edge"]), ("cliff", info["stability_bound"])) if on)
+        if flag:
+            ax.annotate(flag, (best.x, sign * best["mean"]), textcoords="offset points", xytext=(6, -10),
+                        fontsize=7, color=color)
+    return list(curve.x)
+
+
+def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr", title: str = "") -> None:
+    """One panel per parameterization (sp first): the score against log2 ``axis`` (best over the other axis), one
+    curve per swept width with a band over seeds (min–max), the optimum ★ (flagged "edge" at the grid edge,
+    "cliff" when stability-bound), a transfer width's single setting ◆ at its value, diverged settings × in one
+    row per width above the curves, and a cell with no optimum named in the panel. ``title``: the study and its
+    optimizer, completed with what the other axis holds."""
     plt = pyplot()
     sign = -1 if METRICS[metric] == "max" else 1
-    params = sorted({p for p, _ in grid})
+    params = _ordered({p for p, _ in grid})
     colors = _colors(plt, {w for _, w in grid})
     rows = max(len([c for (p, _), c in grid.items() if p == param]) for param in params)
     band = 0.04 + 0.045 * rows  # the top band of each panel (axes fraction) holds the rows of × markers
@@ -220,32 +285,10 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr") -> None:
     pad = 0.05 * (high - low) if high > low else 0.5
     fig, axes = plt.subplots(1, len(params), figsize=(4.6 * len(params), 4.0), squeeze=False, sharey=True)
     for ax, param in zip(axes[0], params):
-        cells = sorted((c for (p, _), c in grid.items() if p == param and c.n_settings >= 2), key=lambda c: c.width)
-        notes, xs = [], []
-        for k, c in enumerate(cells):
-            color, label = colors[c.width], f"{param}, width {c.width}"
-            if c.best is None:
-                notes.append(f"width {c.width}: no optimum ({c.problem().problem.split(' at width')[0]})")
-            if axis not in c.swept:
-                continue
-            curve = _curve(c, axis)
-            xs += list(curve.x)
-            ok = np.isfinite(curve["mean"].to_numpy())
-            if ok.any():
-                ax.plot(curve.x[ok], sign * curve["mean"][ok], marker="o", ms=3, color=color, label=label)
-            if (curve.hi > curve.lo).any():
-                ax.fill_between(curve.x[ok], sign * curve.lo[ok], sign * curve.hi[ok], color=color, alpha=0.15, lw=0)
-            # diverged: x in data, y in axes fraction, one row per width, so that widths stay apart
-            ax.scatter(curve.x[~ok], np.full((~ok).sum(), 0.98 - band + 0.045 * (k + 0.5)), marker="x", s=24,
-                       color=color, transform=ax.get_xaxis_transform(), label=None if ok.any() else label)
-            if c.best is not None:
-                best = curve[curve.best].iloc[0]
-                ax.scatter(best.x, sign * best["mean"], marker="*", s=160, color=color, edgecolor="k", zorder=5)
-                info = c.axis(axis)
-                flag = ", ".join(f for f, on in (("edge", info["edge"]), ("cliff", info["stability_bound"])) if on)
-                if flag:
-                    ax.annotate(flag, (best.x, sign * best["mean"]), textcoords="offset points", xytext=(6, -10),
-                                fontsize=7, color=color)
+        mine = sorted((c for (p, _), c in grid.items() if p == param), key=lambda c: c.width)
+        xs, notes = _transferred_points(ax, [c for c in mine if c.n_settings == 1], axis, sign, colors)
+        for k, c in enumerate(c for c in mine if c.n_settings >= 2):
+            xs += _grid_curve(ax, c, k, axis, sign, colors[c.width], band, notes)
         for i, note in enumerate(notes):
             ax.text(0.02, 0.03 + 0.055 * i, note, transform=ax.transAxes, fontsize=7, color="crimson")
         if xs:  # autoscaling ignores the × rows (drawn in axes fraction): set the x range from every point
@@ -261,8 +304,10 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr") -> None:
     if not len(finite):  # nothing finished finite: the score axis has nothing to show
         axes[0][0].set_yticks([])
     axes[0][0].set_ylabel(f"{METRIC_LABEL[metric]} (mean over seeds)")
+    fig.suptitle(" · ".join(t for t in (title, _other_axis_note(grid, axis)) if t), fontsize=10)
     fig.text(0.5, 0.005, "★ optimum (edge: at the grid edge, the optimum may lie beyond; cliff: stability-bound)\n"
-             "× diverged, one row per width · band: min–max over seeds", ha="center", fontsize=7)
+             "◆ transferred setting at a wider width · × diverged, one row per width · band: min–max over seeds",
+             ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     save(fig, path, tight=False)
 
@@ -275,7 +320,7 @@ def plot_drift(v: dict, path: Path) -> bool:
     if not axes_used:
         return False
     plt = pyplot()
-    params = sorted(v["params"])
+    params = _ordered(v["params"])
     cells = {(c["param"], c["width"]): c for c in v["cells"]}
     widths = sorted({w for _, w in cells})
     fig, axes = plt.subplots(1, len(axes_used), figsize=(5.6 * len(axes_used), 4.2), squeeze=False)
@@ -364,22 +409,33 @@ def plot_heatmaps(grid: dict, path_for, metric: str) -> list[Path]:
     return paths
 
 
-def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path) -> bool:
-    """Training curves (train loss vs step) per width at the transferred setting, one panel per param."""
+def _setting_rows(df: pd.DataFrame, param: str, choice: dict, base_width: int) -> pd.DataFrame:
+    """The trials of the transferred setting of ``param``: its transfer trials and the base-width trials (every
+    seed) at the same lr and damping."""
+    same_damping = (df.damping.isna() if choice.get("damping") is None
+                    else np.isclose(df.damping.astype(float), float(choice["damping"]), rtol=1e-9))
+    base = (df.width == base_width) & np.isclose(df.lr.astype(float), float(choice["lr"]), rtol=1e-9) & same_damping
+    return df[(df.param == param) & (df.trial_id.isin(choice.get("transfer_trials", [])) | base)]
+
+
+def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path, base_width: int, title: str = "") -> bool:
+    """Training curves (train loss on the eval subset vs step) at the transferred setting, one panel per param
+    (sp first), one colour per width from the base width up; the points are the evaluations (train.eval_every)."""
     plt = pyplot()
-    params = [p for p in transfers if not df[df.trial_id.isin(transfers[p].get("transfer_trials", []))].empty]
+    params = _ordered(p for p in transfers if not df[df.trial_id.isin(transfers[p].get("transfer_trials", []))].empty)
     if not params:
         return False
-    fig, axes = plt.subplots(1, len(params), figsize=(4.4 * len(params), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(params), figsize=(4.4 * len(params), 3.8), squeeze=False, sharey=True)
     for ax, param in zip(axes[0], params):
-        rows = df[df.trial_id.isin(transfers[param]["transfer_trials"]) & (df.param == param)]
+        rows = _setting_rows(df, param, transfers[param], base_width)
         colors = _colors(plt, rows.width.unique())
         for width, g in rows.groupby("width"):
             for k, trial_id in enumerate(g.trial_id):
                 metrics = [m for m in track.read_json_lines(study.path / "trials" / trial_id / track.METRICS) or []
                            if m.get("train_loss") is not None]
                 ax.plot([m["step"] for m in metrics], [m["train_loss"] for m in metrics], color=colors[width], lw=1,
-                        label=f"{param}, width {width}" if k == 0 else None)
+                        marker="o", ms=2, label=f"{param}, width {width}" + (" (base)" if width == base_width else "")
+                        if k == 0 else None)
         ax.set_yscale("log")
         damping = transfers[param].get("damping")
         ax.set_title(f"{param}: lr={transfers[param]['lr']:.3g}"
@@ -388,6 +444,8 @@ def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path) -> 
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("train loss on the eval subset (log scale)")
+    if title:
+        fig.suptitle(title, fontsize=10)
     save(fig, path)
     return True
 
@@ -395,9 +453,10 @@ def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path) -> 
 # ------------------------------------------------------------------------------------------------------
 
 def build(study: Study, out_dir: Path, metric: str, base_width: int,
-          settings: verdict.Settings = verdict.Settings()) -> dict:
+          settings: verdict.Settings = verdict.Settings(), title: str = "") -> dict:
     """Write every file of the report into ``out_dir``; return {results, skipped, tables, verdict, unreadable (the
-    trial folders whose result or metrics cannot be trusted)}."""
+    trial folders whose result or metrics cannot be trusted)}. ``title``: what the plots are of (study, optimizer,
+    model, data), shown above them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = points(study, metric)
@@ -419,10 +478,10 @@ def build(study: Study, out_dir: Path, metric: str, base_width: int,
         grid = verdict.cells(entries)
         for axis in verdict.AXES:
             if any(axis in c.swept for c in grid.values()):
-                plot_loss_vs(grid, out_dir / f"loss_vs_{axis}.png", metric, axis)
+                plot_loss_vs(grid, out_dir / f"loss_vs_{axis}.png", metric, axis, title)
         plot_heatmaps(grid, lambda p: out_dir / f"heatmap_{p}.png", metric)
         plot_drift(v, out_dir / "drift.png")
-        plot_curves(study, df, transfers, out_dir / "curves.png")
+        plot_curves(study, df, transfers, out_dir / "curves.png", base_width, title)
     _write_markdown(out_dir / "report.md", study, v, tables, skipped, len(df), metric, out_dir)
     unreadable = sorted({str(study.path / "trials" / e["trial_id"]) for e in entries if e["status"] == UNREADABLE})
     return {"results": df, "skipped": skipped, "tables": tables, "verdict": v, "unreadable": unreadable}

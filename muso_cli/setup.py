@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from . import models, optim
-from .errors import UsageError, check_bool, check_one_of, check_positive, is_int, is_number
+from .errors import UsageError, check_bool, check_one_of, check_positive, is_int, is_number, raise_all
 from .losses import LOSSES
 from .parametrize import Plan, make_plan
 
@@ -29,7 +29,9 @@ def resolve_device(name: str) -> torch.device:
 def build_model_and_plan(cfg: DictConfig, input_shape, num_classes: int, width: int | None = None,
                          device: torch.device | str = "cpu") -> tuple[nn.Module, Plan]:
     """The model at ``width`` (default model.width) on ``device``, parameterized, and initialised from
-    ``cfg.seed`` (on the meta device: shapes only, nothing drawn)."""
+    ``cfg.seed`` (on the meta device: shapes only, nothing drawn). A model muso cannot parameterize (nothing
+    scales, an ambiguous or unpreconditionable matrix: :func:`muso_cli.models.check_plan`) raises UsageError
+    naming the parameter."""
     meta = torch.device(device).type == "meta"
     model, base, delta = models.build_with_shapes(cfg.model, input_shape, num_classes, width,
                                                   device="meta" if meta else None)
@@ -37,6 +39,7 @@ def build_model_and_plan(cfg: DictConfig, input_shape, num_classes: int, width: 
     plan = make_plan(model, base, param.name, opt.name, delta=delta, damping_rule=opt.get("damping_rule", "auto"),
                      weight_decay_rule=param.weight_decay_rule, decay_vectors=param.decay_vectors,
                      sigma=param.sigma, readout_zero_init=param.readout_zero_init, power=optim.power(opt))
+    raise_all(models.check_plan(cfg.model, plan))
     if meta:
         return model, plan
     plan.init_(model, torch.Generator().manual_seed(int(cfg.seed)))

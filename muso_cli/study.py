@@ -472,7 +472,8 @@ def objective(result: dict | None, metric: str) -> float | None:
 
 def _trusted(result: dict, folder: Path) -> bool:
     """Whether a result can be believed: a known status, numbers (or null) where metrics are, and a whole
-    metrics.jsonl beside a finished one (a torn or hand-edited file is counted unreadable, never half-read)."""
+    metrics.jsonl beside a finished one when there is one (a torn or hand-edited file is counted unreadable, never
+    half-read)."""
     if result.get("status") not in track.RESULT_STATUSES:
         return False
     if result["status"] == track.FAILED:
@@ -481,7 +482,8 @@ def _trusted(result: dict, folder: Path) -> bool:
     if not isinstance(final, dict) or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
                                               for v in final.values()):
         return False
-    return track.read_json_lines(folder / track.METRICS) is not None
+    metrics = folder / track.METRICS  # absent is no contradiction (a result written by hand or by an older muso)
+    return not metrics.exists() or track.read_json_lines(metrics) is not None
 
 
 def points(study: Study, metric: str) -> list[dict]:

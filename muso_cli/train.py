@@ -35,16 +35,23 @@ from .stop import STOP, Interrupted
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn, batch_size: int) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` on x [N, ...], y [N], in eval mode, in chunks of ``batch_size``."""
+    """(mean loss, accuracy) of ``model`` on x [N, ...], in eval mode, in chunks of ``batch_size``.
+
+    y: [N] classes, [N, T] classes per position (a sequence: the loss is then the mean per token), or float
+    targets [N, C] (accuracy against their argmax). Accuracy: the fraction of examples (positions) whose
+    output's argmax is the target.
+    """
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, correct, positions = 0.0, 0, 0
     for i in range(0, len(y), batch_size):
-        logits = model(x[i:i + batch_size])
-        total_loss += loss_fn(logits, y[i:i + batch_size]).item() * len(logits)
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+        logits, target = model(x[i:i + batch_size]), y[i:i + batch_size]
+        total_loss += loss_fn(logits, target).item() * len(logits)
+        labels = target.argmax(-1) if target.is_floating_point() else target
+        correct += (logits.argmax(-1) == labels).sum().item()
+        positions += labels.numel()
     model.train(was_training)
-    return total_loss / len(y), correct / len(y)
+    return total_loss / len(y), correct / positions
 
 
 class BatchSampler:
@@ -203,9 +210,13 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
     def eval_row() -> dict:
         train_loss, train_acc = evaluate(model, x_eval, y_eval, loss_fn, tcfg.eval_batch_size)
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, loss_fn, tcfg.eval_batch_size)
-        return {"step": step, "epoch": round(step * tcfg.batch_size / len(data.y_train), 4),
-                "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
+        row = {"step": step, "epoch": round(step * tcfg.batch_size / len(data.y_train), 4),
+               "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
+        if data.bytes_per_token and tcfg.loss == "xent":  # text: the loss per token (nats) in bits per byte too
+            row.update(train_bpb=train_loss / (math.log(2) * data.bytes_per_token),
+                       test_bpb=test_loss / (math.log(2) * data.bytes_per_token))
+        return row
 
     def save_checkpoint() -> None:
         state.step, state.initial_loss, state.seconds = step, initial_loss, time.time() - t0

@@ -5,8 +5,8 @@ MLP 784 → M → M → 10 on Fashion-MNIST, one batch of 32, cross-entropy, bas
 (--widths to change; e.g. 64 → 8192 on a GPU), 3 steps, 2 seeds; or (--model cnn) the 3-layer CNN over channel
 multipliers k (e.g. --widths [1,2,4,8] --fit-from 2). Writes into --out (default outputs/repro/coord):
 coord_grid.png (rows: optimizers, columns: parameterizations; RMS Δh of each layer against width at the last
-step), slopes.csv (every case, layer and step; fitted from --fit-from, default 4× the base width) and summary.md
-(the verdict table).
+step; one y-span per row, so that a flat line looks flat next to a growing one), slopes.csv (every case, layer
+and step; fitted from --fit-from, default 4× the base width) and summary.md (the verdict table).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ PARAMS = ("sp", "mup", "somup")
 def plot_grid(results: dict, optimizers: list[str], path: Path, step: int, fit_from: float, model: str) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(len(optimizers), len(PARAMS), figsize=(3.3 * len(PARAMS), 2.6 * len(optimizers)),
-                             sharex=True, squeeze=False)
+                             sharex=True, sharey="row", squeeze=False)  # one y-span per row: flat looks flat
     for i, opt in enumerate(optimizers):
         for j, param in enumerate(PARAMS):
             ax = axes[i][j]

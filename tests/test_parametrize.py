@@ -305,7 +305,7 @@ def test_rows_for_muso_params():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Muon: a layer's weight is Muon's, everything else AdamW's (REST), with AdamW's own column of the table.
+# Muon: a layer's weight is Muon's, everything else AdamW's (UPDATED_LIKE), with AdamW's own column of the table.
 
 class Embedded(nn.Module):
     """An embedding (input role, fan-in first), a bare hidden matrix, a LayerNorm and a Linear readout."""
@@ -357,3 +357,92 @@ def test_soap_groups_are_layers_with_the_somup_eps_multipliers():
     assert groups["layers.0"]["param_names"] == ["layers.0.weight", "layers.0.bias"]
     assert groups["layers.0"]["lr"] == pytest.approx(3e-3 * M ** 0.5)
     assert [groups[f"layers.{i}"]["damping_eps"] for i in range(3)] == pytest.approx([M ** -0.5, 1, M ** 0.5])
+# Transformers: what a layerwise optimizer does not precondition (UPDATED_LIKE), forward multipliers (FORWARD)
+# and zero-initialised weights (ZERO_INIT), on the GPT of muso_cli/models/gpt.py at d_model 256 over base 64.
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from muso_cli.models.gpt import GPT  # noqa: E402
+
+GPT_CFG = dict(layers=1, heads=4, head_size=None, mlp_ratio=4, positions="learned", tie=False, bias=True,
+               zero_query=False)
+
+
+def gpt(width, device="cpu", **options):
+    with torch.device(device):
+        return GPT(256, 32, width, OmegaConf.create({**GPT_CFG, **options}))
+
+
+def gpt_plan(param, optimizer, **options):
+    return P.make_plan(gpt(256, **options), gpt(64, "meta", **options), param, optimizer,
+                       delta=gpt(128, "meta", **options))
+
+
+EMBEDDING, GAIN, QUERY, HEAD = "tok_emb.weight", "blocks.0.ln1.weight", "blocks.0.attn.q.weight", "head.weight"
+
+
+PRECONDITIONED = {  # (query lr, unembedding lr): hidden and output cells of LR_EXPECTED
+    ("sp", "kfac"): (1, 1), ("mup", "kfac"): (1, 1 / M), ("somup", "kfac"): (1, 1),
+    ("sp", "shampoo"): (1, 1), ("mup", "shampoo"): (1, 1 / M), ("somup", "shampoo"): (1, M ** -0.5)}
+
+
+@pytest.mark.parametrize("param", P.PARAMS)
+@pytest.mark.parametrize("optimizer", ["kfac", "shampoo"])
+def test_what_a_layerwise_optimizer_does_not_precondition_takes_sgds_rule(param, optimizer):
+    """Embeddings and LayerNorm gains get K-FAC's / Shampoo's plain SGD update, so SGD's cell: under µP an
+    input-role embedding lr m and a gain lr m; the Linear layers keep the preconditioned rule."""
+    plan, sgd = gpt_plan(param, optimizer), gpt_plan(param, "sgd")
+    assert plan.specs[EMBEDDING].role == IN and plan.specs[GAIN].role == VEC
+    for name in (EMBEDDING, GAIN, "pos_emb.weight", "ln_f.bias"):
+        assert plan.lr_mult[name] == pytest.approx(sgd.lr_mult[name]), name
+    expected_sgd = {"sp": 1.0, "mup": M, "somup": M}[param]
+    assert plan.lr_mult[EMBEDDING] == pytest.approx(expected_sgd)
+    assert (plan.lr_mult[QUERY], plan.lr_mult[HEAD]) == pytest.approx(PRECONDITIONED[param, optimizer])
+
+
+@pytest.mark.parametrize("param, head_size_scaling, expected", [
+    ("sp", True, 1.0), ("mup", True, M ** -0.5), ("somup", True, M ** -0.5),
+    ("mup", False, 1.0), ("somup", False, 1.0),   # a fixed head size: 1/√d_head is µP's 1/d_head up to a constant
+])
+def test_attention_logit_multiplier(param, head_size_scaling, expected):
+    """Logits q·kᵀ/√d_head × m^e, m of d_head: 1/√d_head under SP, ∝ 1/d_head under µP and second-order µP."""
+    options = {} if head_size_scaling else {"heads": None, "head_size": 16}
+    plan = gpt_plan(param, "adam", **options)
+    kind, m, value = plan.forward_mult["blocks.0.attn.logit_scale"]
+    assert kind == "attention" and m == (M if head_size_scaling else 1.0) and value == pytest.approx(expected)
+    model = gpt(256, **options)
+    plan.init_(model)
+    assert model.blocks[0].attn.logit_scale.value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("param, expected", [("sp", 1.0), ("mup", M ** 0.5), ("somup", M ** 0.5)])
+def test_tied_unembedding_keeps_the_output_role_and_the_embedding_its_scale(param, expected):
+    """A tied weight is the readout (output role, init m^-½/√d under µP); the embedding's output × √d × m^½ has
+    Θ(1) entries at every width, as an untied input-role embedding's."""
+    plan = gpt_plan(param, "kfac", tie=True)
+    shared = plan.specs[EMBEDDING]
+    assert shared.role == OUT and shared.layer == "head" and "head.weight" not in plan.specs
+    assert plan.forward_mult["tied_scale"][2] == pytest.approx(expected)
+    model = gpt(256, tie=True)
+    plan.init_(model, torch.Generator().manual_seed(0))
+    embedded = model.tied_scale(model.tok_emb(torch.arange(256)) * 256 ** 0.5)
+    assert embedded.std().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_zero_initialised_queries_under_every_parameterization():
+    for param in P.PARAMS:
+        plan = gpt_plan(param, "adam", zero_query=True)
+        model = gpt(256, zero_query=True)
+        plan.init_(model)
+        assert plan.init_std[QUERY] == 0.0 and torch.all(model.blocks[0].attn.q.weight == 0)
+        assert model.blocks[0].attn.k.weight.abs().sum() > 0
+
+
+def test_forward_multipliers_in_rows_and_their_errors():
+    rows = {r["name"]: r for r in gpt_plan("mup", "adam").rows()}
+    assert rows["blocks.0.attn.logit_scale"]["role"] == "attention"
+    assert rows["blocks.0.attn.logit_scale"]["forward_mult"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown forward multiplier"):
+        P.WidthMultiplier("readout", 8)
+    with pytest.raises(ValueError, match="not in the base model"):
+        P.forward_multipliers(nn.Sequential(P.WidthMultiplier("attention", 8)), nn.Sequential(nn.Identity()), "mup")

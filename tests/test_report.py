@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from handmade import make, parabola
+from handmade import make, parabola, write_results
 from muso_cli import report, verdict
 from muso_cli.cli import main
 from muso_cli.study import Study
@@ -111,3 +111,31 @@ def test_a_bad_tolerance_is_refused_before_any_work(tmp_path, capsys):
 def test_interval_words():
     assert verdict.fmt_interval(-math.inf, 0.5) == "[-inf, +0.50]"
     assert verdict.fmt_interval(0, 0.0125, octaves=False) == "[0, 0.0125]"
+
+
+def test_a_sweep_only_report_prints_its_drift_and_plots_name_the_study_sp_first(tmp_path, capsys, monkeypatch):
+    drawn = {}
+
+    def keep(fig, path, **kwargs):  # look at the figure, then save it as the report does
+        drawn[path.name] = {"title": fig._suptitle.get_text() if fig._suptitle else "",
+                            "panels": [ax.get_title() for ax in fig.axes]}
+        return save(fig, path, **kwargs)
+
+    save = report.save
+    monkeypatch.setattr(report, "save", keep)
+    study = make(tmp_path, lambda p, w, lr, d, s: parabola(CENTRES[w][s])(lr), "study.lr=log2:-6:-1:0.25",
+                 "study.widths=[16,32,64]", "study.seeds=[0,1]", "optimizer=kfac", "study.damping=[0.1]")
+    assert main(["report", str(study.path)]) == 0
+    out = capsys.readouterr().out
+    drift = out.split("drift of the optimum from the base width (octaves; interval over seeds):\n")[1].splitlines()
+    assert drift[0].split() == ["param", "axis", "width", "optimum", "drift_octaves", "interval", "verdict"]
+    rows = [line.split() for line in drift[1:7]]
+    assert [r[:3] for r in rows] == [[p, "lr", w] for p in ("sp", "somup") for w in ("16", "32", "64")]
+    assert len(drift) == 7 or not drift[7].split()[1:2] == ["damping"]  # one damping value: no damping drift
+    assert drawn["loss_vs_lr.png"]["panels"] == ["sp", "somup"]
+    assert drawn["loss_vs_lr.png"]["title"] == "h: kfac, mlp on synthetic · damping 0.1"
+
+    assert main(["transfer", str(study.path), "transfer.widths=[128]", "--no-launch"]) == 0
+    write_results(study, lambda p, w, lr, d, s: 0.05)
+    assert main(["report", str(study.path)]) == 0
+    assert drawn["curves.png"]["panels"][0].startswith("sp: lr=")

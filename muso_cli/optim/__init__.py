@@ -46,7 +46,7 @@ def _generic(cls: type, *, takes_model: bool = True, takes_loss: bool = False,
     """The builder of one of muso's optimizers: ``cls(groups, model=model, **options)`` with the plan's groups
     and every key of the config node but PLAN_KEYS as a constructor argument (the keys are the argument names);
     ``model`` only when the optimizer ``takes_model`` (its hooks need it), ``loss`` (the training loss) too when
-    it ``takes_loss``. ``rest_lr``: the config key of the base lr of the rest (muso_cli.parametrize.REST)."""
+    it ``takes_loss``. ``rest_lr``: the config key of the base lr of the rest (muso_cli.parametrize.UPDATED_LIKE)."""
 
     def build(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimizer:
         options = {key: value for key, value in cfg.items() if key not in PLAN_KEYS}

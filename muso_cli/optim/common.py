@@ -109,9 +109,12 @@ def weak_forward_hook(module: nn.Module, owner: object, fn: Callable[[Any, tuple
 @dataclass
 class HookPolicy:
     """Shared by an optimizer and its layers' hooks. mc_pass: the backward in progress is the optimizer's own
-    (sampled-target, K-FAC's MC Fisher) one, not the user's."""
+    (sampled-target, K-FAC's MC Fisher) one, not the user's. examples: the number of terms the training loss
+    averages over in the model's last forward (its output's leading positions, N or N·T), when the optimizer
+    watches the model's output (K-FAC), else None."""
 
     mc_pass: bool = False
+    examples: int | None = None
 
 
 class Layer:

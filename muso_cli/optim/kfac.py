@@ -2,10 +2,13 @@
 
 For a layer seen as W [d_out, d_in] (bias as the last column, inputs augmented with a 1: see
 :mod:`muso_cli.optim.common`), with input rows x_r [d_in] and output-gradient rows ∂loss/∂h_r [d_out] of a
-batch of N examples (r runs over the N examples, or over N × positions for a conv)::
+batch of N examples (r runs over the N examples, over N × positions for a conv, over N × tokens for a Linear on
+[N, T, d]: the "expand" setting of Eschenhagen et al. 2023)::
 
-    A = (1/R) Σ_r x_r x_rᵀ                   [d_in, d_in]   R = number of rows (N, or N·H'·W')
-    δ_r = N · ∂loss/∂h_r                      (the loss is a batch mean: δ is a per-example gradient)
+    A = (1/R) Σ_r x_r x_rᵀ                   [d_in, d_in]   R = number of rows (N, N·H'·W' or N·T)
+    δ_r = N · ∂loss/∂h_r                      (the loss is a mean over N examples: δ is a per-example gradient;
+                                              N = the leading positions of the model's output, so a loss
+                                              averaged over the N·T tokens of [N, T, C] logits has N·T)
     B = (1/N) Σ_r δ_r δ_rᵀ = N Σ_r (∂loss/∂h_r)(∂loss/∂h_r)ᵀ      [d_out, d_out]
     G = ∂loss/∂W = (1/N) Σ_r δ_r x_rᵀ
     ΔW = −lr · (B + ρ_B I)⁻¹ G (A + ρ_A I)⁻¹
@@ -104,8 +107,10 @@ class KFACLayer(Layer):
             a = sum(x.T @ x / x.shape[0] for x in rows) / len(rows)
             state["A"] = running_average(state.get("A"), a, group["ema_decay"])
         if grads:
-            # δ = N·g with N the examples of that pass: B = (1/N) Σ δ δᵀ = N Σ g gᵀ.
-            b = sum(g.shape[0] * (d.T @ d) for g, d in zip(grads, (self.grad_rows(g).to(dtype) for g in grads)))
+            # δ = N·g with N the examples the loss averages over (the model output's leading positions: N·T tokens
+            # of a sequence loss, N images for a conv or a ViT): B = (1/N) Σ δ δᵀ = N Σ g gᵀ.
+            b = sum((self.policy.examples or g.shape[0]) * (d.T @ d)
+                    for g, d in zip(grads, (self.grad_rows(g).to(dtype) for g in grads)))
             state["B"] = running_average(state.get("B"), b / len(grads), group["ema_decay"])
 
     def damping_values(self, A: Tensor, B: Tensor, group: dict) -> dict[str, float]:
@@ -163,7 +168,7 @@ class KFAC(DampedOptimizer):
                  inverse: str = "cholesky", factored: bool = True, lowrank: bool | None = None):
         check_hyperparameters({"loss": loss}, {"loss": one_of(LOSSES)})
         self.loss = loss
-        self._sampled_backward_hooked = False
+        self._output_hooked = False
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                     "bias_weight_decay": bias_weight_decay, "damping": damping, "damping_rule": damping_rule,
                     "damping_A": 1.0, "damping_B": 1.0, "ema_decay": ema_decay,
@@ -192,20 +197,22 @@ class KFAC(DampedOptimizer):
 
     def schedule(self, layer: Layer, group: dict) -> None:
         super().schedule(layer, group)
-        if group["fisher"] == "mc" and not self._sampled_backward_hooked:
+        if not self._output_hooked:
             weak_forward_hook(self.model, self, KFAC._on_model_output)
-            self._sampled_backward_hooked = True
+            self._output_hooked = True
 
     def _on_model_output(self, inputs: tuple, output: Tensor) -> None:
-        """MC Fisher: backpropagate a loss with targets sampled from the model's prediction ``output``, when some
-        ``mc`` layer is on a curvature step."""
+        """Count the loss's examples of this forward (B's normalisation); MC Fisher: backpropagate a loss with
+        targets sampled from the model's prediction ``output``, when some ``mc`` layer is on a curvature step."""
+        if isinstance(output, Tensor) and output.dim() >= 2:
+            self.policy.examples = output.shape[:-1].numel()
         due = [layer.weight for layer, group in self.layer_groups()
                if group["fisher"] == "mc" and self.statistics_due(layer, group)]
         if not due:
             return
-        if not (isinstance(output, Tensor) and output.dim() == 2 and output.requires_grad):
-            raise ValueError("fisher='mc' needs the model to return logits of shape [N, classes]; got "
-                             f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
+        if not (isinstance(output, Tensor) and output.dim() >= 2 and output.requires_grad):
+            raise ValueError("fisher='mc' needs the model to return logits of shape [N, classes] or [N, T, "
+                             f"classes]; got {type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
         loss = LOSSES[self.loss]
         sampled = loss.value(output, loss.sample(output))
         self.policy.mc_pass = True

@@ -14,7 +14,7 @@ of 1024 × 1024 took 35× as long as a float32 one on the machines muso is teste
 
 and every other parameter (biases, norm gains, embeddings, bare tensors) by torch.optim.AdamW's (betas
 (beta1, beta2), ε ``eps``, decoupled decay λ). Which parameter gets which is the group's ``algorithm``
-(``muon`` | ``adam``), set by the plan (muso_cli.parametrize.REST: a layer's weight is Muon's, the rest AdamW's)
+(``muon`` | ``adam``), set by the plan (muso_cli.parametrize.UPDATED_LIKE: a layer's weight is Muon's, the rest AdamW's)
 or, for plain tensors, by their shape (≥ 2 dimensions: Muon), as torch's documentation splits them.
 
 The width scaling is the table's alone: ``a`` is torch's ``adjust_lr_fn`` shape factor, 1 here by default
