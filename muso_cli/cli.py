@@ -306,7 +306,7 @@ def cmd_params(args: list[str]) -> int:
     input_shape, num_classes = data_mod.spec(cfg.data)
     model, plan = build_model_and_plan(cfg, input_shape, num_classes, device="meta")
     lrs = optim.step_lrs(optim.build(cfg.optimizer, model, plan, cfg.train.loss))
-    rows = [{**row, "lr": lrs[row["name"]]} for row in plan.rows()]
+    rows = [{**row, "lr": lrs.get(row["name"])} for row in plan.rows()]  # a forward multiplier has none
     if ns.json:
         print(json.dumps({"param": plan.param, "optimizer": plan.optimizer, "damping_rule": plan.damping_rule,
                           "width": cfg.model.width, "base_width": cfg.model.base_width, "rows": rows}, indent=2))

@@ -113,3 +113,17 @@ def test_sweep_transfer_report_and_coord_check(tmp_path, capsys, optimizer):
     assert main(["coord-check", *optimizer, "data=synthetic", "model.base_width=16", "coord.widths=[16,32,64]",
                  "coord.fit_from=16", f"coord.out={out}"]) == 0
     assert {"coord.csv", "slopes.csv", "verdict.csv", "coord.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_params_of_a_gpt_gives_embeddings_and_gains_adams_step_under_muon(capsys):
+    """Under Muon the GPT's embeddings and LayerNorm gains are AdamW's (UPDATED_LIKE), with Adam's µP column (input
+    and vector: 1); its attention weights are Muon's (hidden: 1); a forward multiplier's row has no lr."""
+    capsys.readouterr()
+    assert main(["params", "--json", "optimizer=muon", "param=somup", "model=gpt", "data=pystdlib"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["tok_emb.weight"]["algorithm"] == "adam" and by_name["tok_emb.weight"]["lr"] == pytest.approx(1e-3)
+    assert by_name["blocks.0.ln1.weight"]["lr"] == pytest.approx(1e-3)
+    assert by_name["blocks.0.attn.q.weight"]["algorithm"] == "muon"
+    assert by_name["blocks.0.attn.q.weight"]["lr"] == pytest.approx(0.02)
+    assert any(r["lr"] is None for r in rows)  # the attention logits' forward multiplier
