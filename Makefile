@@ -9,7 +9,7 @@ MUSO := $(BIN)/muso
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export WANDB_SILENT := true
 
-.PHONY: help setup data demo test test-slow test-all lock clean repro repro-coord repro-mlp-lr repro-cnn-damping repro-nngp repro-resnet repro-transformer
+.PHONY: help setup data demo test test-slow test-all lock clean repro repro-coord repro-mlp-lr repro-mlp-lr-muon repro-cnn-damping repro-nngp repro-resnet repro-transformer
 
 help:
 	@echo "make demo       set up, then run the demo on Fashion-MNIST (CPU, a few minutes)"
@@ -76,10 +76,14 @@ REFINE = study.refine_to=$(REFINE_TO) study.refine_budget=$(REFINE_BUDGET)
 
 repro: repro-coord repro-mlp-lr repro-cnn-damping repro-nngp
 
-# Δh per layer against width: SGD / Adam / K-FAC / Shampoo × sp / mup / somup, one figure (~2 min).
+# Δh per layer against width: SGD / Adam / K-FAC / Shampoo / Muon / SOAP × sp / mup / somup, one figure, then Muon
+# and SOAP on the CNN over k = 1 → 8. SGD … Shampoo take ~2 min; Muon and SOAP took 9 min to width 1024 on 2 shared
+# cores, and their width 2048 costs ~8× that (O(M³) per step: not run here).
 COORD_WIDTHS ?= [64,128,256,512,1024,2048]
 repro-coord: setup
 	$(BIN)/python scripts/repro_coord.py --out $(REPRO)/coord --widths $(COORD_WIDTHS) --device $(DEVICE)
+	$(BIN)/python scripts/repro_coord.py --out $(REPRO)/coord-cnn --model cnn --widths [1,2,4,8] --fit-from 2 \
+		--optimizers muon soap --device $(DEVICE)
 
 # Learning-rate transfer: MLP on Fashion-MNIST, lr grid at every width, sp / mup / somup, K-FAC to width 2048
 # and Shampoo to 1024 on CPU, 3 seeds, refined to a quarter octave near each optimum (~1.5 h on 2 cores, estimated);
@@ -100,6 +104,20 @@ repro-mlp-lr: setup
 	$(MUSO) refine $(REPRO)/mlp-lr-shampoo $(REFINE)
 	$(MUSO) transfer $(REPRO)/mlp-lr-shampoo transfer.widths=$(SHAMPOO_TRANSFER)
 	$(MUSO) report $(REPRO)/mlp-lr-shampoo
+
+# Learning-rate transfer with Muon (AdamW at lr 1e-3 for the biases): the MLP on Fashion-MNIST, an lr grid at widths
+# 64 → 256, sp / somup, 2 seeds, one thread per trial (~40 min on 2 shared cores: Newton–Schulz in float32 costs
+# O(M³) per step, 50× an SGD step at width 1024); the report's verdict per parameterization. On a GPU:
+# make repro-mlp-lr-muon DEVICE=cuda MUON_WIDTHS=[64,256,1024,4096] MUON_TRANSFER=[256,1024,4096].
+MUON_LR = data.n_train=10000 train.steps=200 train.eval_every=100 train.eval_train_samples=5000 train.threads=1 \
+	study.params=[sp,somup] study.lr=log2:-9:-1
+MUON_WIDTHS ?= [64,128,256]
+MUON_TRANSFER ?= [128,256]
+repro-mlp-lr-muon: SEEDS = [0,1]
+repro-mlp-lr-muon: setup
+	$(MUSO) sweep optimizer=muon $(MUON_LR) $(COMMON) study.widths=$(MUON_WIDTHS) study.name=mlp-lr-muon
+	$(MUSO) transfer $(REPRO)/mlp-lr-muon transfer.widths=$(MUON_TRANSFER)
+	$(MUSO) report $(REPRO)/mlp-lr-muon
 
 # Damping transfer: the 3-layer CNN on Fashion-MNIST with MSE, K-FAC at lr 0.03, a damping grid in half decades
 # at channel multipliers 1, 2, 4, 3 seeds, refined to a quarter octave near each optimum (~1.25 h on 2 cores,

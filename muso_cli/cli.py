@@ -297,15 +297,16 @@ def _hydra_run() -> None:
 
 def cmd_params(args: list[str]) -> int:
     ns = _parse("params", args, "One row per parameter: role, width multiplier, init std, lr and damping "
-                "multipliers relative to the base width.",
+                "multipliers relative to the base width, and the lr the optimizer steps it with at this width.",
                 lambda p: p.add_argument("--json", action="store_true", help="print JSON instead of a table"))
     cfg = compose_valid(ns.overrides, check_data=False)
-    from . import data as data_mod
+    from . import data as data_mod, optim
     from .setup import build_model_and_plan
 
     input_shape, num_classes = data_mod.spec(cfg.data)
-    _, plan = build_model_and_plan(cfg, input_shape, num_classes)
-    rows = plan.rows()
+    model, plan = build_model_and_plan(cfg, input_shape, num_classes, device="meta")
+    lrs = optim.step_lrs(optim.build(cfg.optimizer, model, plan, cfg.train.loss))
+    rows = [{**row, "lr": lrs.get(row["name"])} for row in plan.rows()]  # a forward multiplier has none
     if ns.json:
         print(json.dumps({"param": plan.param, "optimizer": plan.optimizer, "damping_rule": plan.damping_rule,
                           "width": cfg.model.width, "base_width": cfg.model.base_width, "rows": rows}, indent=2))
@@ -314,7 +315,9 @@ def cmd_params(args: list[str]) -> int:
 
     table = pd.DataFrame(rows)
     table["shape"] = table["shape"].map(lambda s: "×".join(map(str, s)))
-    print(f"param={plan.param} optimizer={plan.optimizer} damping_rule={plan.damping_rule or '-'} "
+    # Muon's adjust_lr_fn is a shape rule outside the table: say whether it is neutralised (none) or in the lr column
+    adjust = f" adjust_lr_fn={cfg.optimizer.adjust_lr_fn}" if "adjust_lr_fn" in cfg.optimizer else ""
+    print(f"param={plan.param} optimizer={plan.optimizer}{adjust} damping_rule={plan.damping_rule or '-'} "
           f"model={cfg.model.name} width={cfg.model.width} base_width={cfg.model.base_width}")
     print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
     return 0

@@ -76,18 +76,25 @@ INIT: dict[str, dict[str, float]] = {
 # Learning rate: η_layer = η · m**LR[param][optimizer][role]. A string entry points at another cell. The columns
 # of this table are the optimizers muso knows.
 LR: dict[str, dict[str, dict[str, float] | str | Preconditioned]] = {
-    "sp": {"sgd": _Z, "adam": _Z, "kfac": _Z, "shampoo": _Z},
+    "sp": {"sgd": _Z, "adam": _Z, "kfac": _Z, "shampoo": _Z, "muon": _Z, "soap": _Z},
     "mup": {
         "sgd": _row(1, 0, -1, vector=1),
         "adam": _row(0, -1, -1, vector=0),
         "kfac": "mup.sgd",      # the naive practice: first-order (SGD) µP rules on a second-order optimizer
         "shampoo": "mup.sgd",
+        "muon": "mup.adam",     # the naive practice for the optimizers that replace Adam(W): Adam's µP rules
+        "soap": "mup.adam",
     },
     "somup": {
         "sgd": "mup.sgd",
         "adam": "mup.adam",
         "kfac": Preconditioned(1.0),
         "shampoo": Preconditioned(0.5),
+        # Muon's update is G's orthogonal factor U Vᵀ = (G Gᵀ)^-¼ G (Gᵀ G)^-¼: Shampoo's form without
+        # accumulation, total power ½. SOAP's first step is the same U Vᵀ (Adam in the eigenbasis of G Gᵀ and
+        # Gᵀ G normalises each singular value to 1): Shampoo-like, not Adam-like (docs/parameterization.md).
+        "muon": Preconditioned(0.5),
+        "soap": Preconditioned(0.5),
     },
 }
 OPTIMIZERS = tuple(LR["sp"])
@@ -103,7 +110,7 @@ GRAFTED: dict[str, dict[str, str]] = {
 
 # Optimizers whose update treats a Linear/Conv2d layer's weight and bias as one matrix [W | b] (the bias as an
 # extra input column): their param groups are whole layers, and a layer's bias takes its weight's lr.
-LAYERWISE = ("kfac", "shampoo")
+LAYERWISE = ("kfac", "shampoo", "soap")
 
 # Damping: the value used for a layer's factor F is ρ · m**DAMPING[optimizer][rule][F][role]. The optimizers
 # listed here are the *damped* ones. K-FAC factors: A = E[x xᵀ] (layer inputs), B = E[δ δᵀ] (output gradients);
@@ -121,6 +128,13 @@ DAMPING: dict[str, dict[str, dict[str, dict[str, float]]]] = {
         "somup": {"eps": _row(-1, 0, 1)},
         "relative": {"eps": _Z},       # ε·λ_max of each factor: width-free by construction
     },
+    # SOAP: Adam's ε, added to √v of the gradient rotated into the eigenbasis of L and R, whose entries are of
+    # the order of G's singular values √(|x|²|δ|²) = Θ(M^-½) / Θ(1) / Θ(M^½): the square root of Shampoo's.
+    "soap": {
+        "constant": {"eps": _Z},
+        "somup": {"eps": _row(-0.5, 0, 0.5)},
+        "relative": {"eps": _Z},       # ε·√λ_max(L), the largest singular value's scale: width-free
+    },
 }
 DAMPING_RULES = {opt: tuple(rules) for opt, rules in DAMPING.items()}
 # Rules whose value the optimizer computes from the curvature factors at run time (multiplier 1 here).
@@ -129,10 +143,14 @@ ADAPTIVE_RULES = ("trace", "pi", "relative")
 DEFAULT_DAMPING_RULE: dict[str, dict[str, str]] = {
     "kfac": {"sp": "constant", "mup": "constant", "somup": "somup"},
     "shampoo": {"sp": "relative", "mup": "relative", "somup": "relative"},
+    # SOAP as Shampoo: an absolute ε small enough not to bias Adam (1e-8) is below float32's rounding of the rotated
+    # gradient, whose null-space entries Adam then normalises to ±1 (tests/test_soap.py); a relative ε is not
+    "soap": {"sp": "relative", "mup": "relative", "somup": "relative"},
 }
 
 # Weight decay: every optimizer here decays a parameter by lr_layer · λ_layer per step (torch's SGD and AdamW,
-# and K-FAC / Shampoo, which add λ·W to the preconditioned direction). λ_layer = λ · m**(c · e_lr), with e_lr
+# torch's Muon update (W ← (1 − lr·λ)·W), and K-FAC / Shampoo / SOAP, which add λ·W to the preconditioned
+# direction). λ_layer = λ · m**(c · e_lr), with e_lr
 # the layer's lr exponent above and c = WEIGHT_DECAY[rule]:
 #   decoupled (default)  c = −1: lr_layer · λ_layer = η·λ at every width, a width-free decay timescale
 #                        (as CompleteP, u-µP and Megatron's µP recipes keep η·λ fixed);
@@ -144,11 +162,12 @@ WEIGHT_DECAY: dict[str, float] = {"decoupled": -1.0, "coupled": 0.0}
 
 # Transformers (docs/parameterization.md, "Transformers"). Three more facts, each as data:
 #
-# 1. What a layerwise optimizer does not precondition it updates like SGD. K-FAC and Shampoo precondition the
-#    weights of nn.Linear / nn.Conv2d layers (with their biases); every other parameter (embeddings, norm gains
-#    and biases, any other tensor) takes the plain update of the optimizer named here, and so that optimizer's
-#    column of LR. (An optimizer that hands such parameters to Adam, as Muon usually does, names adam.)
-UPDATED_LIKE: dict[str, str] = {"kfac": "sgd", "shampoo": "sgd"}
+# 1. What an optimizer does not precondition it updates like the optimizer named here, and so takes that
+#    optimizer's column of LR. K-FAC, Shampoo and SOAP (LAYERWISE) precondition the nn.Linear / nn.Conv2d layers
+#    [W | b]; Muon orthogonalises the layers' weights only (W.flatten(1)). Every other parameter (embeddings, norm
+#    gains and biases, any other tensor; under Muon the layers' biases too) gets K-FAC's and Shampoo's plain SGD
+#    step, SOAP's Adam step, and AdamW under Muon (the Muon recipe). See updated_like().
+UPDATED_LIKE: dict[str, str] = {"kfac": "sgd", "shampoo": "sgd", "soap": "adam", "muon": "adam"}
 
 # 2. Forward multipliers: width-dependent constants of the forward pass that init and lr cannot express. A
 #    model applies one through a WidthMultiplier module of a kind below, for a dimension of some size; the plan
@@ -169,6 +188,7 @@ FORWARD: dict[str, dict[str, float]] = {
 #    setattr(weight, ZERO_INIT, True) and it starts at 0 under every parameterization (µP's zero-initialised
 #    queries, Tensor Programs V: the attention is uniform at init, whatever the width).
 ZERO_INIT = "muso_zero_init"
+
 
 def is_damped(optimizer: str) -> bool:
     """Whether ``optimizer`` has a damping hyperparameter (a column of the damping table)."""
@@ -248,6 +268,20 @@ class ParamSpec:
     layer: str | None = None
     is_bias: bool = False
     holders: tuple[type, ...] = ()
+
+
+def updated_like(optimizer: str, spec: ParamSpec) -> str:
+    """The column of the table whose update parameter ``spec`` gets under ``optimizer``: the optimizer's own for
+    what it preconditions (a layer's weight and bias for LAYERWISE optimizers, a layer's weight for Muon), else
+    UPDATED_LIKE[optimizer]."""
+    own = spec.layer is not None and (optimizer in LAYERWISE or not spec.is_bias)
+    return optimizer if own or optimizer not in UPDATED_LIKE else UPDATED_LIKE[optimizer]
+
+
+def splits_tensors(optimizer: str) -> bool:
+    """Whether ``optimizer``'s param groups are single tensors, each saying (``algorithm``) which column's update
+    it gets: an optimizer of UPDATED_LIKE that is not LAYERWISE (Muon)."""
+    return optimizer in UPDATED_LIKE and optimizer not in LAYERWISE
 
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
@@ -407,15 +441,18 @@ class Plan:
                             .mul_(std).to(p.device))
         return model
 
-    def param_groups(self, model: nn.Module, lr: float, weight_decay: float | None = None, **options) -> list[dict]:
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float | None = None, *,
+                     rest_lr: float | None = None, **options) -> list[dict]:
         """torch param groups carrying each parameter's lr (``lr`` × multiplier) and its damping multipliers.
 
         Every group has ``params``, ``param_names`` (torch's key), ``lr`` and ``role``. Layerwise optimizers
-        (K-FAC, Shampoo): one group per Linear/Conv2d layer, weight then bias (the bias is preconditioned with
-        its weight, the input augmented by a constant), with ``layer``, ``damping_rule`` and ``damping_A`` /
-        ``damping_B`` or ``damping_eps``; every other parameter a group of its own. With ``weight_decay`` (λ at
-        the base width) each group gets ``weight_decay`` = λ × its multiplier, and a layer group also
-        ``bias_weight_decay`` for its bias. ``options`` are copied into every group.
+        (K-FAC, Shampoo, SOAP): one group per Linear/Conv2d layer, weight then bias (the bias is preconditioned
+        with its weight, the input augmented by a constant), with ``layer``, ``damping_rule`` and ``damping_A`` /
+        ``damping_B`` or ``damping_eps``; every other parameter a group of its own. Optimizers whose groups are tensors (splits_tensors: Muon):
+        one group per parameter with ``algorithm`` (the optimizer that updates it: ``muon`` for a layer's
+        weight, ``adam`` for the rest), and the rest's lr is ``rest_lr`` (default ``lr``) × its multiplier. With
+        ``weight_decay`` (λ at the base width) each group gets ``weight_decay`` = λ × its multiplier, and a layer
+        group also ``bias_weight_decay`` for its bias. ``options`` are copied into every group.
         """
         params = dict(model.named_parameters())
         groups: list[dict] = []
@@ -428,8 +465,10 @@ class Plan:
             if self.optimizer in LAYERWISE and spec.layer is not None:
                 by_layer.setdefault(spec.layer, []).append(name)
             else:
-                groups.append({"params": [params[name]], "param_names": [name], "lr": lr * self.lr_mult[name],
-                               "role": spec.role, **decay(name), **options})
+                algorithm = {"algorithm": self.algorithm(name)} if splits_tensors(self.optimizer) else {}
+                groups.append({"params": [params[name]], "param_names": [name],
+                               "lr": self._base_lr(name, lr, rest_lr) * self.lr_mult[name], "role": spec.role,
+                               **algorithm, **decay(name), **options})
         for layer, names in by_layer.items():
             names.sort(key=lambda n: self.specs[n].is_bias)  # weight first, then bias
             weight = names[0]
@@ -443,14 +482,25 @@ class Plan:
             groups.append({**group, **options})
         return groups
 
+    def algorithm(self, name: str) -> str:
+        """The optimizer (a column of the table) whose update parameter ``name`` gets (updated_like)."""
+        return updated_like(self.optimizer, self.specs[name])
+
+    def _base_lr(self, name: str, lr: float, rest_lr: float | None) -> float:
+        """The base lr of parameter ``name``: ``rest_lr`` (when given) for what the optimizer updates like another."""
+        return rest_lr if rest_lr is not None and self.algorithm(name) != self.optimizer else lr
+
     def rows(self) -> list[dict]:
         """One row per parameter, for `muso params`: name, shape, role, m, init std, lr, weight-decay and
-        damping multipliers; then one per forward multiplier: its module, role = its kind, m, forward_mult."""
+        damping multipliers; then one per forward multiplier: its module, role = its kind, m, forward_mult.
+        Optimizers whose groups are tensors (Muon) add ``algorithm`` (which column's update each gets)."""
         out = []
         for name, s in self.specs.items():
             row = {"name": name, "shape": list(s.shape), "role": s.role, "width_mult": s.width_mult,
                    "init_std": self.init_std[name], "lr_mult": self.lr_mult[name],
                    "wd_mult": self.weight_decay_mult[name]}
+            if splits_tensors(self.optimizer):
+                row["algorithm"] = self.algorithm(name)
             if self.damping_rule is not None:
                 damping = self.damping_mult.get(s.layer or "", {}) if not s.is_bias else {}
                 row["damping_rule"] = self.damping_rule
@@ -471,7 +521,7 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     param: sp | mup | somup. optimizer: a column of the table (OPTIMIZERS). damping_rule: auto or one of
     DAMPING_RULES[optimizer]. weight_decay_rule: decoupled | coupled (WEIGHT_DECAY); decay_vectors: decay
     biases and norm gains too. sigma: init std × √fan_in. power: the preconditioner's total inverse power when
-    the optimizer's hyperparameters set it (Shampoo: 2 × exponent). Parameters a layerwise optimizer does not
+    the optimizer's hyperparameters set it (Shampoo: 2 × exponent). Parameters an optimizer does not
     precondition take the lr rule of UPDATED_LIKE; weights marked ZERO_INIT start at 0; the model's
     WidthMultipliers get m**FORWARD[kind][param]. grafting: the optimizer's ``grafting``
     (Shampoo), which sets the preconditioned weights' lr rule under somup (GRAFTED); None or "none": no grafting.
@@ -492,8 +542,9 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     lr_mult, init_std, damping = {}, {}, {}
     for name, s in specs.items():
         m = s.width_mult
-        # a parameter outside the layers a layerwise optimizer preconditions gets its plain update (UPDATED_LIKE)
-        column = UPDATED_LIKE[optimizer] if optimizer in UPDATED_LIKE and s.layer is None else optimizer
+        # what the optimizer does not precondition takes the lr rule of the update it gets (UPDATED_LIKE); grafting
+        # (Shampoo) sets the rule of the layers it preconditions
+        column = updated_like(optimizer, s)
         lr_mult[name] = m ** lr_exponent(param, column, s.role, power, grafting if column == optimizer else None)
         if len(s.shape) >= 2:
             zero = (readout_zero_init and s.role == "output") or getattr(params[name], ZERO_INIT, False)

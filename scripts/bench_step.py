@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Step time and peak memory of SGD, K-FAC and Shampoo on the MLP 784 → M → M → 10 (a benchmark, not a test).
+"""Step time and peak memory of SGD, K-FAC, Shampoo, Muon and SOAP on the MLP 784 → M → M → 10 (a benchmark, not a test).
 
 One step = zero_grad + forward + cross-entropy + backward + optimizer step, statistics and inverse updates
 included; the curvature/statistics interval and the inverse interval are both k. For every width M and k:
@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # kfac: the trust region on (kl_clip 0.1, as conf/optimizer/kfac.yaml), kfac-noclip without it; shampoo: float32
 # roots (the default, float64 when float32 fails), shampoo-f64: float64 roots (the default before issue 13).
-OURS = ("sgd", "kfac", "kfac-noclip", "shampoo", "shampoo-f64")
+OURS = ("sgd", "kfac", "kfac-noclip", "shampoo", "shampoo-f64", "muon", "soap")
 ASDL = ("asdl-kfac", "asdl-shampoo")
 KFAC_DAMPING, KL_CLIP, WARM_START, SHAMPOO_EPS, LR = 0.3, 0.1, 20, 0.01, 0.01
 
@@ -89,6 +89,12 @@ def _trainer(name: str, width: int, k: int, n: int, device):
         from muso_cli.optim.shampoo import Shampoo
         opt = Shampoo(model, lr=LR, damping=SHAMPOO_EPS, statistics_interval=k, inverse_interval=k,
                       eigh_dtype="float64" if name == "shampoo-f64" else "float32")
+    elif name == "muon":  # no statistics: it orthogonalises every step (Newton–Schulz in float32 on CPU)
+        from muso_cli.optim.muon import Muon
+        opt = Muon(model, lr=LR)
+    elif name == "soap":  # eigenbases every k steps; ε relative to G's largest singular value
+        from muso_cli.optim.soap import SOAP
+        opt = SOAP(model, lr=LR, damping=1e-4, damping_rule="relative", statistics_interval=k, inverse_interval=k)
     else:
         if not torch.cuda.is_available():  # ASDL marks NVTX ranges unconditionally; a CPU build has no NVTX
             torch.cuda.nvtx.range_push = lambda *args, **kwargs: None
@@ -194,7 +200,8 @@ def main(argv=None) -> int:
           f"batch {args.batch}, MLP 784→M→M→10, cross-entropy, lr {LR}. K-FAC: damping {KFAC_DAMPING} constant, "
           f"empirical Fisher, Cholesky, warm start {WARM_START} steps (untimed), trust region κ {KL_CLIP} (kfac-noclip: "
           f"off). Shampoo: ε {SHAMPOO_EPS}·λ_max, exponent 1/4, EMA statistics, eigh in float32 (shampoo-f64: "
-          f"float64). ASDL: same damping, empirical Fisher / its Shampoo. Both intervals = k.")
+          f"float64). Muon: Newton–Schulz 5 steps (float32 on CPU). SOAP: ε 1e-4·√λ_max(L), "
+          f"eigh. ASDL: same damping, empirical Fisher / its Shampoo. Both intervals = k.")
     header = (f"{'M':>5} {'k':>4} {'optimizer':<13} {'steps':>5} {'median ms':>10} {'mean ms':>9} {'robust ms':>9} "
               f"{'median/SGD':>10} {'mean/SGD':>9} {'robust/SGD':>10} {'peak MiB':>9}  path")
     print(header)

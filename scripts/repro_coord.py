@@ -1,10 +1,12 @@
-"""`make repro-coord`: coordinate checks of SGD / Adam / K-FAC / Shampoo × sp / mup / somup in one figure.
+"""`make repro-coord`: coordinate checks of SGD / Adam / K-FAC / Shampoo / Muon / SOAP × sp / mup / somup in one
+figure.
 
 MLP 784 → M → M → 10 on Fashion-MNIST, one batch of 32, cross-entropy, base width 64, widths 64 → 2048
-(--widths to change; e.g. 64 → 8192 on a GPU), 3 steps, 2 seeds. Writes into --out (default outputs/repro/coord):
+(--widths to change; e.g. 64 → 8192 on a GPU), 3 steps, 2 seeds; or (--model cnn) the 3-layer CNN over channel
+multipliers k (e.g. --widths [1,2,4,8] --fit-from 2). Writes into --out (default outputs/repro/coord):
 coord_grid.png (rows: optimizers, columns: parameterizations; RMS Δh of each layer against width at the last
 step; one y-span per row, so that a flat line looks flat next to a growing one), slopes.csv (every case, layer
-and step; fitted from 4× the base width) and summary.md (the verdict table).
+and step; fitted from --fit-from, default 4× the base width) and summary.md (the verdict table).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from muso_cli import coord
 from muso_cli.config import compose
@@ -25,15 +28,18 @@ OPTIMIZERS = {
              "optimizer.inverse_interval=1"],
     "shampoo": ["optimizer=shampoo", "optimizer.lr=0.1", "optimizer.damping=0.1", "optimizer.statistics_interval=1",
                 "optimizer.inverse_interval=1"],
+    "muon": ["optimizer=muon", "optimizer.lr=0.02"],  # AdamW (lr 1e-3) for the biases
+    "soap": ["optimizer=soap", "optimizer.lr=0.003", "optimizer.statistics_interval=1",  # ε 1e-4 relative (auto)
+             "optimizer.inverse_interval=1"],
 }
 PARAMS = ("sp", "mup", "somup")
 
 
-def plot_grid(results: dict, path: Path, step: int, fit_from: float) -> None:
+def plot_grid(results: dict, optimizers: list[str], path: Path, step: int, fit_from: float, model: str) -> None:
     plt = pyplot()
-    fig, axes = plt.subplots(len(OPTIMIZERS), len(PARAMS), figsize=(3.3 * len(PARAMS), 2.6 * len(OPTIMIZERS)),
+    fig, axes = plt.subplots(len(optimizers), len(PARAMS), figsize=(3.3 * len(PARAMS), 2.6 * len(optimizers)),
                              sharex=True, sharey="row", squeeze=False)  # one y-span per row: flat looks flat
-    for i, opt in enumerate(OPTIMIZERS):
+    for i, opt in enumerate(optimizers):
         for j, param in enumerate(PARAMS):
             ax = axes[i][j]
             df, slopes = results[opt, param]
@@ -51,9 +57,9 @@ def plot_grid(results: dict, path: Path, step: int, fit_from: float) -> None:
                 ax.set_title(param)
             if j == 0:
                 ax.set_ylabel(f"{opt}\nRMS Δh (readout: Δf)")
-            if i == len(OPTIMIZERS) - 1:
+            if i == len(optimizers) - 1:
                 ax.set_xlabel("width")
-    fig.suptitle(f"Coordinate check, MLP on Fashion-MNIST, step {step}: flat lines = Θ(1) feature updates",
+    fig.suptitle(f"Coordinate check, {model.upper()} on Fashion-MNIST, step {step}: flat lines = Θ(1) feature updates",
                  fontsize=10)
     save(fig, path, dpi=80)
 
@@ -64,15 +70,22 @@ def main() -> None:
     ap.add_argument("--widths", default="[64,128,256,512,1024,2048]")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
+    ap.add_argument("--fit-from", type=float, default=None, help="smallest width in the slope fit (default 4× base)")
+    ap.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results, rows = {}, []
-    for opt, overrides in OPTIMIZERS.items():
+    for opt in args.optimizers:
         for param in PARAMS:
-            cfg = compose([*overrides, f"param={param}", f"coord.widths={args.widths}", "coord.steps=3",
-                           f"coord.seeds={args.seeds}", f"device={args.device}"])
+            cfg = compose([*OPTIMIZERS[opt], f"param={param}", f"model={args.model}", f"coord.widths={args.widths}",
+                           "coord.steps=3", f"coord.seeds={args.seeds}", f"coord.fit_from={args.fit_from or 'null'}",
+                           f"device={args.device}"])
             df = coord.measure(cfg)
             slopes = coord.slopes(df, coord.fit_from_width(cfg))
             results[opt, param] = (df, slopes)
@@ -83,7 +96,7 @@ def main() -> None:
     fit_from = coord.fit_from_width(cfg)
     all_slopes = pd.concat(rows)
     all_slopes.to_csv(out / "slopes.csv", index=False)
-    plot_grid(results, out / "coord_grid.png", step=3, fit_from=fit_from)
+    plot_grid(results, args.optimizers, out / "coord_grid.png", step=3, fit_from=fit_from, model=args.model)
     last = all_slopes[(all_slopes.metric == "dh") & (all_slopes.step == 3)]
     table = last.pivot_table(index=["optimizer", "param"], columns="role", values="slope").reindex(
         columns=["input", "hidden", "output"])

@@ -112,6 +112,14 @@ LR_EXPECTED = {
     ("somup", "adam"): {IN: 1, HID: 1 / M, OUT: 1 / M, VEC: 1},
     ("somup", "kfac"): {IN: 1, HID: 1, OUT: 1, VEC: 1},          # K-FAC: width-free lr
     ("somup", "shampoo"): {IN: M ** 0.5, HID: 1, OUT: M ** -0.5, VEC: 1},
+    # Muon: Linear/Conv weights orthogonalised (U Vᵀ = (G Gᵀ)^-¼ G (Gᵀ G)^-¼: Shampoo's power ½), biases by AdamW
+    ("sp", "muon"): {IN: 1, HID: 1, OUT: 1, VEC: 1},
+    ("mup", "muon"): {IN: 1, HID: 1 / M, OUT: 1 / M, VEC: 1},          # the naive practice: Adam's µP rules
+    ("somup", "muon"): {IN: M ** 0.5, HID: 1, OUT: M ** -0.5, VEC: 1},  # biases: AdamW's µP (vector: 1)
+    # SOAP: Adam in Shampoo's eigenbasis; its first step is U Vᵀ, so Shampoo's rule
+    ("sp", "soap"): {IN: 1, HID: 1, OUT: 1, VEC: 1},
+    ("mup", "soap"): {IN: 1, HID: 1 / M, OUT: 1 / M, VEC: 1},
+    ("somup", "soap"): {IN: M ** 0.5, HID: 1, OUT: M ** -0.5, VEC: 1},
 }
 
 
@@ -219,6 +227,9 @@ DAMPING_EXPECTED = {
     ("shampoo", "constant"): {"eps": {IN: 1, HID: 1, OUT: 1}},
     ("shampoo", "somup"): {"eps": {IN: 1 / M, HID: 1, OUT: M}},
     ("shampoo", "relative"): {"eps": {IN: 1, HID: 1, OUT: 1}},
+    ("soap", "constant"): {"eps": {IN: 1, HID: 1, OUT: 1}},
+    ("soap", "somup"): {"eps": {IN: M ** -0.5, HID: 1, OUT: M ** 0.5}},  # √ of Shampoo's: G's singular values
+    ("soap", "relative"): {"eps": {IN: 1, HID: 1, OUT: 1}},
 }
 
 
@@ -236,7 +247,8 @@ def test_damping_multipliers(optimizer, rule):
 
 @pytest.mark.parametrize("optimizer, param, rule", [
     ("kfac", "sp", "constant"), ("kfac", "mup", "constant"), ("kfac", "somup", "somup"),
-    ("shampoo", "sp", "relative"), ("shampoo", "somup", "relative"), ("sgd", "somup", None)])
+    ("shampoo", "sp", "relative"), ("shampoo", "somup", "relative"), ("sgd", "somup", None),
+    ("soap", "sp", "relative"), ("soap", "somup", "relative"), ("muon", "somup", None)])
 def test_auto_damping_rule(optimizer, param, rule):
     assert P.resolve_damping_rule(optimizer, param) == rule
 
@@ -318,6 +330,58 @@ def test_rows_for_muso_params():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Muon: a layer's weight is Muon's, everything else AdamW's (UPDATED_LIKE), with AdamW's own column of the table.
+
+class Embedded(nn.Module):
+    """An embedding (input role, fan-in first), a bare hidden matrix, a LayerNorm and a Linear readout."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.embed = nn.Embedding(50, 8 * k)
+        self.mix = nn.Parameter(torch.zeros(8 * k, 8 * k))
+        self.norm = nn.LayerNorm(8 * k)
+        self.head = nn.Linear(8 * k, 5)
+
+    def forward(self, tokens):
+        return self.head(self.norm(self.embed(tokens) @ self.mix))
+
+
+def test_muon_orthogonalises_layer_weights_and_gives_the_rest_adams_rule():
+    plan = P.make_plan(Embedded(4), Embedded(1).to("meta"), "somup", "muon")
+    assert {n: plan.algorithm(n) for n in plan.specs} == {
+        "embed.weight": "adam", "mix": "adam", "norm.weight": "adam", "norm.bias": "adam",
+        "head.weight": "muon", "head.bias": "adam"}
+    lr = {n: plan.lr_mult[n] for n in plan.specs}
+    assert lr["head.weight"] == pytest.approx(M ** -0.5)            # Muon's readout: the preconditioned rule
+    assert lr["embed.weight"] == 1.0 and lr["norm.weight"] == 1.0    # AdamW µP: input and vector 1
+    assert lr["mix"] == pytest.approx(1 / M)                         # AdamW µP: hidden 1/m
+
+
+def test_muon_groups_carry_the_algorithm_and_the_rests_own_base_lr():
+    plan = plan_for("somup", "muon")
+    groups = {g["param_names"][0]: g for g in plan.param_groups(mlp(256), lr=0.02, weight_decay=0.1, rest_lr=1e-3)}
+    assert groups["layers.0.weight"]["algorithm"] == "muon" and groups["layers.0.bias"]["algorithm"] == "adam"
+    assert groups["layers.0.weight"]["lr"] == pytest.approx(0.02 * M ** 0.5)
+    assert groups["layers.2.weight"]["lr"] == pytest.approx(0.02 * M ** -0.5)
+    assert groups["layers.1.bias"]["lr"] == pytest.approx(1e-3)
+    assert groups["layers.0.weight"]["lr"] * groups["layers.0.weight"]["weight_decay"] == pytest.approx(0.02 * 0.1)
+    assert groups["layers.1.bias"]["weight_decay"] == 0.0
+    same = {g["param_names"][0]: g["lr"] for g in plan.param_groups(mlp(256), lr=0.02)}  # no rest_lr: lr for all
+    assert same["layers.1.bias"] == pytest.approx(0.02)
+
+
+def test_rows_show_which_optimizer_updates_each_parameter():
+    rows = {r["name"]: r for r in plan_for("somup", "muon").rows()}
+    assert rows["layers.0.weight"]["algorithm"] == "muon" and rows["layers.2.bias"]["algorithm"] == "adam"
+    kfac = {r["name"]: r for r in plan_for("somup", "kfac").rows()}
+    assert "algorithm" not in kfac["layers.0.weight"]
+
+
+def test_soap_groups_are_layers_with_the_somup_eps_multipliers():
+    groups = {g.get("layer"): g for g in plan_for("somup", "soap", damping_rule="somup").param_groups(mlp(256), lr=3e-3)}
+    assert groups["layers.0"]["param_names"] == ["layers.0.weight", "layers.0.bias"]
+    assert groups["layers.0"]["lr"] == pytest.approx(3e-3 * M ** 0.5)
+    assert [groups[f"layers.{i}"]["damping_eps"] for i in range(3)] == pytest.approx([M ** -0.5, 1, M ** 0.5])
 # Transformers: what a layerwise optimizer does not precondition (UPDATED_LIKE), forward multipliers (FORWARD)
 # and zero-initialised weights (ZERO_INIT), on the GPT of muso_cli/models/gpt.py at d_model 256 over base 64.
 

@@ -1,11 +1,12 @@
-"""The optimizers muso builds: one registry entry each (torch's SGD and AdamW, muso's K-FAC and Shampoo).
+"""The optimizers muso builds: one registry entry each (torch's SGD and AdamW, muso's K-FAC, Shampoo, Muon and
+SOAP).
 
 An entry knows how to build its optimizer from the optimizer config node, the model, the parameterization
 plan (per-layer lr, weight-decay and damping multipliers) and the training loss, and which of its config keys
 set the preconditioner's power for the plan's lr rule. Its checks are the optimizer's own: :func:`check`
 builds it (on the meta model validation already has) and turns the constructor's ValueError into a
-UsageError naming the config key. K-FAC and Shampoo are built generically (:func:`_layerwise`): their config
-keys are their constructor's argument names. Adding an optimizer means: its module, its entry here, its column in the
+UsageError naming the config key. K-FAC, Shampoo, SOAP and Muon are built generically (:func:`_generic`): their
+config keys are their constructor's argument names. Adding an optimizer means: its module, its entry here, its column in the
 table (muso_cli.parametrize), its YAML under conf/optimizer/, and its tests.
 """
 from __future__ import annotations
@@ -20,7 +21,9 @@ from torch import nn
 from ..errors import HyperparameterError, UsageError, check_positive
 from ..parametrize import Plan
 from .kfac import KFAC
+from .muon import Muon
 from .shampoo import Shampoo
+from .soap import SOAP
 
 # Keys of an optimizer config node that are not constructor arguments: the name, and what the plan reads
 # (the plan resolves damping_rule and writes it into the groups itself).
@@ -38,10 +41,12 @@ def _adamw(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimize
                              betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
-def _layerwise(cls: type, *, takes_loss: bool = False) -> Callable[..., torch.optim.Optimizer]:
-    """The builder of a layerwise optimizer: ``cls(groups, model=model, **options)`` with the plan's groups and
-    every key of the config node but PLAN_KEYS as a constructor argument (the keys are the argument names);
-    ``loss`` (the training loss) too when the optimizer ``takes_loss``."""
+def _generic(cls: type, *, takes_model: bool = True, takes_loss: bool = False,
+             rest_lr: str | None = None) -> Callable[..., torch.optim.Optimizer]:
+    """The builder of one of muso's optimizers: ``cls(groups, model=model, **options)`` with the plan's groups
+    and every key of the config node but PLAN_KEYS as a constructor argument (the keys are the argument names);
+    ``model`` only when the optimizer ``takes_model`` (its hooks need it), ``loss`` (the training loss) too when
+    it ``takes_loss``. ``rest_lr``: the config key of the base lr of the rest (muso_cli.parametrize.UPDATED_LIKE)."""
 
     def build(cfg, model: nn.Module, plan: Plan, loss: str) -> torch.optim.Optimizer:
         options = {key: value for key, value in cfg.items() if key not in PLAN_KEYS}
@@ -49,12 +54,14 @@ def _layerwise(cls: type, *, takes_loss: bool = False) -> Callable[..., torch.op
             if key in options:
                 raise HyperparameterError(key, f"is not an option of optimizer={cfg.name}.",
                                           f"remove it; the options are in conf/optimizer/{cfg.name}.yaml.")
-        groups = plan.param_groups(model, cfg.lr, weight_decay=cfg.weight_decay)
+        groups = plan.param_groups(model, cfg.lr, weight_decay=cfg.weight_decay,
+                                   rest_lr=cfg.get(rest_lr) if rest_lr else None)
         per_layer = sorted({key for group in groups for key in group} & (options.keys() - {"lr", "weight_decay"}))
         if per_layer:  # the groups would silently override it
             raise HyperparameterError(per_layer[0], "is set per layer by the parameterization.",
                                       f"remove it; muso params shows the values (conf/optimizer/{cfg.name}.yaml).")
-        return cls(groups, model=model, **options, **({"loss": loss} if takes_loss else {}))
+        return cls(groups, **({"model": model} if takes_model else {}), **options,
+                   **({"loss": loss} if takes_loss else {}))
 
     return build
 
@@ -80,14 +87,24 @@ _TORCH_ERRORS = {"learning rate": "lr", "momentum": "momentum", "weight_decay": 
 REGISTRY: dict[str, Entry] = {
     "sgd": Entry(_sgd, torch_errors=_TORCH_ERRORS),
     "adam": Entry(_adamw, torch_errors=_TORCH_ERRORS),
-    "kfac": Entry(_layerwise(KFAC, takes_loss=True)),
-    "shampoo": Entry(_layerwise(Shampoo), power=lambda cfg: 2.0 * cfg.exponent),
+    "kfac": Entry(_generic(KFAC, takes_loss=True)),
+    "shampoo": Entry(_generic(Shampoo), power=lambda cfg: 2.0 * cfg.exponent),
+    "muon": Entry(_generic(Muon, takes_model=False, rest_lr="adamw_lr")),
+    "soap": Entry(_generic(SOAP)),
 }
 
 
 def build(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> torch.optim.Optimizer:
     """The optimizer ``cfg.name`` over ``model`` with the plan's per-layer multipliers."""
     return REGISTRY[cfg.name].build(cfg, model, plan, loss)
+
+
+def step_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """{parameter name: the learning rate the optimizer steps it with}, for `muso params`: its group's ``lr``, or
+    what the optimizer's own ``step_lr(group, param)`` makes of it (Muon: torch's adjust_lr_fn shape factor)."""
+    step_lr = getattr(optimizer, "step_lr", lambda group, p: group["lr"])
+    return {name: step_lr(group, p) for group in optimizer.param_groups
+            for name, p in zip(group["param_names"], group["params"])}
 
 
 def power(cfg) -> float | None:
@@ -119,4 +136,4 @@ def check(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> list[UsageEr
     return []
 
 
-__all__ = ["KFAC", "REGISTRY", "Entry", "Shampoo", "build", "check", "power"]
+__all__ = ["KFAC", "REGISTRY", "Entry", "Muon", "SOAP", "Shampoo", "build", "check", "power", "step_lrs"]
