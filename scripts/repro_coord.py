@@ -24,8 +24,9 @@ from muso_cli.plots import pyplot, save
 OPTIMIZERS = {
     "sgd": ["optimizer=sgd", "optimizer.lr=0.1"],
     "adam": ["optimizer=adam", "optimizer.lr=0.001"],
+    # the paper's K-FAC: no trust region (the clip adds a width dependence of its own under mup; docs/results.md §8)
     "kfac": ["optimizer=kfac", "optimizer.lr=0.1", "optimizer.damping=0.1", "optimizer.curvature_interval=1",
-             "optimizer.inverse_interval=1"],
+             "optimizer.inverse_interval=1", "optimizer.kl_clip=null"],
     "shampoo": ["optimizer=shampoo", "optimizer.lr=0.1", "optimizer.damping=0.1", "optimizer.statistics_interval=1",
                 "optimizer.inverse_interval=1"],
     "muon": ["optimizer=muon", "optimizer.lr=0.02"],  # AdamW (lr 1e-3) for the biases
