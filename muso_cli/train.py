@@ -77,6 +77,20 @@ class BatchSampler:
         self.perm, self.pos = state["perm"], state["pos"]
 
 
+def metrics_row(step: int, train: tuple[float, float], test: tuple[float, float], lr: float, seconds: float, tcfg,
+                data: data_mod.Dataset) -> dict:
+    """One line of metrics.jsonl: the evaluation at ``step`` of (loss, accuracy) on the training subset and the
+    test set, the first param group's lr in effect, and the training seconds so far."""
+    (train_loss, train_acc), (test_loss, test_acc) = train, test
+    row = {"step": step, "epoch": round(step * tcfg.batch_size / len(data.y_train), 4),
+           "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+           "lr": lr, "seconds": round(seconds, 3)}
+    if data.bytes_per_token and tcfg.loss == "xent":  # text: the loss per token (nats) in bits per byte too
+        row.update(train_bpb=train_loss / (math.log(2) * data.bytes_per_token),
+                   test_bpb=test_loss / (math.log(2) * data.bytes_per_token))
+    return row
+
+
 def lr_lambda(tcfg, total_steps: int):
     """Multiplier of every group's lr at a step: linear warmup, then constant / cosine / linear decay to 0."""
     warmup, kind = tcfg.warmup_steps, tcfg.lr_schedule
@@ -228,15 +242,9 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
     t0 = time.time() - state.seconds
 
     def eval_row() -> dict:
-        train_loss, train_acc = evaluate(model, x_eval, y_eval, loss_fn, tcfg.eval_batch_size)
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, loss_fn, tcfg.eval_batch_size)
-        row = {"step": step, "epoch": round(step * tcfg.batch_size / len(data.y_train), 4),
-               "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
-        if data.bytes_per_token and tcfg.loss == "xent":  # text: the loss per token (nats) in bits per byte too
-            row.update(train_bpb=train_loss / (math.log(2) * data.bytes_per_token),
-                       test_bpb=test_loss / (math.log(2) * data.bytes_per_token))
-        return row
+        train = evaluate(model, x_eval, y_eval, loss_fn, tcfg.eval_batch_size)
+        test = evaluate(model, data.x_test, data.y_test, loss_fn, tcfg.eval_batch_size)
+        return metrics_row(step, train, test, optimizer.param_groups[0]["lr"], time.time() - t0, tcfg, data)
 
     def save_checkpoint() -> None:
         state.step, state.initial_loss, state.seconds = step, initial_loss, time.time() - t0
