@@ -53,7 +53,7 @@ def assert_same_result(single: dict, batch: dict) -> None:
             assert (value is None and other is None) or other == pytest.approx(value, rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("opt", ["sgd", "adam", "kfac", "shampoo"])
+@pytest.mark.parametrize("opt", ["sgd", *(pytest.param(o, marks=pytest.mark.slow) for o in ("adam", "kfac", "shampoo"))])
 def test_every_member_equals_its_single_run_including_one_that_diverges(opt, tmp_path):
     cfgs = member_cfgs(opt, SETTINGS[opt])
     singles = [train.run(c, tmp_path / f"single{k}", quiet=True) for k, c in enumerate(cfgs)]
@@ -108,6 +108,7 @@ FAST = [*BASE[:-3], "study.params=[sp]", "study.lr=[0.05,0.2,0.5]", "study.seeds
         "study.damping=[0.1,1.0]", "model.width=16"]
 
 
+@pytest.mark.slow
 def test_a_batched_sweep_writes_the_trial_folders_of_a_local_one(tmp_path, capsys):
     root = tmp_path / "studies"
     assert main(["sweep", *FAST, f"study.root={root}", "study.name=alone"]) == 0
@@ -135,6 +136,7 @@ def test_bad_batch_is_a_usage_error_naming_the_key(tmp_path, capsys):
     assert "launcher.batch" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_interrupted_batch_checkpoints_every_member_and_resumes(tmp_path, monkeypatch):
     cfgs = member_cfgs("shampoo", SETTINGS["shampoo"][:2])
     singles = [train.run(c, tmp_path / f"single{k}", quiet=True) for k, c in enumerate(cfgs)]
