@@ -87,6 +87,8 @@ def test_supports_names_what_runs_alone():
     assert "fisher" in batched.supports(_dict(compose([*BASE, "optimizer=kfac", "optimizer.fisher=mc"])))
     assert "trace" in batched.supports(_dict(compose([*BASE, "optimizer=kfac", "optimizer.damping_rule=trace"])))
     assert "grafting" in batched.supports(_dict(compose([*BASE, "optimizer=shampoo", "optimizer.grafting=sgd"])))
+    assert "Conv2d" in batched.supports(_dict(compose(["model=cnn", "data=digits"])))
+    assert "optimizer.kl_clip" in batched.supports(_dict(compose([*BASE, "optimizer=kfac", "+optimizer.kl_clip=0.1"])))
 
 
 def _dict(cfg):

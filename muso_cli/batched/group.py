@@ -13,14 +13,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ..logs import LOG
-from ..models.mlp import ACTIVATIONS
+from ..models.mlp import ACTIVATIONS, MLP
 from ..parametrize import WidthMultiplier
 from .optim import supports as optimizer_supports
 
 VARYING = (("optimizer", "lr"), ("optimizer", "damping"), ("seed",))  # what may differ within a batch
 # Modules whose forward the stack runs member by member without mixing them: Linear layers and
 # parameter-free, state-free modules. Any other module (a user's, a norm, dropout, a conv) runs alone.
-STACKABLE = (nn.Linear, nn.ModuleList, nn.Sequential, nn.Flatten, WidthMultiplier, *ACTIVATIONS.values())
+STACKABLE = (MLP, nn.Linear, nn.ModuleList, nn.Sequential, nn.Flatten, WidthMultiplier, *ACTIVATIONS.values())
 
 
 def batch_key(config: dict) -> str:
@@ -37,7 +37,6 @@ def batch_key(config: dict) -> str:
 def supports(config: dict) -> str | None:
     """Why the trial ``config`` cannot be trained in a batch, or None when it can."""
     from .. import data
-    from ..models.mlp import MLP
     from ..setup import build_model_and_plan
 
     cfg = OmegaConf.create(config)
@@ -45,7 +44,7 @@ def supports(config: dict) -> str | None:
         return "data augmentation is not implemented by the batched path"
     model, plan = build_model_and_plan(cfg, *data.spec(cfg.data), device="meta")
     for name, module in model.named_modules():
-        if not isinstance(module, (*STACKABLE, MLP)):
+        if not isinstance(module, STACKABLE):
             return f"the batched path cannot stack module {name or '(the model)'} ({type(module).__name__})"
     if any(True for _ in model.buffers()):
         return "the batched path cannot stack a model with buffers"
