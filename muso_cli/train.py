@@ -79,6 +79,20 @@ class BatchSampler:
         self.perm, self.pos = state["perm"], state["pos"]
 
 
+def metrics_row(step: int, train: tuple[float, float], test: tuple[float, float], lr: float, seconds: float, tcfg,
+                data: data_mod.Dataset) -> dict:
+    """One line of metrics.jsonl: the evaluation at ``step`` of (loss, accuracy) on the training subset and the
+    test set, the first param group's lr in effect, and the training seconds so far."""
+    (train_loss, train_acc), (test_loss, test_acc) = train, test
+    row = {"step": step, "epoch": round(step * tcfg.batch_size / len(data.y_train), 4),
+           "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+           "lr": lr, "seconds": round(seconds, 3)}
+    if data.bytes_per_token and tcfg.loss == "xent":  # text: the loss per token (nats) in bits per byte too
+        row.update(train_bpb=train_loss / (math.log(2) * data.bytes_per_token),
+                   test_bpb=test_loss / (math.log(2) * data.bytes_per_token))
+    return row
+
+
 def lr_lambda(tcfg, total_steps: int):
     """Multiplier of every group's lr at a step: linear warmup, then constant / cosine / linear decay to 0."""
     warmup, kind = tcfg.warmup_steps, tcfg.lr_schedule
@@ -116,17 +130,11 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
     threads = cfg.train.threads or os.environ.get("SLURM_CPUS_PER_TASK")  # a Slurm task: the CPUs it was given
     if threads:
         torch.set_num_threads(int(threads))
-    checkpoint = _load_checkpoint(out_dir)
+    checkpoint = load_checkpoint(out_dir)
     recorder = track.Recorder(out_dir, to_container(cfg), wandb_cfg=OmegaConf.to_container(cfg.logger),
                               run_id=run_id, name=name, group=group, job_type=job_type, tags=tags,
                               metrics=checkpoint["metrics"] if checkpoint else None)
-    base_result = {"muso_version": __version__, "torch_version": torch.__version__, "device": str(device),
-                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "host": platform.node(),
-                   "started_at": _now()}
-    if "SLURM_JOB_ID" in os.environ:
-        base_result["slurm"] = {"job_id": os.environ["SLURM_JOB_ID"],
-                                "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
-                                "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
+    base_result = run_info(device)
     before = 0.0  # training seconds of earlier processes (a resumed run)
     try:
         result, before = _train(cfg, out_dir, device, recorder, checkpoint, quiet)
@@ -136,14 +144,40 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
     except Exception as e:  # a failure is a result: written, returned, never lost
         result = {"status": track.FAILED, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
     elapsed = time.time() - started + before
-    result = {**base_result, **result, "wall_seconds": round(elapsed, 3), "finished_at": _now()}
+    result = {**base_result, **result, "wall_seconds": round(elapsed, 3), "finished_at": now()}
     result = recorder.finish(result)
     (out_dir / track.CHECKPOINT).unlink(missing_ok=True)
     return result
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_info(device: torch.device) -> dict:
+    """What a result records about where and with what it ran (versions, device, host, start, Slurm task)."""
+    info = {"muso_version": __version__, "torch_version": torch.__version__, "device": str(device),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "host": platform.node(),
+            "started_at": now()}
+    if "SLURM_JOB_ID" in os.environ:
+        info["slurm"] = {"job_id": os.environ["SLURM_JOB_ID"], "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
+                         "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
+    return info
+
+
+def batch_divergence(batch_loss: float, initial_loss: float, factor: float, step: int) -> str | None:
+    """Why the loss of the batch of ``step`` ends the run as diverged (non-finite, or above ``factor`` × the
+    initial loss), or None."""
+    if math.isfinite(batch_loss) and batch_loss <= factor * initial_loss:
+        return None
+    return f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
+
+
+def eval_divergence(train_loss: float, initial_loss: float, factor: float, step: int) -> str | None:
+    """Why an evaluation's train_loss at ``step`` ends the run as diverged (same rule as a batch's), or None."""
+    if math.isfinite(train_loss) and train_loss <= factor * initial_loss:
+        return None
+    return f"train loss {train_loss:.4g} at step {step}"
 
 
 @dataclass
@@ -198,7 +232,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
         try:
             state.restore(checkpoint)
         except Exception as e:  # a checkpoint from another version or a damaged one: start again, never abort
-            _warn(out_dir, f"the checkpoint does not fit this run ({type(e).__name__}: {e})")
+            warn_fresh_start(out_dir, f"the checkpoint does not fit this run ({type(e).__name__}: {e})")
             recorder.metrics.clear()
             state = _fresh_state(cfg, data, device, steps)
     model, optimizer, sampler, augment_rng = state.model, state.optimizer, state.sampler, state.augment_rng
@@ -210,15 +244,9 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
     t0 = time.time() - state.seconds
 
     def eval_row() -> dict:
-        train_loss, train_acc = evaluate(model, x_eval, y_eval, loss_fn, tcfg.eval_batch_size)
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, loss_fn, tcfg.eval_batch_size)
-        row = {"step": step, "epoch": round(step * tcfg.batch_size / len(data.y_train), 4),
-               "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
-        if data.bytes_per_token and tcfg.loss == "xent":  # text: the loss per token (nats) in bits per byte too
-            row.update(train_bpb=train_loss / (math.log(2) * data.bytes_per_token),
-                       test_bpb=test_loss / (math.log(2) * data.bytes_per_token))
-        return row
+        train = evaluate(model, x_eval, y_eval, loss_fn, tcfg.eval_batch_size)
+        test = evaluate(model, data.x_test, data.y_test, loss_fn, tcfg.eval_batch_size)
+        return metrics_row(step, train, test, optimizer.param_groups[0]["lr"], time.time() - t0, tcfg, data)
 
     def save_checkpoint() -> None:
         state.step, state.initial_loss, state.seconds = step, initial_loss, time.time() - t0
@@ -251,10 +279,11 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
             step += 1
             console.step()
             batch_loss = loss.item()
-            refused = getattr(optimizer, "diverged", None)  # K-FAC / Shampoo refuse a step with non-finite curvature
-            if refused or not math.isfinite(batch_loss) or batch_loss > tcfg.diverge_factor * initial_loss:
+            # K-FAC / Shampoo refuse a step with non-finite curvature and say why
+            reason = getattr(optimizer, "diverged", None) or batch_divergence(batch_loss, initial_loss,
+                                                                              tcfg.diverge_factor, step)
+            if reason:
                 status = track.DIVERGED
-                reason = refused or f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
                 # the loss of the batch that blew up, not a train_loss measured on the evaluation subset
                 recorder.log({"step": step, "batch_loss": batch_loss, "seconds": round(time.time() - t0, 3)})
                 break
@@ -262,17 +291,18 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
                 row = eval_row()
                 recorder.log(row)
                 console.evaluation(row)
-                if not math.isfinite(row["train_loss"]) or row["train_loss"] > tcfg.diverge_factor * initial_loss:
-                    status, reason = track.DIVERGED, f"train loss {row['train_loss']:.4g} at step {step}"
+                reason = eval_divergence(row["train_loss"], initial_loss, tcfg.diverge_factor, step)
+                if reason:
+                    status = track.DIVERGED
                     break
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < steps:
                 save_checkpoint()
     finally:
         console.close()
-    return _summarise(status, reason, recorder.metrics, step, steps, data.source), state.seconds
+    return summarise(status, reason, recorder.metrics, step, steps, data.source), state.seconds
 
 
-def _summarise(status: str, reason: str | None, metrics: list[dict], step: int, steps: int, source: str) -> dict:
+def summarise(status: str, reason: str | None, metrics: list[dict], step: int, steps: int, source: str) -> dict:
     evals = [r for r in metrics if "test_acc" in r]
     last = metrics[-1]
     final = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
@@ -314,12 +344,12 @@ class _Console:
             self.bar.close()
 
 
-def _load_checkpoint(out_dir: Path) -> dict | None:
+def load_checkpoint(out_dir: Path, keys: frozenset[str] | None = None) -> dict | None:
     """The run's checkpoint, or None (train from scratch) when there is none or it cannot be trusted.
 
     Loaded with ``weights_only=True``: a study folder travels between people and machines, and a pickle could
     run code; a checkpoint holds only tensors, numbers, strings, lists and dicts. One that does not load, is not
-    a dict or lacks a key is ignored with a one-line warning, never fatal.
+    a dict or lacks one of ``keys`` (default: a single run's) is ignored with a one-line warning, never fatal.
     """
     path = out_dir / track.CHECKPOINT
     if not path.exists():
@@ -327,11 +357,12 @@ def _load_checkpoint(out_dir: Path) -> dict | None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        _warn(out_dir, f"the checkpoint cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        first_line = str(e).splitlines()[0][:200]
+        warn_fresh_start(out_dir, f"the checkpoint cannot be read safely ({type(e).__name__}: {first_line})")
         return None
-    missing = sorted(CHECKPOINT_KEYS - set(checkpoint)) if isinstance(checkpoint, dict) else ["(not a dict)"]
+    missing = sorted((keys or CHECKPOINT_KEYS) - set(checkpoint)) if isinstance(checkpoint, dict) else ["(not a dict)"]
     if missing:
-        _warn(out_dir, f"the checkpoint lacks {', '.join(missing)}")
+        warn_fresh_start(out_dir, f"the checkpoint lacks {', '.join(missing)}")
         return None
     return checkpoint
 
@@ -340,5 +371,5 @@ CHECKPOINT_KEYS = frozenset(("step", "initial_loss", "seconds", "model", "optimi
                              "augment_rng", "metrics"))
 
 
-def _warn(out_dir: Path, problem: str) -> None:
+def warn_fresh_start(out_dir: Path, problem: str) -> None:
     print(f"muso: {out_dir}: {problem}; training from scratch", file=sys.stderr, flush=True)

@@ -344,10 +344,14 @@ def layer_groups(model: nn.Module, tensors: Iterable | None = None) -> list[dict
     return groups
 
 
-def sgd_update_(p: Tensor, direction: Tensor, state: dict, *, lr: float, momentum: float,
-                weight_decay: float) -> None:
-    """torch.optim.SGD's update (dampening 0, no Nesterov) with ``direction`` in place of the gradient:
-    v ← momentum·v + (direction + weight_decay·p) (v = that sum on the first step), p ← p − lr·v.
+def sgd_update_(p: Tensor, direction: Tensor, state: dict, *, lr: float | Tensor, momentum: float,
+                weight_decay: float, nesterov: bool = False) -> None:
+    """torch.optim.SGD's update (dampening 0) with ``direction`` in place of the gradient:
+    v ← momentum·v + (direction + weight_decay·p) (v = that sum on the first step), p ← p − lr·v
+    (Nesterov: p ← p − lr·(direction + weight_decay·p + momentum·v)).
+
+    ``lr``: a float, or a tensor that broadcasts against ``p`` (batched trials, muso_cli.batched: [N, 1, …], one
+    lr per member of a stack of N).
     """
     d = direction.add(p, alpha=weight_decay) if weight_decay else direction
     if momentum:
@@ -356,8 +360,11 @@ def sgd_update_(p: Tensor, direction: Tensor, state: dict, *, lr: float, momentu
             buf = state["momentum_buffer"] = torch.clone(d).detach()
         else:
             buf.mul_(momentum).add_(d)
-        d = buf
-    p.add_(d, alpha=-lr)
+        d = d.add(buf, alpha=momentum) if nesterov else buf
+    if isinstance(lr, Tensor):
+        p.sub_(d * lr)
+    else:
+        p.add_(d, alpha=-lr)
 
 
 def eigh_psd(matrix: Tensor, dtypes: Iterable[torch.dtype]) -> tuple[Tensor, Tensor] | None:
