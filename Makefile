@@ -37,17 +37,18 @@ data:
 	  echo "      or put the four *-ubyte.gz files in a folder and pass data.root=<folder>, or pip install torchvision."; \
 	fi
 
-# The demo: K-FAC on Fashion-MNIST, SP against second-order µP. Tune lr × damping at width 64, train the best
-# setting of each at widths 256, 1024 and 2048, and report whether the optimum transferred (~1.5–2 min on 2 cores).
-# Damping 0.03 diverges at every lr: it keeps the optimum (ρ = 0.1) off the grid's edge, which transfer refuses.
+# The demo: K-FAC on Fashion-MNIST, SP against second-order µP. Sweep lr at widths 64 and 256 (2 seeds, on a pool of
+# 2 one-thread workers), carry each parameterization's base-width optimum to width 512, and report the verdict:
+# did the optimum move between 64 and 256, and what does the transferred lr cost at 256; its loss at 512.
 DEMO := outputs/demo/mlp-kfac
-DEMO_ARGS := optimizer=kfac data.n_train=20000 data.n_test=5000 train.steps=300 train.eval_every=100 \
-	train.eval_train_samples=5000 study.params=[sp,somup] study.lr=log2:-5:0 study.damping=[0.03,0.1,0.3,1] \
-	study.root=outputs/demo study.name=mlp-kfac
+DEMO_RUN := optimizer=kfac data.n_train=20000 data.n_test=2000 train.steps=300 \
+	train.eval_every=50 train.eval_train_samples=2000 train.threads=1 launcher=pool launcher.workers=2
+DEMO_ARGS := $(DEMO_RUN) study.params=[sp,somup] study.widths=[64,256] study.lr=log2:-6:-2 study.damping=[0.1] \
+	study.seeds=[0,1] study.root=outputs/demo study.name=mlp-kfac
 
 demo: setup
 	$(MUSO) sweep $(DEMO_ARGS)
-	$(MUSO) transfer $(DEMO) transfer.widths=[256,1024,2048]
+	$(MUSO) transfer $(DEMO) transfer.widths=[512]
 	$(MUSO) report $(DEMO)
 
 test: setup

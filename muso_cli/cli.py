@@ -750,6 +750,7 @@ def cmd_report(args: list[str]) -> int:
     transferred = res["tables"].get("transferred")
     if transferred is not None and not transferred.empty:
         acc = transferred.pivot_table(index="param", columns="width", values="test_acc", dropna=False)
+        acc = acc.reindex(report.ordered(acc.index))
         acc.columns = [f"w{w}" for w in acc.columns]
         print("test accuracy of the transferred setting per width (blank: diverged):")
         print(acc.reset_index().to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))

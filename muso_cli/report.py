@@ -113,7 +113,7 @@ def drift_table(v: dict) -> pd.DataFrame:
     """Per param, swept axis and width: the optimum, its drift from the base width (octaves), the drift's
     interval, the width's verdict and what would decide an undecided one."""
     rows = []
-    for p in _ordered(v["params"]):
+    for p in ordered(v["params"]):
         for a, ax in v["params"][p]["axes"].items():
             rows.append({"param": p, "axis": a, "width": v["base_width"], "optimum": ax["base"]["value"],
                          "drift_octaves": 0.0, "interval": "", "verdict": "base", "note": _notes({a: ax["base"]})})
@@ -143,12 +143,11 @@ def regret_table(v: dict) -> pd.DataFrame:
 
 
 def transferred(df: pd.DataFrame, transfers: dict) -> pd.DataFrame:
-    """The transferred setting's results per (param, width): mean loss and test accuracy over seeds."""
+    """The transferred setting's results per (param, width), the sweep's widths included (the same lr and damping
+    there): mean loss and test accuracy over seeds."""
     rows = []
     for param, choice in transfers.items():
-        ids = set(choice.get("transfer_trials", []))
-        g = df[(df.param == param) & df.trial_id.isin(ids)]
-        for width, w in g.groupby("width"):
+        for width, w in _setting_rows(df, param, choice).groupby("width"):
             ok = w[w.status.isin(track.FINAL_STATUSES)]
             rows.append({"param": param, "width": width, "lr": choice["lr"], "damping": choice.get("damping"),
                          "loss": ok.objective.mean(), "test_acc": ok.final_test_acc.astype(float).mean(),
@@ -173,7 +172,8 @@ def headline(tr: pd.DataFrame, wider: pd.DataFrame, transfers: dict, sign: float
     """One row per transferred parameterization: the setting, its score per width (w<width> columns, metric
     units), and whether wider was better."""
     rows = []
-    for param, choice in transfers.items():
+    for param in ordered(transfers):
+        choice = transfers[param]
         row = {"param": param, "lr": choice["lr"], "damping": choice.get("damping")}
         for _, r in tr[tr.param == param].sort_values("width").iterrows():
             row[f"w{r.width}"] = sign * r.loss
@@ -186,7 +186,7 @@ def headline(tr: pd.DataFrame, wider: pd.DataFrame, transfers: dict, sign: float
 # ------------------------------------------------------------------------------------------------------
 # Plots
 
-def _ordered(params) -> list[str]:
+def ordered(params) -> list[str]:
     """Parameterizations in the table's order (sp first), unknown names after."""
     return sorted(params, key=lambda p: (PARAMS.index(p) if p in PARAMS else len(PARAMS), p))
 
@@ -276,7 +276,7 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr", title: s
     optimizer, completed with what the other axis holds."""
     plt = pyplot()
     sign = -1 if METRICS[metric] == "max" else 1
-    params = _ordered({p for p, _ in grid})
+    params = ordered({p for p, _ in grid})
     colors = _colors(plt, {w for _, w in grid})
     rows = max(len([c for (p, _), c in grid.items() if p == param]) for param in params)
     band = 0.04 + 0.045 * rows  # the top band of each panel (axes fraction) holds the rows of × markers
@@ -320,7 +320,7 @@ def plot_drift(v: dict, path: Path) -> bool:
     if not axes_used:
         return False
     plt = pyplot()
-    params = _ordered(v["params"])
+    params = ordered(v["params"])
     cells = {(c["param"], c["width"]): c for c in v["cells"]}
     widths = sorted({w for _, w in cells})
     fig, axes = plt.subplots(1, len(axes_used), figsize=(5.6 * len(axes_used), 4.2), squeeze=False)
@@ -409,25 +409,26 @@ def plot_heatmaps(grid: dict, path_for, metric: str) -> list[Path]:
     return paths
 
 
-def _setting_rows(df: pd.DataFrame, param: str, choice: dict, base_width: int) -> pd.DataFrame:
-    """The trials of the transferred setting of ``param``: its transfer trials and the base-width trials (every
-    seed) at the same lr and damping."""
+def _setting_rows(df: pd.DataFrame, param: str, choice: dict) -> pd.DataFrame:
+    """The trials of the transferred setting of ``param`` at every width: its transfer trials and the sweep's
+    trials (every seed) at the same lr and damping."""
     same_damping = (df.damping.isna() if choice.get("damping") is None
                     else np.isclose(df.damping.astype(float), float(choice["damping"]), rtol=1e-9))
-    base = (df.width == base_width) & np.isclose(df.lr.astype(float), float(choice["lr"]), rtol=1e-9) & same_damping
-    return df[(df.param == param) & (df.trial_id.isin(choice.get("transfer_trials", [])) | base)]
+    same = np.isclose(df.lr.astype(float), float(choice["lr"]), rtol=1e-9) & same_damping
+    rows = df[(df.param == param) & (df.trial_id.isin(choice.get("transfer_trials", [])) | same)]
+    return rows.drop_duplicates("trial_id")
 
 
 def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path, base_width: int, title: str = "") -> bool:
     """Training curves (train loss on the eval subset vs step) at the transferred setting, one panel per param
     (sp first), one colour per width from the base width up; the points are the evaluations (train.eval_every)."""
     plt = pyplot()
-    params = _ordered(p for p in transfers if not df[df.trial_id.isin(transfers[p].get("transfer_trials", []))].empty)
+    params = ordered(p for p in transfers if not df[df.trial_id.isin(transfers[p].get("transfer_trials", []))].empty)
     if not params:
         return False
     fig, axes = plt.subplots(1, len(params), figsize=(4.4 * len(params), 3.8), squeeze=False, sharey=True)
     for ax, param in zip(axes[0], params):
-        rows = _setting_rows(df, param, transfers[param], base_width)
+        rows = _setting_rows(df, param, transfers[param])
         colors = _colors(plt, rows.width.unique())
         for width, g in rows.groupby("width"):
             for k, trial_id in enumerate(g.trial_id):
