@@ -8,36 +8,44 @@ L, R and their roots) is stacked [N, …], so a member can leave the stack (:met
 and restored alone (:meth:`member_state`, :meth:`load_member_state`).
 
 The layer math is the single trial's: the SGD update is ``muso_cli.optim.common.sgd_update_`` (which takes a
-tensor lr), running averages are ``running_average`` / Shampoo's ``accumulate``; the damped inverses and
-inverse roots are computed for the whole stack at once (batched ``torch.linalg.cholesky_ex`` / ``eigh``, the
-first attempt of the single trial's ``damped_inverse`` / ``inverse_root``), and a member whose batched attempt
-fails goes through the single trial's function itself, with its whole fallback chain. The K-FAC and Shampoo
-update is the dense form ``left @ G @ right``; the single trial may use the exact factored form instead
-(same numbers up to rounding).
+tensor lr), running averages are ``running_average`` with ``statistics_decay`` (ema_warmup) / Shampoo's
+``accumulate``, the schedule of statistics and inverse updates is ``schedule_due`` (warmup_steps; the members
+share the step count, so one schedule serves them all), and the trust region (K-FAC's ``kl_clip``) is the single
+trial's ν, one per member. The damped inverses and inverse roots are computed for the whole stack at once
+(``muso_cli.optim.kfac.cholesky_inverse``, a batched ``eigh`` raised to ``shampoo.eigen_power``: the first
+attempt of the single trial's ``damped_inverse`` / ``inverse_root``), and a member whose batched attempt fails
+goes through the single trial's function itself, with its whole fallback chain (float64). The K-FAC and
+Shampoo update is the dense form ``left @ G @ right``; the single trial may use the exact factored form
+instead (same numbers up to rounding).
 
 What is not implemented here is refused by :func:`supports` (the trial then runs alone): K-FAC's MC Fisher and
-the trace / pi damping rules, Shampoo's grafting, and any optimizer option this module does not know.
+the trace / pi damping rules, Shampoo's grafting (and so a late start_preconditioning_step), and any optimizer
+option this module does not know. Not implemented either: the single trial's refusal of a step with non-finite
+curvature (a member's non-finite statistics show in its next loss, which the divergence rule catches).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ..optim.common import running_average, sgd_update_, statistics_dtype
-from ..optim.kfac import damped_inverse
-from ..optim.shampoo import EIGH_DTYPES, accumulate, inverse_root
+from ..optim.common import running_average, schedule_due, sgd_update_, statistics_decay, statistics_dtype
+from ..optim.kfac import cholesky_inverse, damped_inverse
+from ..optim.shampoo import EIGH_DTYPES, accumulate, eigen_power, epsilon, inverse_root
 
 # The options each optimizer's batched update implements: key → the values it accepts (None: any value).
 OPTIONS: dict[str, dict[str, tuple | None]] = {
     "sgd": {"lr": None, "momentum": None, "nesterov": None, "weight_decay": None},
     "adam": {"lr": None, "beta1": None, "beta2": None, "eps": None, "weight_decay": None},
     "kfac": {"lr": None, "damping": None, "damping_rule": None, "momentum": None, "weight_decay": None,
-             "ema_decay": None, "curvature_interval": None, "inverse_interval": None, "fisher": ("empirical",),
-             "inverse": None, "factored": None, "lowrank": (None,)},
+             "ema_decay": None, "ema_warmup": None, "curvature_interval": None, "inverse_interval": None,
+             "warmup_steps": None, "kl_clip": None, "fisher": ("empirical",), "inverse": None, "factored": None,
+             "lowrank": (None,)},
+    # start_preconditioning_step, graft_beta2 and graft_eps do nothing without grafting
     "shampoo": {"lr": None, "damping": None, "damping_rule": None, "exponent": None, "momentum": None,
-                "weight_decay": None, "statistics": None, "ema_decay": None, "statistics_interval": None,
-                "inverse_interval": None, "grafting": ("none",), "graft_eps": None, "eigh_dtype": None,
-                "factored": None, "lowrank": (None,)},
+                "weight_decay": None, "statistics": None, "ema_decay": None, "ema_warmup": None,
+                "statistics_interval": None, "inverse_interval": None, "warmup_steps": None,
+                "start_preconditioning_step": (0,), "grafting": ("none",), "graft_beta2": None, "graft_eps": None,
+                "eigh_dtype": None, "factored": None, "lowrank": (None,)},
 }
 DAMPING_RULES = {"kfac": ("constant", "somup"), "shampoo": ("constant", "somup", "relative")}  # as resolved
 _NOT_GROUP_KEYS = ("params", "param_names", "role")
@@ -88,15 +96,19 @@ class Optimizer:
             group["lr"] = _per_member([g["lr"] for g in member_groups], like)
             self.groups.append(group)
         self.damping = _per_member(damping, like) if damping is not None else None
-        self.state: dict[str, dict[str, Tensor]] = {}  # param or layer name → its stacked state tensors
+        self.kl_clip = opt.get("kl_clip") or None  # K-FAC's trust region κ (None: off)
+        # param or layer name → its state: stacked tensors [N, …], and a layer's count of statistics updates
+        # (an int: the members share it, as they share the schedule)
+        self.state: dict[str, dict[str, Tensor | int]] = {}
 
     # -- the schedule ----------------------------------------------------------------------------------------
 
     def needs_capture(self, step: int) -> bool:
-        """Whether the forward of ``step`` must record the layers' inputs and output gradients (K-FAC's factors)."""
-        return self.name == "kfac" and any(
-            step % g["curvature_interval"] == 0 or "A" not in self.state.get(g["layer"], {})
-            for g in self.groups if g.get("layer") is not None)
+        """Whether the forward of ``step`` must record the layers' inputs and output gradients (K-FAC's factors).
+        Step 0 is on every schedule and a resumed member brings its state, so the schedule alone decides (here and
+        for every statistics and inverse update below)."""
+        return self.name == "kfac" and any(schedule_due(step, g, "curvature_interval")
+                                           for g in self.groups if g.get("layer") is not None)
 
     # -- the step --------------------------------------------------------------------------------------------
 
@@ -106,8 +118,16 @@ class Optimizer:
         """Update every member's parameters in place: update number ``step + 1`` (0-based ``step``, the layer
         schedules'), the schedule's lr ``factor``; captured: {layer: (X [N, R, d_in], Δ [N, R, d_out])}; examples:
         the number of terms each member's loss averages over (K-FAC's B)."""
+        updates = []  # (group, its lr [N] this step, its layer's preconditioned directions or None)
         for group in self.groups:
-            lr = group["lr"] * factor
+            directions = None
+            if self.name in ("kfac", "shampoo") and group.get("layer") is not None:
+                directions = self._layer_directions(group, [params[n] for n in group["names"]],
+                                                    [grads[n] for n in group["names"]], step,
+                                                    captured.get(group["layer"]), examples)
+            updates.append((group, group["lr"] * factor, directions))
+        nu = self._trust_region(updates, grads)
+        for group, lr, directions in updates:
             names = group["names"]
             decays = [group["weight_decay"]] * len(names)
             if group.get("layer") is not None and len(names) == 2 and group.get("bias_weight_decay") is not None:
@@ -116,15 +136,28 @@ class Optimizer:
                 for name, wd in zip(names, decays):
                     self._adam(params[name], grads[name], self.state.setdefault(name, {}), lr, wd, group, step + 1)
                 continue
-            directions = [grads[n] for n in names]
-            if self.name in ("kfac", "shampoo") and group.get("layer") is not None:
-                directions = self._layer_directions(group, [params[n] for n in names], directions, step,
-                                                    captured.get(group["layer"]), examples)
+            if directions is None:
+                directions = [grads[n] for n in names]
+            elif nu is not None:
+                directions = [d * _view(nu, d) for d in directions]
             nesterov = self.name == "sgd" and bool(group["nesterov"]) and group["momentum"] > 0
             for name, d, wd in zip(names, directions, decays):
                 p = params[name]
                 sgd_update_(p, d, self.state.setdefault(name, {}), lr=_view(lr, p), momentum=group["momentum"],
                             weight_decay=wd, nesterov=nesterov)
+
+    def _trust_region(self, updates: list, grads: dict[str, Tensor]) -> Tensor | None:
+        """ν [N] = min(1, √(κ / Σ_layers lr_l² ⟨D_l, G_l⟩)) of every member, over its whole model (the single
+        trial's LayerwiseOptimizer.trust_region, in its float32), or None without a trust region."""
+        if not self.kl_clip:
+            return None
+        terms = [(lr ** 2).float() * sum((d * grads[n]).flatten(1).sum(1, dtype=torch.float32)
+                                         for d, n in zip(directions, group["names"]))
+                 for group, lr, directions in updates if directions is not None]
+        if not terms:
+            return None
+        total = torch.stack(terms).sum(0)
+        return (self.kl_clip / total.clamp(min=torch.finfo(torch.float32).tiny)).sqrt().clamp(max=1.0)
 
     @staticmethod
     def _adam(p: Tensor, g: Tensor, state: dict, lr: Tensor, wd: float, group: dict, t: int) -> None:
@@ -161,13 +194,14 @@ class Optimizer:
 
     def _kfac(self, state: dict, group: dict, captured, step: int, examples: int) -> tuple[Tensor, Tensor]:
         """(B_inv, A_inv) [N, d, d] of K-FAC's factors on the group's schedule (muso_cli.optim.kfac)."""
-        if step % group["curvature_interval"] == 0 or "A" not in state:
+        if schedule_due(step, group, "curvature_interval"):
             x, d = captured
             dtype = statistics_dtype(x)
             x, d = x.to(dtype), d.to(dtype)
-            state["A"] = running_average(state.get("A"), x.mT @ x / x.shape[1], group["ema_decay"])
-            state["B"] = running_average(state.get("B"), examples * (d.mT @ d), group["ema_decay"])
-        if step % group["inverse_interval"] == 0 or "A_inv" not in state:
+            decay = _count_statistics_update(state, group)
+            state["A"] = running_average(state.get("A"), x.mT @ x / x.shape[1], decay)
+            state["B"] = running_average(state.get("B"), examples * (d.mT @ d), decay)
+        if schedule_due(step, group, "inverse_interval"):
             # constant and somup: ρ·m per factor (the plan's multipliers)
             state["A_inv"] = stacked_damped_inverse(state["A"], self.damping * group["damping_A"], group["inverse"])
             state["B_inv"] = stacked_damped_inverse(state["B"], self.damping * group["damping_B"], group["inverse"])
@@ -175,11 +209,12 @@ class Optimizer:
 
     def _shampoo(self, state: dict, group: dict, g: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """(L_root, R_root) [N, d, d] of Shampoo's statistics on the group's schedule (muso_cli.optim.shampoo)."""
-        if step % group["statistics_interval"] == 0 or "L" not in state:
+        if schedule_due(step, group, "statistics_interval"):
             dtype = statistics_dtype(g)
-            state["L"] = accumulate(state.get("L"), (g @ g.mT).to(dtype), group)
-            state["R"] = accumulate(state.get("R"), (g.mT @ g).to(dtype), group)
-        if step % group["inverse_interval"] == 0 or "L_root" not in state:
+            _count_statistics_update(state, group)
+            state["L"] = accumulate(state, "L", (g @ g.mT).to(dtype), group)
+            state["R"] = accumulate(state, "R", (g.mT @ g).to(dtype), group)
+        if schedule_due(step, group, "inverse_interval"):
             state["L_root"] = stacked_inverse_root(state["L"], self.damping, group)
             state["R_root"] = stacked_inverse_root(state["R"], self.damping, group)
         return state["L_root"], state["R_root"]
@@ -192,28 +227,40 @@ class Optimizer:
             group["lr"] = group["lr"][members]
         if self.damping is not None:
             self.damping = self.damping[members]
-        self.state = {k: {key: v[members] for key, v in s.items()} for k, s in self.state.items()}
+        self.state = {k: {key: _members(v, members) for key, v in s.items()} for k, s in self.state.items()}
 
-    def member_state(self, k: int) -> dict[str, dict[str, Tensor]]:
-        return {name: {key: v[k].clone() for key, v in s.items()} for name, s in self.state.items()}
+    def member_state(self, k: int) -> dict[str, dict[str, Tensor | int]]:
+        return {name: {key: v[k].clone() if isinstance(v, Tensor) else v for key, v in s.items()}
+                for name, s in self.state.items()}
 
-    def load_member_states(self, states: list[dict[str, dict[str, Tensor]]]) -> None:
-        """Every member's saved state (one dict per member, in stack order, all with the same keys)."""
-        self.state = {name: {key: torch.stack([s[name][key] for s in states]) for key in states[0][name]}
+    def load_member_states(self, states: list[dict[str, dict[str, Tensor | int]]]) -> None:
+        """Every member's saved state (one dict per member, in stack order, all with the same keys; the counts,
+        shared, from the first)."""
+        self.state = {name: {key: torch.stack([s[name][key] for s in states]) if isinstance(value, Tensor) else value
+                             for key, value in states[0][name].items()}
                       for name in states[0]}
+
+
+def _members(value: Tensor | int, members: Tensor) -> Tensor | int:
+    return value[members] if isinstance(value, Tensor) else value
+
+
+def _count_statistics_update(state: dict, group: dict) -> float:
+    """Count a layer's statistics update (``statistics_updates``, before the update, as the single trial's
+    LayerwiseOptimizer.layer_direction does) and return the old statistic's weight, ``statistics_decay``."""
+    state["statistics_updates"] = state.get("statistics_updates", 0) + 1
+    return statistics_decay(state, group)
 
 
 def stacked_damped_inverse(factors: Tensor, damping: Tensor, method: str) -> Tensor:
     """(F + ρ I)⁻¹ [N, d, d] of every member's factor F [N, d, d] with its ρ [N]: batched Cholesky in the
-    factor's dtype (the single trial's first attempt), then muso_cli.optim.kfac.damped_inverse, the single
-    trial's full chain, for each member it failed for (and for every member with ``method="eigh"``)."""
-    inverse = torch.empty_like(factors)
-    ok = torch.zeros(factors.shape[0], dtype=torch.bool, device=factors.device)
+    factor's dtype (the single trial's first attempt, muso_cli.optim.kfac.cholesky_inverse), then
+    muso_cli.optim.kfac.damped_inverse, the single trial's full chain, for each member it failed for (and for
+    every member with ``method="eigh"``)."""
     if method == "cholesky":
-        eye = torch.eye(factors.shape[-1], dtype=factors.dtype, device=factors.device)
-        chol, info = torch.linalg.cholesky_ex(factors + _view(damping, factors) * eye)
-        inverse = torch.cholesky_inverse(chol)
-        ok = (info == 0) & torch.isfinite(inverse).flatten(1).all(1)
+        inverse, ok = cholesky_inverse(factors, _view(damping, factors))
+    else:
+        inverse, ok = torch.empty_like(factors), torch.zeros(factors.shape[0], dtype=torch.bool, device=factors.device)
     for k in (~ok).nonzero().flatten().tolist():
         inverse[k] = damped_inverse(factors[k], damping[k].item(), method)
     return inverse
@@ -221,24 +268,21 @@ def stacked_damped_inverse(factors: Tensor, damping: Tensor, method: str) -> Ten
 
 def stacked_inverse_root(stats: Tensor, eps: Tensor, group: dict) -> Tensor:
     """(S + ε I)^-exponent [N, d, d] of every member's statistic S [N, d, d] with its base ε [N] under the
-    group's rule (muso_cli.optim.shampoo.inverse_root): one batched eigh in the first of the group's
-    ``eigh_dtype`` dtypes, then inverse_root itself for each member whose eigenvalues are not finite."""
+    group's rule: one batched eigh in the first of the group's ``eigh_dtype`` dtypes, each member's ε
+    (muso_cli.optim.shampoo.epsilon) and root (eigen_power), then inverse_root itself, the single trial's
+    whole chain (float64 after float32), for each member whose eigenvalues are not finite."""
     try:
         lam, q = torch.linalg.eigh(stats.to(EIGH_DTYPES[group["eigh_dtype"]][0]))
+    except torch.linalg.LinAlgError:  # some member did not converge: every member goes alone
+        lam = q = None
+    if lam is None:
+        root, ok = torch.empty_like(stats), torch.zeros(stats.shape[0], dtype=torch.bool, device=stats.device)
+    else:
         ok = torch.isfinite(lam).all(1)
-    except torch.linalg.LinAlgError:
-        lam, q, ok = None, None, torch.zeros(stats.shape[0], dtype=torch.bool, device=stats.device)
-    root = torch.empty_like(stats)
-    if lam is not None:
         lam = lam.clamp(min=0)
-        mult = group["damping_eps"]
-        if group["damping_rule"] == "relative":  # ε·λ_max, or ε when that is not finite and > 0 (finite_or)
-            top = eps * lam[:, -1]
-            value = torch.where(torch.isfinite(top) & (top > 0), top, eps) * mult
-        else:
-            value = eps * mult
-        q = q.to(stats.dtype)
-        root = (q * (lam + value[:, None]).pow(-group["exponent"]).to(stats.dtype)[:, None, :]) @ q.mT
+        values = [epsilon(top, base, group) for top, base in zip(lam[:, -1].tolist(), eps.tolist())]
+        root = eigen_power(lam, q, torch.tensor(values, dtype=lam.dtype, device=lam.device)[:, None],
+                           group["exponent"], stats.dtype)
     for k in (~ok).nonzero().flatten().tolist():
         root[k] = inverse_root(stats[k], {**group, "damping": eps[k].item()})[0]
     return root

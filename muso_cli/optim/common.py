@@ -98,6 +98,14 @@ def statistics_decay(state: dict, group: dict) -> float:
     return decay
 
 
+def schedule_due(step: int, group: dict, interval_key: str) -> bool:
+    """Whether a layer's (0-based) ``step`` is one of its group's ``interval_key`` steps: every step during the
+    warm start (the layer's first ``warmup_steps`` steps, group key, 0 without it), then every ``interval`` steps,
+    counted from the layer's step 0 (interval 10, warm start 20: steps 0, 1, …, 19, 20, 30, 40, …). The batched
+    trials (muso_cli.batched) share it: their members share the step count, hence one schedule."""
+    return step < group.get("warmup_steps", 0) or step % group[interval_key] == 0
+
+
 def weak_forward_hook(module: nn.Module, owner: object, fn: Callable[[Any, tuple, Any], None]) -> None:
     """Call ``fn(owner, inputs, output)`` after every forward of ``module`` in training mode with grad enabled.
 
@@ -540,11 +548,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         return self.state.get(layer.weight, {}).get("step", 0)
 
     def due(self, layer: Layer, group: dict, interval_key: str) -> bool:
-        """Whether ``layer``'s step is one of its group's ``interval_key`` steps: every step during the warm start
-        (the layer's first ``warmup_steps`` steps, group key, 0 without it), then every ``interval`` steps,
-        counted from the layer's step 0 (interval 10, warm start 20: steps 0, 1, …, 19, 20, 30, 40, …)."""
-        step = self.layer_step(layer)
-        return step < group.get("warmup_steps", 0) or step % group[interval_key] == 0
+        """Whether ``layer``'s step is one of its group's ``interval_key`` steps (:func:`schedule_due`)."""
+        return schedule_due(self.layer_step(layer), group, interval_key)
 
     def statistics_due(self, layer: Layer, group: dict) -> bool:
         return self.due(layer, group, self.STATISTICS_INTERVAL)
@@ -722,5 +727,5 @@ class DampedOptimizer(LayerwiseOptimizer):
 
 __all__ = ["Check", "DampedOptimizer", "HookPolicy", "LAYER_TYPES", "Layer", "LayerwiseOptimizer",
            "check_hyperparameters", "damping_checks", "decay", "eigh_psd", "finite_or", "interval", "layer_groups",
-           "non_negative", "one_of", "positive", "renamed", "running_average", "sgd_update_", "statistics_decay",
-           "statistics_dtype", "supported", "weak_forward_hook"]
+           "non_negative", "one_of", "positive", "renamed", "running_average", "schedule_due", "sgd_update_",
+           "statistics_decay", "statistics_dtype", "supported", "weak_forward_hook"]

@@ -66,6 +66,18 @@ INVERSES = ("cholesky", "eigh")
 KL_CLIP = lambda key, value: check_positive(key, value, allow_zero=True, optional=True)  # noqa: E731
 
 
+def cholesky_inverse(factor: Tensor, damping: float | Tensor) -> tuple[Tensor, Tensor]:
+    """((F + ρ I)⁻¹, ok) by Cholesky in F's dtype, for F [..., d, d] and ρ a float or a tensor broadcasting
+    against F ([..., 1, 1]: one ρ per matrix, batched trials); ok [...] (bool) says where the factorisation
+    succeeded and the inverse is finite (elsewhere the inverse is garbage)."""
+    eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
+    chol, info = torch.linalg.cholesky_ex(factor + damping * eye)
+    ok = info == 0
+    # a failed factorisation may hold a zero on its diagonal, which cholesky_inverse raises on
+    inverse = torch.cholesky_inverse(torch.where(ok[..., None, None], chol, eye))
+    return inverse, ok & torch.isfinite(inverse).flatten(-2).all(-1)
+
+
 def damped_inverse(factor: Tensor, damping: float, method: str) -> Tensor:
     """(F + ρ I)⁻¹ [d, d] of a symmetric PSD factor F, in F's dtype.
 
@@ -77,12 +89,9 @@ def damped_inverse(factor: Tensor, damping: float, method: str) -> Tensor:
     dtypes = tuple(dict.fromkeys((statistics_dtype(factor), torch.float64)))
     if method == "cholesky":
         for dtype in dtypes:
-            eye = torch.eye(factor.shape[0], dtype=dtype, device=factor.device)
-            chol, info = torch.linalg.cholesky_ex(factor.to(dtype) + damping * eye)
-            if info.item() == 0:
-                inverse = torch.cholesky_inverse(chol)
-                if torch.isfinite(inverse).all():
-                    return inverse.to(factor.dtype)
+            inverse, ok = cholesky_inverse(factor.to(dtype), damping)
+            if ok.item():
+                return inverse.to(factor.dtype)
         dtypes = (torch.float64,)
     decomposition = eigh_psd(factor, dtypes)
     if decomposition is None:
@@ -230,4 +239,4 @@ class KFAC(DampedOptimizer):
             self.policy.mc_pass = False
 
 
-__all__ = ["FISHERS", "INVERSES", "KFAC", "KFACLayer", "damped_inverse"]
+__all__ = ["FISHERS", "INVERSES", "KFAC", "KFACLayer", "cholesky_inverse", "damped_inverse"]

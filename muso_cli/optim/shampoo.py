@@ -60,13 +60,24 @@ def inverse_root(stat: Tensor, group: dict) -> tuple[Tensor, float]:
     if decomposition is None:  # a non-finite statistic (a diverged run): let the loss show it
         return torch.full_like(stat, math.nan), math.nan
     lam, q = decomposition
-    eps, mult = group["damping"], group["damping_eps"]
-    value = finite_or(eps * lam[-1].item(), eps) * mult if group["damping_rule"] == "relative" else eps * mult
-    # Q diag((λ + ε)^-e) Qᵀ in the statistic's dtype: the factors (λ + ε)^-e span a small range (≤ ε^-e), so
-    # float32 loses nothing that the float32 result would keep, and a float64 product would cost a third of
-    # the eigh itself.
-    q = q.to(stat.dtype)
-    return (q * (lam + value).pow(-group["exponent"]).to(stat.dtype)) @ q.T, value
+    value = epsilon(lam[-1].item(), group["damping"], group)
+    return eigen_power(lam, q, value, group["exponent"], stat.dtype), value
+
+
+def epsilon(lam_max: float, eps: float, group: dict) -> float:
+    """ε of a statistic whose largest eigenvalue is ``lam_max``, for the base ε ``eps`` under the group's rule
+    (module docstring): ε·λ_max·m (relative; ε·m when that is not finite and > 0) or ε·m."""
+    mult = group["damping_eps"]
+    return finite_or(eps * lam_max, eps) * mult if group["damping_rule"] == "relative" else eps * mult
+
+
+def eigen_power(lam: Tensor, q: Tensor, value: float | Tensor, exponent: float, dtype: torch.dtype) -> Tensor:
+    """Q diag((λ + ε)^-exponent) Qᵀ [..., d, d] in ``dtype`` for λ [..., d], Q [..., d, d] and ε a float or a
+    tensor broadcasting against λ ([..., 1]: one ε per matrix, batched trials)."""
+    # In the statistic's dtype: the factors (λ + ε)^-e span a small range (≤ ε^-e), so float32 loses nothing
+    # that the float32 result would keep, and a float64 product would cost a third of the eigh itself.
+    q = q.to(dtype)
+    return (q * (lam + value).pow(-exponent).to(dtype).unsqueeze(-2)) @ q.mT
 
 
 class ShampooLayer(Layer):
@@ -208,4 +219,5 @@ class Shampoo(DampedOptimizer):
         return ShampooLayer(name, weight, bias, module if supported(module) else None)
 
 
-__all__ = ["EIGH_DTYPES", "GRAFTING", "STATISTICS", "Shampoo", "ShampooLayer"]
+__all__ = ["EIGH_DTYPES", "GRAFTING", "STATISTICS", "Shampoo", "ShampooLayer", "accumulate", "eigen_power",
+           "epsilon", "inverse_root"]
