@@ -1,4 +1,4 @@
-"""Coordinate checks of the GPT per layer type: SGD / Adam / K-FAC / Shampoo × sp / mup / somup.
+"""Coordinate checks of the GPT per layer type: SGD / Adam / K-FAC / Shampoo / Muon × sp / mup / somup.
 
 The GPT of conf/model/gpt.yaml (2 pre-LayerNorm blocks, 4 heads: the head size grows with d_model, learned
 positions, untied unembedding) on the byte-level text corpus (data=pystdlib, context 32), one batch of 8
@@ -10,7 +10,7 @@ the attention logits, the attention output, MLP in and out, the token and positi
 step), summary.md (the table per layer type at steps 1 and 3) and coord_transformer.png. With --readout
 OPT:PARAM it measures instead where the output's change comes from (readout_terms).
 
-Muon (being added): put its overrides in OPTIMIZERS and it joins every table and the figure.
+K-FAC runs as in the paper, without its trust region (docs/results.md §8 has what the clip does under mup).
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ OPTIMIZERS = {
     "sgd": ["optimizer=sgd", "optimizer.lr=0.1"],
     "adam": ["optimizer=adam", "optimizer.lr=0.001"],
     "kfac": ["optimizer=kfac", "optimizer.lr=0.1", "optimizer.damping=0.1", "optimizer.curvature_interval=1",
-             "optimizer.inverse_interval=1"],
+             "optimizer.inverse_interval=1", "optimizer.kl_clip=null"],
     "shampoo": ["optimizer=shampoo", "optimizer.lr=0.1", "optimizer.damping=0.1", "optimizer.statistics_interval=1",
                 "optimizer.inverse_interval=1", "optimizer.eigh_dtype=float32"],
+    "muon": ["optimizer=muon", "optimizer.lr=0.02"],  # AdamW (its adamw_lr) for embeddings, gains and biases
 }
 PARAMS = ("sp", "mup", "somup")
 LAYER_TYPES = ["tok_emb", "tied_scale", "pos_emb", "attn.q", "attn.k", "attn.v", "attn.logit_scale", "attn.out", "mlp.fc_in",

@@ -487,8 +487,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     # -- what a subclass provides --------------------------------------------------------------------------
 
     def tensor_groups(self, tensors: list) -> list[dict]:
-        """Param groups for plain tensors or (name, tensor) pairs."""
-        raise NotImplementedError
+        """Param groups for plain tensors or (name, tensor) pairs: each matrix a layer of its own, vectors updated
+        like SGD (what Shampoo and SOAP do; K-FAC needs the model's modules and overrides this)."""
+        groups = []
+        for i, t in enumerate(tensors):
+            name, p = t if isinstance(t, tuple) else (f"tensor{i}", t)
+            groups.append({"params": [t], "layer": name} if p.dim() >= 2 else {"params": [t]})
+        return groups
 
     def make_layer(self, name: str, weight: Tensor, bias: Tensor | None, module: nn.Module | None) -> Layer | None:
         """The subclass's Layer for a group (None: the group is updated like SGD)."""

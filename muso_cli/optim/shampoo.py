@@ -195,13 +195,6 @@ class Shampoo(DampedOptimizer):
                     "factored": renamed("lowrank", lowrank, "factored", factored)}
         super().__init__(params, defaults, model=model)
 
-    def tensor_groups(self, tensors: list) -> list[dict]:
-        groups = []
-        for i, t in enumerate(tensors):
-            name, p = t if isinstance(t, tuple) else (f"tensor{i}", t)
-            groups.append({"params": [t], "layer": name} if p.dim() >= 2 else {"params": [t]})
-        return groups
-
     def add_param_group(self, param_group: dict) -> None:
         """torch's (see :class:`~muso_cli.optim.common.LayerwiseOptimizer`); a group that would start
         preconditioning late without grafting is refused (its first steps would have no defined size)."""

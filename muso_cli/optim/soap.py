@@ -137,13 +137,6 @@ class SOAP(DampedOptimizer):
                     "factored": factored}
         super().__init__(params, defaults, model=model)
 
-    def tensor_groups(self, tensors: list) -> list[dict]:
-        groups = []
-        for i, t in enumerate(tensors):
-            name, p = t if isinstance(t, tuple) else (f"tensor{i}", t)
-            groups.append({"params": [t], "layer": name} if p.dim() >= 2 else {"params": [t]})
-        return groups
-
     def make_layer(self, name: str, weight: Tensor, bias: Tensor | None, module: nn.Module | None) -> SOAPLayer:
         return SOAPLayer(name, weight, bias, module if supported(module) else None)
 
