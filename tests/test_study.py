@@ -191,7 +191,9 @@ def test_report_tables_plots_and_skipped_folders(tmp_path, capsys):
     shared = sum(1 for t in entries if t.id == half.id)
     assert f"skipped: {shared} pending, 1 unreadable" in out and "headline" in out
     accuracy = out.split("test accuracy of the transferred setting per width")[1].splitlines()
-    assert accuracy[1].split() == ["param", "w32", "w64"] and {row.split()[0] for row in accuracy[2:4]} == {"sp", "somup"}
+    # the transferred setting at every width it ran at: the sweep's (16, 32) and the transfer's (64)
+    assert accuracy[1].split() == ["param", "w16", "w32", "w64"]
+    assert [row.split()[0] for row in accuracy[2:4]] == ["sp", "somup"]
     report = study.path / "report"
     df = pd.read_parquet(report / "results.parquet")
     assert len(df) == len(entries) - shared - 1
