@@ -89,8 +89,8 @@ def test_later_steps_are_adam_in_a_rotating_eigenbasis():
     data = [(torch.randn(16, 4, generator=g), torch.randn(16, 6, generator=g)) for _ in range(4)]
     options = dict(lr=0.05, b1=0.9, b2=0.95, decay=0.8, eps=1e-3, interval=2)
     expected = reference(layer, data, **options)
-    opt = SOAP(layer, lr=0.05, beta1=0.9, beta2=0.95, ema_decay=0.8, damping=1e-3, inverse_interval=2,
-               factored=False)
+    opt = SOAP(layer, lr=0.05, beta1=0.9, beta2=0.95, ema_decay=0.8, damping=1e-3, damping_rule="constant",
+               inverse_interval=2, factored=False)
     for x, y in data:
         opt.zero_grad()
         F.mse_loss(layer(x.double()), y.double()).backward()
@@ -138,7 +138,7 @@ def test_eps_per_layer_follows_its_rule():
                "damping_rule": "relative"},
               {"params": [model.layers[1].weight, model.layers[1].bias], "layer": "layers.1", "damping_eps": 4.0},
               {"params": [model.layers[2].weight, model.layers[2].bias], "layer": "layers.2"}]
-    opt = SOAP(groups, model=model, lr=0.01, damping=1e-3)
+    opt = SOAP(groups, model=model, lr=0.01, damping=1e-3, damping_rule="constant")  # layers.0's group: relative
     F.cross_entropy(model(torch.randn(6, 10)), torch.randint(0, 4, (6,))).backward()
     opt.step()
     lam = torch.linalg.eigvalsh(opt.state[model.layers[0].weight]["L"].double())[-1].item()

@@ -114,7 +114,9 @@ class SOAP(DampedOptimizer):
             (``factored``) through hooks on the groups' layers. Without it SOAP works from ``.grad`` alone.
         lr: learning rate. beta1, beta2: Adam's moment decays. weight_decay: decoupled (W ← W − lr·λ·W).
         bias_weight_decay: a layer's bias's weight decay (None: ``weight_decay``).
-        damping: Adam's ε (> 0). damping_rule: constant | somup | relative.
+        damping: Adam's ε (> 0). damping_rule: constant | somup | relative. The defaults (1e-4, relative: ε·√λ_max(L))
+            are conf/optimizer/soap.yaml's, as ``damping_rule=auto`` resolves it: an absolute ε of 1e-8 lies below
+            float32's rounding of the rotated gradient.
         statistics: ema | sum. ema_decay: the statistics' running-average decay (SOAP's shampoo_beta), in [0, 1).
         statistics_interval, inverse_interval: steps between statistics and between eigenbasis updates.
         factored: allow the exact factored form of G Gᵀ and Gᵀ G (needs capture every step).
@@ -126,7 +128,7 @@ class SOAP(DampedOptimizer):
 
     def __init__(self, params, *, model: nn.Module | None = None, lr: float = 3e-3, beta1: float = 0.95,
                  beta2: float = 0.95, weight_decay: float = 0.0, bias_weight_decay: float | None = None,
-                 damping: float = 1e-8, damping_rule: str = "constant", statistics: str = "ema",
+                 damping: float = 1e-4, damping_rule: str = "relative", statistics: str = "ema",
                  ema_decay: float = 0.95, statistics_interval: int = 1, inverse_interval: int = 10,
                  factored: bool = True):
         # momentum 0: the base class's heavy ball is not SOAP's (β₁ is); a group may still set one
