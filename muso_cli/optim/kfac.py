@@ -165,6 +165,10 @@ class KFAC(DampedOptimizer):
         curvature_interval, inverse_interval: steps between factor updates and between inverse updates.
         fisher: empirical | mc. inverse: cholesky | eigh.
         factored: allow the exact factored form of G (needs capture every step). lowrank: deprecated alias.
+
+    The defaults here are the textbook K-FAC (curvature and inverses every step, ρ 1e-3, no trust region), as a
+    torch optimizer built by hand would expect; ``muso run``'s are conf/optimizer/kfac.yaml's (every 10 steps
+    after a warm start of 20, ρ 0.3, ``kl_clip`` 0.1: docs/results.md §8 measured why). Pass those to match it.
     """
 
     STATISTICS_INTERVAL = "curvature_interval"
