@@ -78,8 +78,8 @@ REFINE = study.refine_to=$(REFINE_TO) study.refine_budget=$(REFINE_BUDGET)
 repro: repro-coord repro-mlp-lr repro-cnn-damping repro-nngp
 
 # Δh per layer against width: SGD / Adam / K-FAC / Shampoo / Muon / SOAP × sp / mup / somup, one figure, then Muon
-# and SOAP on the CNN over k = 1 → 8. SGD … Shampoo take ~2 min; Muon and SOAP took 9 min to width 1024 on 2 shared
-# cores, and their width 2048 costs ~8× that (O(M³) per step: not run here).
+# and SOAP on the CNN over k = 1 → 8. SGD … Shampoo take ~2 min; Muon and SOAP 4.5 min to width 2048 on the 2 quiet
+# cores, and ~7.5 min on the CNN.
 COORD_WIDTHS ?= [64,128,256,512,1024,2048]
 repro-coord: setup
 	$(BIN)/python scripts/repro_coord.py --out $(REPRO)/coord --widths $(COORD_WIDTHS) --device $(DEVICE)
@@ -87,21 +87,28 @@ repro-coord: setup
 		--optimizers muon soap --device $(DEVICE)
 
 # Learning-rate transfer: MLP on Fashion-MNIST, lr grid at every width, sp / mup / somup, K-FAC to width 2048
-# and Shampoo to 1024 on CPU, 3 seeds, refined to a quarter octave near each optimum (~1.5 h on 2 cores, estimated);
+# and Shampoo to 1024 on CPU, 3 seeds, refined to a quarter octave near each optimum (~2 h on 2 cores, estimated;
+# Shampoo's part took 54 min with 2 seeds);
 # the report's verdict per parameterization gives the optimum's drift with its interval and the transfer's regret.
+# Shampoo's grid starts lower than K-FAC's: its base-width optimum is near 2^-5 and the curve's valley lies below
+# (docs/results.md §8), while from 2^-3 up it diverges.
 MLP_LR = data.n_train=20000 train.steps=300 train.eval_every=100 train.eval_train_samples=5000 \
-	study.params=[sp,mup,somup] study.lr=log2:-6:1
+	study.params=[sp,mup,somup]
+KFAC_LR ?= log2:-6:1
+SHAMPOO_LR ?= log2:-9:-2
 MLP_WIDTHS ?= [64,256,1024,2048]
 MLP_TRANSFER ?= [256,1024,2048]
 SHAMPOO_WIDTHS ?= [64,256,1024]
 SHAMPOO_TRANSFER ?= [256,1024]
 repro-mlp-lr: REFINE_BUDGET ?= 200
 repro-mlp-lr: setup
-	$(MUSO) sweep optimizer=kfac optimizer.damping=0.1 $(MLP_LR) $(COMMON) study.widths=$(MLP_WIDTHS) study.name=mlp-lr-kfac
+	$(MUSO) sweep optimizer=kfac optimizer.damping=0.1 $(MLP_LR) study.lr=$(KFAC_LR) $(COMMON) study.widths=$(MLP_WIDTHS) \
+		study.name=mlp-lr-kfac
 	$(MUSO) refine $(REPRO)/mlp-lr-kfac $(REFINE)
 	$(MUSO) transfer $(REPRO)/mlp-lr-kfac transfer.widths=$(MLP_TRANSFER)
 	$(MUSO) report $(REPRO)/mlp-lr-kfac
-	$(MUSO) sweep optimizer=shampoo $(MLP_LR) $(COMMON) study.widths=$(SHAMPOO_WIDTHS) study.name=mlp-lr-shampoo
+	$(MUSO) sweep optimizer=shampoo $(MLP_LR) study.lr=$(SHAMPOO_LR) $(COMMON) study.widths=$(SHAMPOO_WIDTHS) \
+		study.name=mlp-lr-shampoo
 	$(MUSO) refine $(REPRO)/mlp-lr-shampoo $(REFINE)
 	$(MUSO) transfer $(REPRO)/mlp-lr-shampoo transfer.widths=$(SHAMPOO_TRANSFER)
 	$(MUSO) report $(REPRO)/mlp-lr-shampoo
