@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..optim.common import running_average, schedule_due, sgd_update_, statistics_decay, statistics_dtype
+from ..optim.common import (running_average, schedule_due, sgd_update_, statistics_decay, statistics_dtype,
+                            trust_region_scale)
 from ..optim.kfac import cholesky_inverse, damped_inverse
 from ..optim.shampoo import EIGH_DTYPES, accumulate, eigen_power, epsilon, inverse_root
 
@@ -156,8 +157,7 @@ class Optimizer:
                  for group, lr, directions in updates if directions is not None]
         if not terms:
             return None
-        total = torch.stack(terms).sum(0)
-        return (self.kl_clip / total.clamp(min=torch.finfo(torch.float32).tiny)).sqrt().clamp(max=1.0)
+        return trust_region_scale(self.kl_clip, torch.stack(terms).sum(0))
 
     @staticmethod
     def _adam(p: Tensor, g: Tensor, state: dict, lr: Tensor, wd: float, group: dict, t: int) -> None:

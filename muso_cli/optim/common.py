@@ -106,6 +106,12 @@ def schedule_due(step: int, group: dict, interval_key: str) -> bool:
     return step < group.get("warmup_steps", 0) or step % group[interval_key] == 0
 
 
+def trust_region_scale(kl_clip: float, total: Tensor) -> Tensor:
+    """ν = min(1, √(κ / total)) for κ = ``kl_clip`` and total = Σ_layers lr_l² ⟨D_l, G_l⟩ (float32, any shape: one
+    total per member of a batched trial); a total of 0 (no gradient) gives ν = 1."""
+    return (kl_clip / total.clamp(min=torch.finfo(torch.float32).tiny)).sqrt().clamp(max=1.0)
+
+
 def weak_forward_hook(module: nn.Module, owner: object, fn: Callable[[Any, tuple, Any], None]) -> None:
     """Call ``fn(owner, inputs, output)`` after every forward of ``module`` in training mode with grad enabled.
 
@@ -656,8 +662,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                  for group, layer, direction in updates if direction is not None]
         if not terms:
             return None
-        total = torch.stack(terms).sum()
-        return (self.kl_clip / total.clamp(min=torch.finfo(torch.float32).tiny)).sqrt().clamp(max=1.0)
+        return trust_region_scale(self.kl_clip, torch.stack(terms).sum())
 
     def nonfinite(self, updates: list, pending: dict) -> str | None:
         """Why this step must be refused (None: every direction, and every statistic and inverse updated this
@@ -733,4 +738,4 @@ class DampedOptimizer(LayerwiseOptimizer):
 __all__ = ["Check", "DampedOptimizer", "HookPolicy", "LAYER_TYPES", "Layer", "LayerwiseOptimizer",
            "check_hyperparameters", "damping_checks", "decay", "eigh_psd", "finite_or", "interval", "layer_groups",
            "non_negative", "one_of", "positive", "renamed", "running_average", "schedule_due", "sgd_update_",
-           "statistics_decay", "statistics_dtype", "supported", "weak_forward_hook"]
+           "statistics_decay", "statistics_dtype", "supported", "trust_region_scale", "weak_forward_hook"]
