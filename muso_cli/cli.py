@@ -502,7 +502,12 @@ def cmd_sweep(args: list[str]) -> int:
         done = sum(1 for t in runs.values() if study.path.exists() and study.status(t) in track.FINAL_STATUSES)
         print(f"{done} of {len(runs)} runs finished already; {len(runs) - done} to run (launcher={cfg.launcher.name})")
         return 0
+    recorded = study.spec() if study.path.exists() else None
     study = study_mod.open_or_create(cfg, overrides)
+    if recorded is not None:
+        added = study.widen(study_mod.check(compose_valid(recorded["overrides"])), grid)
+        if added:
+            print(f"study {study.path}: its grid now records {' '.join(added)} (refine and transfer include them)")
     trials = study.add(trials)
     _print_plan(study.path, trials)
     return _launch_and_summarise(study, trials, cfg, ns.no_launch)

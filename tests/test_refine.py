@@ -100,3 +100,33 @@ def test_refine_runs_its_rounds_through_the_launcher(tmp_path, capsys):
     assert log2_lrs(study, "refine") == [-3.5, -3.25, -2.75, -2.5]
     assert all(study.status(t) in track.FINAL_STATUSES for t in study.trials())
     assert "sp: undecided" in out  # one seed: no interval
+
+
+def test_a_second_sweep_that_adds_a_parameterization_and_a_seed_is_refined_and_transferred_too(tmp_path, capsys):
+    """refine and transfer read the study's grid from study.yaml: a sweep into an existing study with more
+    parameterizations or seeds records the union there, so the added ones are refined and transferred as well."""
+    from handmade import FAST
+
+    common = [*FAST, f"study.root={tmp_path}", "study.name=h", "study.lr=log2:-6:-1", "study.widths=[16,32]"]
+    assert main(["sweep", *common, "study.params=[sp]", "study.seeds=[0]", "--no-launch"]) == 0
+    study = Study(tmp_path / "h")
+    write_results(study, outcome)
+    assert main(["sweep", *common, "study.params=[sp,somup]", "study.seeds=[0,1]", "--no-launch"]) == 0
+    assert "its grid now records study.params=[sp,somup] study.seeds=[0,1]" in capsys.readouterr().out
+    write_results(study, outcome)
+    overrides = study.spec()["overrides"]
+    assert overrides[-2:] == ["study.params=[sp,somup]", "study.seeds=[0,1]"]
+    assert sum(o.startswith(("study.params=", "study.seeds=")) for o in overrides) == 2
+
+    assert main(["refine", str(study.path), "--no-launch"]) == 0
+    refined = {(t.param, t.width, t.seed) for t in study.trials() if t.phase == "refine"}
+    assert {p for p, _, _ in refined} == {"sp", "somup"} and {s for _, _, s in refined} == {0, 1}
+    capsys.readouterr()
+    assert main(["transfer", str(study.path), "transfer.widths=[32]", "--no-launch"]) == 0
+    plan = capsys.readouterr().out
+    assert "somup width    32: 1 lr [0.125] × 2 seeds" in plan and "sp width    32: 1 lr [0.125] × 2 seeds" in plan
+    assert set(study.transfers()) == {"sp", "somup"}
+    # a sweep that adds nothing leaves study.yaml as it is
+    before = (study.path / "study.yaml").read_bytes()
+    assert main(["sweep", *common, "study.params=[somup]", "study.seeds=[1]", "--no-launch"]) == 0
+    assert (study.path / "study.yaml").read_bytes() == before
