@@ -9,7 +9,7 @@ MUSO := $(BIN)/muso
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export WANDB_SILENT := true
 
-.PHONY: help setup data demo test test-slow test-all lock clean repro repro-coord repro-mlp-lr repro-mlp-lr-muon repro-cnn-damping repro-nngp repro-resnet repro-transformer
+.PHONY: help setup data demo test test-slow test-all lock clean repro repro-coord repro-mlp-lr repro-mlp-lr-muon repro-mlp-lr-soap repro-cnn-damping repro-nngp repro-resnet repro-transformer
 
 help:
 	@echo "make demo       set up, then run the demo on Fashion-MNIST (CPU, a few minutes)"
@@ -114,18 +114,36 @@ repro-mlp-lr: setup
 	$(MUSO) report $(REPRO)/mlp-lr-shampoo
 
 # Learning-rate transfer with Muon (AdamW at lr 1e-3 for the biases): the MLP on Fashion-MNIST, an lr grid at widths
-# 64 → 256, sp / somup, 2 seeds, one thread per trial (~40 min on 2 shared cores: Newton–Schulz in float32 costs
-# O(M³) per step, 50× an SGD step at width 1024); the report's verdict per parameterization. On a GPU:
+# 64 → 256, sp / somup, 2 seeds, one thread per trial, refined to a quarter octave near each optimum (~40 min on 2
+# shared cores: Newton–Schulz in float32 costs O(M³) per step, 30× an SGD step at width 1024); the report's verdict
+# per parameterization. On a GPU:
 # make repro-mlp-lr-muon DEVICE=cuda MUON_WIDTHS=[64,256,1024,4096] MUON_TRANSFER=[256,1024,4096].
-MUON_LR = data.n_train=10000 train.steps=200 train.eval_every=100 train.eval_train_samples=5000 train.threads=1 \
-	study.params=[sp,somup] study.lr=log2:-9:-1
+MATRIX_LR = data.n_train=10000 train.steps=200 train.eval_every=100 train.eval_train_samples=5000 train.threads=1
 MUON_WIDTHS ?= [64,128,256]
 MUON_TRANSFER ?= [128,256]
 repro-mlp-lr-muon: SEEDS = [0,1]
+repro-mlp-lr-muon: REFINE_BUDGET ?= 60
 repro-mlp-lr-muon: setup
-	$(MUSO) sweep optimizer=muon $(MUON_LR) $(COMMON) study.widths=$(MUON_WIDTHS) study.name=mlp-lr-muon
+	$(MUSO) sweep optimizer=muon $(MATRIX_LR) study.params=[sp,somup] study.lr=log2:-9:-1 $(COMMON) \
+		study.widths=$(MUON_WIDTHS) study.name=mlp-lr-muon
+	$(MUSO) refine $(REPRO)/mlp-lr-muon $(REFINE)
 	$(MUSO) transfer $(REPRO)/mlp-lr-muon transfer.widths=$(MUON_TRANSFER)
 	$(MUSO) report $(REPRO)/mlp-lr-muon
+
+# Learning-rate transfer with SOAP (ε = 1e-4 relative, eigenbasis every 10 steps): the same MLP and budget as Muon's,
+# widths 64 → 512 (SOAP's eigh costs less than Newton–Schulz: 18 s for a width-256 trial on one thread), an lr grid
+# around Adam's optimum of 2^-8, 2 seeds, refined to a quarter octave near each optimum; sp / somup, and mup (Adam's µP
+# rules) because SOAP's update is Adam's in a rotated basis: the study says which width rule its lr follows.
+SOAP_WIDTHS ?= [64,128,256,512]
+SOAP_TRANSFER ?= [128,256,512]
+repro-mlp-lr-soap: SEEDS = [0,1]
+repro-mlp-lr-soap: REFINE_BUDGET ?= 80
+repro-mlp-lr-soap: setup
+	$(MUSO) sweep optimizer=soap $(MATRIX_LR) study.params=[sp,mup,somup] study.lr=log2:-12:-4 $(COMMON) \
+		study.widths=$(SOAP_WIDTHS) study.name=mlp-lr-soap
+	$(MUSO) refine $(REPRO)/mlp-lr-soap $(REFINE)
+	$(MUSO) transfer $(REPRO)/mlp-lr-soap transfer.widths=$(SOAP_TRANSFER)
+	$(MUSO) report $(REPRO)/mlp-lr-soap
 
 # Damping transfer: the 3-layer CNN on Fashion-MNIST with MSE, K-FAC at lr 0.03, a damping grid in half decades
 # at channel multipliers 1, 2, 4, 3 seeds, refined to a quarter octave near each optimum (~1.25 h on 2 cores,

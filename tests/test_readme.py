@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -42,3 +44,37 @@ def test_the_demo_plans_what_the_readme_says(tmp_path, capsys):
     assert "40 trials (30 runs: a base-width run serves every parameterization)" in out
     assert "sp width   256: 5 lr" in out and "× 2 seeds" in out
     assert any(" transfer outputs/demo/mlp-kfac transfer.widths=[512]" in line for line in lines)
+
+
+def make_commands(target: str) -> list[list[str]]:
+    """The muso command lines `make -n target` would run, split as the shell would (continuations joined)."""
+    import shlex
+    import subprocess
+
+    text = subprocess.run(["make", "-n", target], cwd=README.parent, capture_output=True, text=True,
+                          check=True).stdout.replace("\\\n", " ")
+    return [shlex.split(line) for line in text.splitlines() if "/muso " in line]
+
+
+MATRIX_TARGETS = {  # target: (study name, optimizer, trials in the sweep's plan)
+    "repro-mlp-lr-muon": ("mlp-lr-muon", "muon", "108 trials (90 runs"),  # widths 64, 128, 256
+    "repro-mlp-lr-soap": ("mlp-lr-soap", "soap", "216 trials (180 runs"),  # widths 64 … 512, sp / mup / somup
+}
+
+
+@pytest.mark.parametrize("target", sorted(MATRIX_TARGETS))
+def test_the_matrix_lr_targets_plan_a_valid_study_and_refine_transfer_and_report_it(target, tmp_path, capsys):
+    """The Muon and SOAP lr-transfer targets: the sweep composes and plans (9 octaves × 2 seeds, a base column
+    shared by sp and somup), and refine, transfer and report each take the study's own folder, in that order."""
+    from muso_cli.cli import main
+
+    name, optimizer, size = MATRIX_TARGETS[target]
+    commands = make_commands(target)
+    assert [c[1] for c in commands] == ["sweep", "refine", "transfer", "report"]
+    sweep = commands[0]
+    assert f"optimizer={optimizer}" in sweep and f"study.name={name}" in sweep and "study.seeds=[0,1]" in sweep
+    args = [a if not a.startswith("study.root=") else f"study.root={tmp_path}" for a in sweep[2:]]
+    assert main(["sweep", *args, "--dry-run"]) == 0
+    assert size in capsys.readouterr().out
+    assert all(c[2] == f"outputs/repro/{name}" for c in commands[1:])
+    assert "study.refine_to=0.25" in commands[1]
