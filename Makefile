@@ -16,7 +16,8 @@ help:
 	@echo "make test       set up, then run the fast tests"
 	@echo "make test-slow  the slow tests (full width ranges, Slurm); CI runs them"
 	@echo "make repro-*    reproduce the paper's experiments: repro-coord, repro-mlp-lr, repro-cnn-damping,"
-	@echo "                repro-nngp, repro-transformer (CPU-sized) and repro-resnet (GPU); results in docs/results.md"
+	@echo "                repro-nngp, repro-transformer (CPU-sized) and repro-resnet (GPU); Muon and SOAP:"
+	@echo "                repro-mlp-lr-muon, repro-mlp-lr-soap; results in docs/results.md"
 
 setup: $(STAMP) data
 
