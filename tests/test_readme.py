@@ -57,7 +57,7 @@ def make_commands(target: str) -> list[list[str]]:
 
 
 MATRIX_TARGETS = {  # target: (study name, optimizer, trials in the sweep's plan)
-    "repro-mlp-lr-muon": ("mlp-lr-muon", "muon", "108 trials (90 runs"),  # widths 64, 128, 256
+    "repro-mlp-lr-muon": ("mlp-lr-muon", "muon", "144 trials (126 runs"),  # widths 64 … 512
     "repro-mlp-lr-soap": ("mlp-lr-soap", "soap", "216 trials (180 runs"),  # widths 64 … 512, sp / mup / somup
 }
 
