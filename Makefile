@@ -117,7 +117,7 @@ repro-mlp-lr: setup
 # Learning-rate transfer with Muon (AdamW at lr 1e-3 for the biases): the MLP on Fashion-MNIST, an lr grid at widths
 # 64 → 512, sp / somup, 2 seeds, one thread per trial, refined to a quarter octave near each optimum; the report's
 # verdict per parameterization. Newton–Schulz in float32 costs O(M³) per step (30× an SGD step at width 1024), so a
-# trial takes 1.5 s at width 64, 13 s at 256 and about 50 s at 512 on one thread. On a GPU:
+# trial takes 1.5 s at width 64, 13 s at 256 and 50–80 s at 512 on one thread. On a GPU:
 # make repro-mlp-lr-muon DEVICE=cuda MUON_WIDTHS=[64,256,1024,4096] MUON_TRANSFER=[256,1024,4096].
 MATRIX_LR = data.n_train=10000 train.steps=200 train.eval_every=100 train.eval_train_samples=5000 train.threads=1
 MUON_WIDTHS ?= [64,128,256,512]
