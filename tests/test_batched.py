@@ -18,7 +18,7 @@ import signal
 import pytest
 import yaml
 
-from muso_cli import batched, launch, stop, track, train
+from muso_cli import batched, stop, track, train
 from muso_cli.cli import main
 from muso_cli.config import compose
 from muso_cli.study import Study
