@@ -26,7 +26,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -267,19 +267,21 @@ class Study:
     def write_spec(self, spec: dict) -> None:
         track.write_atomic(self.path / SPEC, yaml.safe_dump(spec, sort_keys=False))
 
-    def widen(self, recorded: "Grid", grid: "Grid") -> list[str]:
+    def widen(self, grid: "Grid", grid_of: Callable[[list[str]], "Grid"]) -> list[str]:
         """A sweep into this study that adds parameterizations or seeds to its recorded grid: record the union in
-        study.yaml, whose overrides refine, transfer and report compose the study's grid from (without this a
+        study.yaml, whose overrides refine and transfer compose the study's grid from (without this a
         parameterization added by a second sweep would be trained but never refined or transferred). The other
-        grid keys need no record: refinement and transfer place their points from the trials. Returns the
-        overrides written, [] when nothing was added."""
-        params = recorded.params + [p for p in grid.params if p not in recorded.params]
-        seeds = recorded.seeds + [s for s in grid.seeds if s not in recorded.seeds]
-        if params == recorded.params and seeds == recorded.seeds:
-            return []
-        added = [f"study.params=[{','.join(params)}]", f"study.seeds=[{','.join(map(str, seeds))}]"]
+        grid keys need no record: refinement and transfer place their points from the trials. ``grid_of`` composes
+        recorded overrides into their Grid; it runs under the planning lock, so two sweeps widening the study at
+        once both land. Returns the overrides written, [] when nothing was added."""
         with self._planning():
             spec = self.spec() or {}
+            recorded = grid_of(spec.get("overrides", []))
+            params = recorded.params + [p for p in grid.params if p not in recorded.params]
+            seeds = recorded.seeds + [s for s in grid.seeds if s not in recorded.seeds]
+            if params == recorded.params and seeds == recorded.seeds:
+                return []
+            added = [f"study.params=[{','.join(params)}]", f"study.seeds=[{','.join(map(str, seeds))}]"]
             kept = [o for o in spec.get("overrides", [])
                     if o.split("=", 1)[0].lstrip("+") not in ("study.params", "study.seeds")]
             self.write_spec({**spec, "overrides": [*kept, *added]})
