@@ -27,25 +27,6 @@ def test_every_python_snippet_of_the_readme_runs():
             assert opt.state_dict()["state"]
 
 
-def test_the_demo_plans_what_the_readme_says(tmp_path, capsys):
-    """`make demo`'s commands as make would run them (make -n), planned in a temporary root: the sweep is valid
-    and has the two widths and two seeds the README describes, and transfer and report take its folder."""
-    import shlex
-    import subprocess
-
-    from muso_cli.cli import main
-
-    lines = subprocess.run(["make", "-n", "demo"], cwd=README.parent, capture_output=True, text=True,
-                           check=True).stdout.splitlines()
-    sweep = next(shlex.split(line) for line in lines if " sweep " in line)
-    args = [a if not a.startswith("study.root=") else f"study.root={tmp_path}" for a in sweep[2:]]
-    assert main(["sweep", *args, "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "40 trials (30 runs: a base-width run serves every parameterization)" in out
-    assert "sp width   256: 5 lr" in out and "× 2 seeds" in out
-    assert any(" transfer outputs/demo/mlp-kfac transfer.widths=[512]" in line for line in lines)
-
-
 def make_commands(target: str) -> list[list[str]]:
     """The muso command lines `make -n target` would run, split as the shell would (continuations joined)."""
     import shlex
@@ -54,6 +35,26 @@ def make_commands(target: str) -> list[list[str]]:
     text = subprocess.run(["make", "-n", target], cwd=README.parent, capture_output=True, text=True,
                           check=True).stdout.replace("\\\n", " ")
     return [shlex.split(line) for line in text.splitlines() if "/muso " in line]
+
+
+def dry_run_sweep(sweep: list[str], root: Path) -> int:
+    """`muso sweep --dry-run` with a make target's sweep arguments, its study.root moved to ``root``."""
+    from muso_cli.cli import main
+
+    args = [a if not a.startswith("study.root=") else f"study.root={root}" for a in sweep[2:]]
+    return main(["sweep", *args, "--dry-run"])
+
+
+def test_the_demo_plans_what_the_readme_says(tmp_path, capsys):
+    """`make demo`'s commands as make would run them (make -n), planned in a temporary root: the sweep is valid
+    and has the two widths and two seeds the README describes, and transfer and report take its folder."""
+    commands = make_commands("demo")
+    sweep = next(c for c in commands if c[1] == "sweep")
+    assert dry_run_sweep(sweep, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "40 trials (30 runs: a base-width run serves every parameterization)" in out
+    assert "sp width   256: 5 lr" in out and "× 2 seeds" in out
+    assert ["transfer", "outputs/demo/mlp-kfac", "transfer.widths=[512]"] in [c[1:] for c in commands]
 
 
 MATRIX_TARGETS = {  # target: (study name, optimizer, trials in the sweep's plan)
@@ -66,15 +67,12 @@ MATRIX_TARGETS = {  # target: (study name, optimizer, trials in the sweep's plan
 def test_the_matrix_lr_targets_plan_a_valid_study_and_refine_transfer_and_report_it(target, tmp_path, capsys):
     """The Muon and SOAP lr-transfer targets: the sweep composes and plans (9 octaves × 2 seeds, a base column
     shared by sp and somup), and refine, transfer and report each take the study's own folder, in that order."""
-    from muso_cli.cli import main
-
     name, optimizer, size = MATRIX_TARGETS[target]
     commands = make_commands(target)
     assert [c[1] for c in commands] == ["sweep", "refine", "transfer", "report"]
     sweep = commands[0]
     assert f"optimizer={optimizer}" in sweep and f"study.name={name}" in sweep and "study.seeds=[0,1]" in sweep
-    args = [a if not a.startswith("study.root=") else f"study.root={tmp_path}" for a in sweep[2:]]
-    assert main(["sweep", *args, "--dry-run"]) == 0
+    assert dry_run_sweep(sweep, tmp_path) == 0
     assert size in capsys.readouterr().out
     assert all(c[2] == f"outputs/repro/{name}" for c in commands[1:])
     assert "study.refine_to=0.25" in commands[1]
