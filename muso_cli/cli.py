@@ -502,7 +502,7 @@ def cmd_sweep(args: list[str]) -> int:
         done = sum(1 for t in runs.values() if study.path.exists() and study.status(t) in track.FINAL_STATUSES)
         print(f"{done} of {len(runs)} runs finished already; {len(runs) - done} to run (launcher={cfg.launcher.name})")
         return 0
-    existed = study.path.exists() and study.spec() is not None
+    existed = study.spec() is not None
     study = study_mod.open_or_create(cfg, overrides)
     if existed:
         added = study.widen(grid, lambda recorded: study_mod.check(compose_valid(recorded)))
