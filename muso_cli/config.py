@@ -16,6 +16,15 @@ from .errors import UsageError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # a link to the repository's conf/ (packaged with it)
 
+# Keys muso no longer reads: key → (why it went, what to do instead), said when an override names one.
+REMOVED_KEYS = {
+    "launcher.batch": ("was removed: batched trials (several trials trained as one stacked model) were a second "
+                       "training engine that gained 0.9–1.9× on CPU, changed results at large lr and covered 4 of 6 "
+                       "optimizers (docs/results.md §9).",
+                       "remove launcher.batch; to run trials side by side use launcher=pool (launcher.workers=N on "
+                       "CPU, launcher.per_gpu=N to pack trials on each GPU)."),
+}
+
 
 def group_options(group: str, config_dir: Path | Sequence[Path] = CONF_DIR) -> list[str]:
     """Names of the options of a config group (the yaml files under <config dir>/<group>/, over every folder
@@ -115,6 +124,8 @@ def _missing_option_error(message: str, dirs: Sequence[Path] = (CONF_DIR,)) -> U
 
 def _composition_error(message: str, dirs: Sequence[Path] = (CONF_DIR,)) -> UsageError:
     m = re.search(r"Could not override '([^']+)'", message)
+    if m and m.group(1) in REMOVED_KEYS:
+        return UsageError(m.group(1), *REMOVED_KEYS[m.group(1)])
     if m:
         key = m.group(1)
         parent = key.rpartition(".")[0]

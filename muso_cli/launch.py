@@ -19,9 +19,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from contextlib import ExitStack
-
-from . import batched, claims, stop, track, train
+from . import claims, stop, track, train
 from .errors import UsageError, check_one_of, check_positive, is_int
 from .logs import LOG
 from .parametrize import PARAMS
@@ -30,10 +28,6 @@ from .study import Study, Trial
 
 def check(lcfg: DictConfig) -> list[UsageError | None]:
     """Problems with the ``launcher.*`` keys, found before a study is written."""
-    return [check_positive("launcher.batch", lcfg.get("batch", 1), integer=True), *_check_launcher(lcfg)]
-
-
-def _check_launcher(lcfg: DictConfig) -> list[UsageError | None]:
     if lcfg.name == "pool":
         return [check_positive("launcher.workers", lcfg.workers, integer=True, optional=True),
                 check_positive("launcher.per_gpu", lcfg.per_gpu, integer=True),
@@ -113,46 +107,6 @@ def run_arguments(study: Study, trial: Trial) -> tuple[DictConfig, dict]:
                  "tags": tags}
 
 
-def run_batch(study: Study, trials: list[Trial]) -> list[dict]:
-    """Run ``trials`` (one unit of muso_cli.batched.make_batches) and return their results in order: a unit of
-    one by :func:`run_trial`; a batch trained together (muso_cli.batched), each member claimed first exactly as
-    run_trial claims it (finished ones and ones another live process runs are left out, with the result
-    run_trial would give)."""
-    if len(trials) == 1:
-        return [run_trial(study, trials[0])]
-    results: dict[int, dict] = {}
-    members: dict[int, batched.Member] = {}
-    with ExitStack() as held:
-        for k, trial in enumerate(trials):
-            folder = study.trial_dir(trial)
-            result = study.result(trial)
-            if result and result.get("status") in track.FINAL_STATUSES:
-                results[k] = result
-                continue
-            try:
-                claim = claims.take(folder)
-            except OSError as e:
-                results[k] = {"status": track.FAILED, "error": f"cannot write the trial folder {folder}: {e}"}
-                continue
-            if claim is None:
-                results[k] = {"status": track.RUNNING, "holder": claims.holder(folder)}
-                continue
-            held.enter_context(claim)
-            result = study.result(trial)
-            if result and result.get("status") in track.FINAL_STATUSES:
-                results[k] = result
-                continue
-            cfg, run_kwargs = run_arguments(study, trial)
-            members[k] = batched.Member(cfg, folder, run_kwargs)
-        if members:
-            try:
-                results.update(zip(members, batched.run(list(members.values()))))
-            except OSError as e:  # a folder is not writable (batched.run writes everything else into the results)
-                results.update((k, {"status": track.FAILED, "error": f"cannot write a trial folder of the batch: {e}"})
-                               for k in members if k not in results)
-    return [results[k] for k in range(len(trials))]
-
-
 def run_name(trial: Trial, params: list[str]) -> str:
     """A W&B run name a person can read: somup-w512-lr0.0625-d0.1-s0 (sp+somup-… for a shared base-width run)."""
     damping = "" if trial.damping is None else f"-d{trial.damping:.4g}"
@@ -199,9 +153,8 @@ def pending(study: Study, trials: list[Trial]) -> list[Trial]:
 
 def _local(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progress) -> None:
     with stop.graceful_stop():
-        for unit in batched.make_batches(trials, int(lcfg.get("batch", 1))):
-            for trial, result in zip(unit, run_batch(study, unit)):
-                progress.update(trial, result)
+        for trial in trials:
+            progress.update(trial, run_trial(study, trial))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -250,15 +203,15 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _worker_run(study_path: str, indices: list[int]) -> list[dict]:
-    """A unit of trials (one, or a batch) in a worker: it checkpoints at the next step once a stop is requested;
-    queued ones never start."""
+def _worker_run(study_path: str, index: int) -> dict:
+    """One trial in a worker: it checkpoints at the next step once a stop is requested; queued ones never
+    start."""
     if stop.STOP.signum is not None:
         raise stop.Interrupted("stop requested before the trial started")
     study = Study(study_path)
     _TRAINING.set()
     try:
-        return run_batch(study, [study.trial(i) for i in indices])
+        return run_trial(study, study.trial(index))
     finally:
         _TRAINING.clear()
 
@@ -286,18 +239,16 @@ def _pool(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progres
         while todo:
             with ProcessPoolExecutor(len(slots), mp_context=ctx, initializer=_worker_init,
                                      initargs=(queue, threads)) as pool:
-                futures = {pool.submit(_worker_run, str(study.path), [t.index for t in unit]): unit
-                           for unit in batched.make_batches(todo, int(lcfg.get("batch", 1)))}
+                futures = {pool.submit(_worker_run, str(study.path), t.index): t for t in todo}
                 todo = []
                 while futures:
                     done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
                     for future in done:
-                        unit = futures.pop(future)
+                        trial = futures.pop(future)
                         try:
-                            for trial, result in zip(unit, future.result()):
-                                progress.update(trial, result)
+                            progress.update(trial, future.result())
                         except BrokenProcessPool:
-                            todo.extend(unit)  # its worker (or a neighbour) died: decided below
+                            todo.append(trial)  # its worker (or a neighbour) died: decided below
                         except stop.Interrupted:
                             pass
                     if stop.STOP.signum is not None:
@@ -387,16 +338,16 @@ class SlurmTask:
     mid-step) with muso's: the trial stops at a step boundary, saves a checkpoint, and the task requeues.
     """
 
-    def __init__(self, study_path: str, max_requeue: int, batch: int = 1):
-        self.study_path, self.max_requeue, self.batch = study_path, max_requeue, batch
+    def __init__(self, study_path: str, max_requeue: int):
+        self.study_path, self.max_requeue = study_path, max_requeue
 
     def __call__(self, indices: list[int]) -> list[str]:
         study = Study(self.study_path)
         statuses = []
         with stop.graceful_stop(SLURM_STOP_SIGNALS):
-            for unit in batched.make_batches([study.trial(i) for i in indices], self.batch):
+            for index in indices:
                 try:
-                    statuses.extend(r["status"] for r in run_batch(study, unit))
+                    statuses.append(run_trial(study, study.trial(index))["status"])
                 except stop.Interrupted:
                     requeue_self(self.max_requeue)
         return statuses
@@ -415,7 +366,7 @@ def _slurm(study: Study, trials: list[Trial], lcfg: DictConfig, progress: Progre
     executor.update_parameters(**params, **{k: v for k, v in optional.items() if v is not None})
     k = int(lcfg.trials_per_task)
     chunks = [[t.index for t in trials[i:i + k]] for i in range(0, len(trials), k)]
-    jobs = executor.map_array(SlurmTask(str(study.path.resolve()), int(lcfg.max_requeue), int(lcfg.get("batch", 1))),
+    jobs = executor.map_array(SlurmTask(str(study.path.resolve()), int(lcfg.max_requeue)),
                               chunks)
     job_ids = sorted({j.job_id.split("_")[0] for j in jobs})
     track.write_json(study.path / "slurm_jobs.json", {"jobs": job_ids, "tasks": len(chunks), "trials": len(trials)})

@@ -13,7 +13,7 @@ import warnings
 from omegaconf import DictConfig, OmegaConf
 
 from . import data, models, optim, setup, track
-from .config import CONF_DIR
+from .config import CONF_DIR, REMOVED_KEYS
 from .errors import UsageError, check_bool, check_one_of, check_positive, raise_all
 from .parametrize import DAMPING_RULES, PARAMS, WEIGHT_DECAY, is_damped
 
@@ -53,6 +53,8 @@ def check_added_keys(cfg: DictConfig, overrides) -> None:
         key = o.key_or_group
         if not o.is_add() or key.startswith("hydra"):
             continue
+        if key in REMOVED_KEYS:
+            raise UsageError(key, *REMOVED_KEYS[key])
         parent = key.rpartition(".")[0]
         node = OmegaConf.select(cfg, parent) if parent else None
         if parent and isinstance(node, DictConfig) and "_target_" in node:

@@ -41,6 +41,8 @@ FAST = ["data=synthetic", "data.n_train=512", "data.n_test=256", "model.base_wid
     (["hydra.run.dir=/tmp/x"], "hydra.run.dir"),
     (["model.depth=2,3"], "model.depth"),              # a comma list outside the study keys
     (["study.seeds=[0,1]", "study.max_trials=3"], "study.max_trials"),  # 2 params × 10 lr × 2 seeds > 3
+    (["launcher.batch=4"], "launcher.batch"),          # the batched engine was retired: says so
+    (["+launcher.batch=4"], "launcher.batch"),
 ])
 def test_bad_sweep_input_exits_2_and_writes_nothing(tmp_path, capsys, extra, key):
     root = tmp_path / "studies"
