@@ -17,11 +17,11 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import track
-from .config import CONF_DIR, compose, search_path_override, to_container
-from .errors import UsageError, widths as check_widths
+from . import config, track
+from .config import CONF_DIR, ConfigShown, search_path_override
+from .errors import UsageError
 from .logs import to_console
-from .validate import check_added_keys, validate
+from .validate import compose_valid, validate
 
 USAGE = """usage: muso <command> [overrides ...]
 
@@ -59,9 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if command != "run":  # muso run is a Hydra app: Hydra's job logging takes the muso logger
         to_console()
+    config.SHOW_FIRST_COMPOSITION["on"] = False
     try:
         return COMMANDS[command](args) or 0
-    except _ConfigShown:
+    except ConfigShown:
         return 0
     except BrokenPipeError:  # `muso status S | head`: the reader left; end quietly, as a killed-by-SIGPIPE tool
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -70,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MUSO_DEBUG"):
             traceback.print_exc()
         print(f"muso {command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine, not the input: a full disk, a folder that vanished, a read-only mount
+        if os.environ.get("MUSO_DEBUG"):
+            traceback.print_exc()
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"muso {command}: error: {e.strerror or e}{where}. Fix: free space or choose a folder you can write "
+              "to; finished results are kept and a rerun of the same command goes on from them.", file=sys.stderr)
         return 2
 
 
@@ -143,14 +151,6 @@ def _help_epilog() -> str:
     return "\n".join(lines)
 
 
-# `--cfg job`: the first composition of the command prints its config and ends the command (exit 0).
-_SHOW_CFG = {"on": False}
-
-
-class _ConfigShown(Exception):
-    """The composed config was printed (--cfg job): the command stops there."""
-
-
 def _parse(prog: str, args: Sequence[str], description: str,
            extra: Callable[[argparse.ArgumentParser], None] | None = None,
            positionals: Sequence[tuple[str, dict]] = ()) -> argparse.Namespace:
@@ -167,7 +167,7 @@ def _parse(prog: str, args: Sequence[str], description: str,
     if extra:
         extra(parser)
     ns = parser.parse_intermixed_args(args)
-    _SHOW_CFG["on"] = ns.cfg == "job"
+    config.SHOW_FIRST_COMPOSITION["on"] = ns.cfg == "job"
     ns.overrides = _with_config_dirs(ns.overrides, ns.config_dir)
     return ns
 
@@ -181,22 +181,6 @@ def _with_config_dirs(overrides: list[str], dirs: Sequence[str]) -> list[str]:
         raise UsageError("hydra.searchpath", "is given twice: as an override and with --config-dir.",
                          "give the folders one way (--config-dir DIR, or hydra.searchpath=[file://...]).")
     return [*overrides, search_path_override(dirs)]
-
-
-def compose_valid(overrides: Sequence[str], *, check_data: bool = True):
-    """Compose and validate (warnings from validation are shown once, as warnings). With ``--cfg job`` the first
-    composition is printed instead and the command ends."""
-    cfg = compose(overrides)
-    if _SHOW_CFG["on"]:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(cfg))
-        raise _ConfigShown
-    check_added_keys(cfg, overrides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        validate(cfg, check_data=check_data)
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -259,14 +243,14 @@ def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
 def _run_task(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    from . import train
+    from . import trainers
     from .stop import Interrupted, graceful_stop
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     validate(cfg)
     try:
         with graceful_stop():
-            result = train.run(cfg, out_dir, quiet=not cfg.train.progress)
+            result = trainers.run(cfg, out_dir, quiet=not cfg.train.progress)
     except Interrupted:
         print(f"muso run: interrupted; a checkpoint is in {out_dir}. Resume with: muso run <same overrides> "
               f"hydra.run.dir={out_dir}", file=sys.stderr)
@@ -334,7 +318,7 @@ def cmd_coord_check(args: list[str]) -> int:
     cfg = compose_valid(ns.overrides)
     from . import coord
 
-    widths = coord.check(cfg)
+    widths = coord.parse_coord(cfg)
     c = cfg.coord
     out = Path(c.out or f"outputs/coord/{cfg.param.name}-{cfg.optimizer.name}-{_timestamp()}")
     print(f"coord-check: {cfg.model.name}, {cfg.optimizer.name} lr={cfg.optimizer.lr}, param={cfg.param.name}, "
@@ -353,65 +337,6 @@ def cmd_coord_check(args: list[str]) -> int:
 # Studies: muso sweep / transfer / status / run-trial
 
 STUDY_ARG = ("study", {"help": "the study folder (printed by muso sweep)"})
-
-
-# Keys a study sets itself, per command: key → the fix to print when a user sets it.
-_GRID_KEYS = {"model.width": "study.widths=[...] (a sweep's widths) or transfer.widths=[...] (a transfer's)",
-              "seed": "study.seeds=[...]", "optimizer.lr": "study.lr=[...]", "optimizer.damping": "study.damping=[...]"}
-
-
-def _study_overrides(overrides: list[str], command: str | None = None) -> list[str]:
-    """The overrides of a study command, with nothing silently ignored.
-
-    A study decides the parameterization (study.params) and, per trial, width, lr, damping and seed: those keys
-    are refused with the key to use, except that in a sweep ``optimizer.lr`` / ``optimizer.damping`` given
-    alone are the one-point grids study.lr / study.damping. ``hydra.*`` and ``hydra/…`` only apply to `muso run`.
-    Hydra's comma lists (a multirun sweep elsewhere) are grid lists for study.* keys and refused for others.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except OverrideParseException:
-        return list(overrides)  # compose() reports the syntax error, with its hint
-    keys = {o.key_or_group for o in parsed}
-    out = []
-    for o in parsed:
-        key, line = o.key_or_group, o.input_line
-        if command in ("transfer", "refine", "report") and key == "study.widths":
-            raise UsageError(key, f"is the sweep's grid of widths; muso {command} does not take it.",
-                             "the target widths of a transfer are transfer.widths=[...]."
-                             if command == "transfer" else "sweep other widths with muso sweep study.widths=[...].")
-        if command == "report" and not key.startswith(("study.", "transfer.", "hydra.searchpath")):
-            raise UsageError(key, "muso report reads the study's results; this key would change nothing.",
-                             "only study.* keys change a report (study.metric, study.tolerance, study.bootstrap.*).")
-        if key == "param":
-            raise UsageError("param", "a study compares the parameterizations in study.params.",
-                             f"write study.params=[{line.split('=', 1)[1]}] instead of {line}.")
-        if key.startswith("hydra") and key != "hydra.searchpath":  # the search path finds your own configs
-            raise UsageError(key, f"`muso {command or 'study'}` is not a Hydra multirun: hydra.* and hydra/... "
-                             "overrides only apply to `muso run`.",
-                             "choose how trials run with launcher=local|pool|slurm (launcher.* keys).")
-        if o.is_sweep_override():
-            values = list(o.sweep_string_iterator())
-            if not key.startswith(("study.", "transfer.")) and not (command == "sweep" and key in _GRID_KEYS):
-                raise UsageError(key, f"has a comma list ({line}), which is a sweep, but {key} takes one value "
-                                 "in a study.", "grid values go in study.lr / study.damping / study.seeds / "
-                                 "study.widths, e.g. study.lr=[0.1,0.3].")
-            line = f"{key}=[{','.join(values)}]"
-        if key in _GRID_KEYS and not (command == "sweep" and key == "model.width"):  # checked in cmd_sweep
-            grid = f"study.{key.split('.')[-1]}" if key.startswith("optimizer.") else None
-            if command == "sweep" and grid and grid not in keys:
-                value = line.split("=", 1)[1]
-                if not value.startswith("["):  # a single value: validated as given, and the one-point grid
-                    out.append(line)
-                line = f"{grid}={value if value.startswith('[') else f'[{value}]'}"
-            else:
-                raise UsageError(key, f"is set by the study for each trial, so {line} would be ignored.",
-                                 f"use {_GRID_KEYS[key] if not grid or command != 'sweep' else grid + '=[...] only'}.")
-        out.append(line)
-    return out
 
 
 def _print_plan(study_path, trials) -> None:
@@ -447,7 +372,7 @@ def _plan_flags(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
 
 
 def _launch_and_summarise(study, trials, cfg, no_launch: bool = False) -> int:
-    from .launch import launch
+    from . import workflow
     from .stop import Interrupted
 
     if no_launch:
@@ -458,7 +383,7 @@ def _launch_and_summarise(study, trials, cfg, no_launch: bool = False) -> int:
               f"or `muso run-trial {path} <index>`.")
         return 0
     try:
-        counts = launch(study, trials, cfg.launcher)
+        counts = workflow.run(study, trials, cfg)
     except Interrupted:
         print(f"interrupted: finished results are kept; run the same command again to finish {study.path}",
               file=sys.stderr)
@@ -471,105 +396,52 @@ def _launch_and_summarise(study, trials, cfg, no_launch: bool = False) -> int:
     return 1 if counts[track.FAILED] else 0
 
 
+def _trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust", action="store_true",
+                        help="run what a study made by someone else names as code (_target_, a config search path, "
+                             "launcher.setup, a trainer's command); without it such a study is refused")
+
+
 def cmd_sweep(args: list[str]) -> int:
     ns = _parse("sweep", args, "Grid of learning rate × damping (× seeds) per parameterization at the base width "
                 "(and at study.widths); resumable: finished trials are skipped, failed ones retried.",
                 lambda p: _plan_flags(p, "print the plan and its size"))
-    from . import study as study_mod
+    from . import workflow
 
-    overrides = _study_overrides(ns.overrides, "sweep")
-    cfg = compose_valid(overrides)
-    grid = study_mod.check(cfg)
-    width_given = any(o.split("=", 1)[0].lstrip("+") == "model.width" for o in overrides)
-    if width_given and cfg.model.width not in grid.widths:
-        raise UsageError("model.width", f"a sweep trains at study.widths {grid.widths}, so model.width="
-                         f"{cfg.model.width} would be ignored.", f"write study.widths=[{cfg.model.width}] (or a list).")
-    folder = study_mod.check_folder(cfg)
-    from .errors import raise_all
-    from .launch import check as check_launcher
-
-    raise_all(check_launcher(cfg.launcher))
-    if len(grid) > cfg.study.max_trials and not ns.yes:
-        raise UsageError("study.max_trials", f"the grid has {len(grid)} trials, more than study.max_trials="
-                         f"{cfg.study.max_trials}.", "check study.lr / study.damping / study.seeds / study.widths; "
-                         "to run it anyway pass --yes (or raise study.max_trials).")
-    param_configs = {p: to_container(compose_valid([*overrides, f"param={p}"])) for p in grid.params}
-    trials = study_mod.plan_sweep(cfg, param_configs)
-    study = study_mod.Study(folder)
+    sweep = workflow.plan_sweep(ns.overrides, yes=ns.yes)
     if ns.dry_run:
-        _print_plan(study.path, trials)
-        runs = {t.id: t for t in trials}
-        done = sum(1 for t in runs.values() if study.path.exists() and study.status(t) in track.FINAL_STATUSES)
-        print(f"{done} of {len(runs)} runs finished already; {len(runs) - done} to run (launcher={cfg.launcher.name})")
+        _print_plan(sweep.folder, sweep.trials)
+        runs = len({t.id for t in sweep.trials})
+        done = sweep.finished_runs()
+        print(f"{done} of {runs} runs finished already; {runs - done} to run (launcher={sweep.cfg.launcher.name})")
         return 0
-    existed = study.spec() is not None
-    study = study_mod.open_or_create(cfg, overrides)
-    if existed:
-        added = study.widen(grid, lambda recorded: study_mod.check(compose_valid(recorded)))
-        if added:
-            print(f"study {study.path}: its grid now records {' '.join(added)} (refine and transfer include them)")
-    trials = study.add(trials)
+    study, trials, added = workflow.write_sweep(sweep)
+    if added:
+        print(f"study {study.path}: its grid now records {' '.join(added)} (refine and transfer include them)")
     _print_plan(study.path, trials)
-    return _launch_and_summarise(study, trials, cfg, ns.no_launch)
-
-
-def _open_study(path: str):
-    from .study import Study
-    return Study.open(path)
+    return _launch_and_summarise(study, trials, sweep.cfg, ns.no_launch)
 
 
 def cmd_transfer(args: list[str]) -> int:
     ns = _parse("transfer", args, "Pick each parameterization's best (lr, damping) at the base width from a sweep "
-                "and train it at study.widths. Refuses a base width without a finite optimum, and one whose "
+                "and train it at transfer.widths. Refuses a base width without a finite optimum, and one whose "
                 "optimum sits at the grid edge unless --allow-edge.",
-                lambda p: (_plan_flags(p, "print the choice and the plan"),
+                lambda p: (_plan_flags(p, "print the choice and the plan"), _trust_flag(p),
                            p.add_argument("--allow-edge", action="store_true",
                                           help="transfer an optimum that lies at the edge of its grid")),
                 positionals=[STUDY_ARG])
-    from . import study as study_mod
-    from .errors import raise_all
+    from . import workflow
 
-    study = _open_study(ns.study)
-    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides, "transfer")])
-    study_mod.check_same_base(study, cfg)
-    if cfg.transfer.widths is None:
-        raise UsageError("transfer.widths", "transfer needs the target widths.",
-                         "e.g. transfer.widths=[256,1024,2048].")
-    widths = check_widths("transfer.widths", cfg.transfer.widths, minimum=cfg.model.base_width)
-    grid = study_mod.check(cfg)
-    base = cfg.model.base_width
-    best = study_mod.select_best(study, cfg.study.metric, base)
-    usable = [p for p in grid.params if best.get(p, {}).get("lr") is not None]
-    refusals = []
-    for param in grid.params:  # a transfer needs a finite optimum at the base width: refuse before launching
-        if param not in best:
-            refusals.append(UsageError("study.params", f"{param}: no trial at the base width {base}.",
-                                       f"sweep it first (muso sweep ... study.params=[{param}])."))
-        elif best[param]["lr"] is None:
-            e = best[param]["problem"]
-            refusals.append(UsageError(e.key, f"{param}: no finite optimum at the base width: {e.problem}.",
-                                       e.fix + (f"; or transfer the others only (study.params=[{','.join(usable)}])"
-                                                if usable else "") + "."))
-    raise_all(refusals)
-    best = {param: best[param] for param in grid.params}
-    for param, b in best.items():
-        for axis, side in b["edge"].items():
-            problem = (f"{param}: the best {axis} at the base width, {b[axis]:.4g}, is at the grid edge (the "
-                       f"{'lowest' if side == 'low' else 'highest'} {axis} tried): the optimum may lie beyond.")
-            if not ns.allow_edge:
-                raise UsageError(f"study.{axis}", problem,
-                                 f"widen study.{axis} {'below' if side == 'low' else 'above'} {b[axis]:.4g} "
-                                 f"(muso refine {study.path} extends it), or pass --allow-edge to transfer it anyway.")
-            print(f"warning: {problem} Transferring it anyway (--allow-edge).", file=sys.stderr)
-    _print_best(best, cfg)
-    planned = study_mod.plan_transfer(study, best, widths, grid.seeds, runtime=to_container(cfg))
+    transfer = workflow.plan_transfer(ns.study, ns.overrides, allow_edge=ns.allow_edge, trust_it=ns.trust)
+    for warning in transfer.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    _print_best(transfer.best, transfer.cfg)
     if ns.dry_run:
-        _print_plan(study.path, planned)
+        _print_plan(transfer.study.path, transfer.trials)
         return 0
-    trials = study.add(planned)
-    study.record_transfers(best, trials, widths)
-    _print_plan(study.path, trials)
-    return _launch_and_summarise(study, trials, cfg, ns.no_launch)
+    trials = workflow.write_transfer(transfer)
+    _print_plan(transfer.study.path, trials)
+    return _launch_and_summarise(transfer.study, trials, transfer.cfg, ns.no_launch)
 
 
 def _print_best(best: dict, cfg) -> None:
@@ -586,52 +458,25 @@ def cmd_refine(args: list[str]) -> int:
     ns = _parse("refine", args, "Add grid points at half the current step on both sides of each cell's optimum "
                 "(one step beyond a grid edge), run them, and repeat until the step near every optimum is at most "
                 "study.refine_to octaves or every verdict is decided, within study.refine_budget trials.",
-                lambda p: _plan_flags(p, "print the next round's plan"), positionals=[STUDY_ARG])
-    import time
+                lambda p: (_plan_flags(p, "print the next round's plan"), _trust_flag(p)), positionals=[STUDY_ARG])
+    from . import report, workflow
 
-    from . import report, study as study_mod, verdict
-
-    study = _open_study(ns.study)
-    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides, "refine")])
-    study_mod.check_same_base(study, cfg)
-    grid = study_mod.check(cfg)
-    settings = verdict.check(cfg.study)
-    refine_to, budget = study_mod.check_refine(cfg.study)
-    metric, base = cfg.study.metric, cfg.model.base_width
-    used, started, rounds = 0, time.time(), 0
-    while True:
-        judged = verdict.judge(study_mod.points(study, metric), base, settings, study.transfers())
-        open_params = [p for p in grid.params  # a decided verdict needs no finer grid
-                       if judged["params"].get(p, {}).get("verdict") not in verdict.DECIDED]
-        planned, notes = study_mod.plan_refine(study, metric, open_params, refine_to, grid.seeds,
-                                               runtime=to_container(cfg))
-        to_run = {t.id for t in planned if study.status(t) not in track.FINAL_STATUSES}
-        if not to_run:
-            reason = ("every verdict is decided" if not open_params else
-                      f"every optimum is resolved to {refine_to:g} octave or has no optimum to refine around")
-            print(f"refine: done after {rounds} round(s), {used} trials run in {time.time() - started:.0f} s: "
-                  f"{reason}.")
-            break
-        if used + len(to_run) > budget:
-            print(f"refine: round {rounds + 1} needs {len(to_run)} trials, {budget - used} left of study.refine_budget="
-                  f"{budget}: stopped after {rounds} round(s), {used} trials run in {time.time() - started:.0f} s. "
-                  "Raise study.refine_budget to go on.")
-            break
-        print(f"refine round {rounds + 1}: {len(to_run)} new trials (budget {budget}, {used} used) for "
-              f"{', '.join(open_params)}")
+    refinement = workflow.Refinement(ns.study, ns.overrides, trust_it=ns.trust)
+    study, budget = refinement.study, refinement.spec.refine_budget
+    while (rnd := refinement.next_round()) is not None:
+        print(f"refine round {refinement.rounds + 1}: {len(rnd.to_run)} new trials (budget {budget}, "
+              f"{refinement.used} used) for {', '.join(rnd.params)}")
         if ns.dry_run:
-            _print_plan(study.path, [t for t in planned if t.id in to_run])
+            _print_plan(study.path, [t for t in rnd.planned if t.id in rnd.to_run])
             return 0
-        trials = study.add(planned)
-        code = _launch_and_summarise(study, trials, cfg, ns.no_launch)
+        code = _launch_and_summarise(study, refinement.write(rnd), refinement.cfg, ns.no_launch)
         if ns.no_launch or code == 130:
             return code
-        used += len(to_run)
-        rounds += 1
-    for note in notes:
+    print(f"refine: {refinement.stopped}")
+    for note in refinement.notes:
         print(f"  {note}")
     print("verdict:")
-    for line in report.verdict_lines(judged):
+    for line in report.verdict_lines(refinement.judged):
         print(f"  {line}")
     return 0
 
@@ -645,8 +490,11 @@ def cmd_status(args: list[str]) -> int:
     if ns.overrides:
         raise UsageError("overrides", f"muso status takes no overrides (got {' '.join(ns.overrides)}).",
                          "it reads the study folder as it is: muso status <study> [--list] [--pending].")
-    study = _open_study(ns.study)
     from collections import Counter
+
+    from .study.store import Study
+
+    study = Study.open(ns.study)
 
     trials = study.trials()
     statuses = {t.index: study.status(t) for t in trials}
@@ -685,21 +533,32 @@ def _ranges(indices: list[int]) -> str:
 def cmd_run_trial(args: list[str]) -> int:
     ns = _parse("run-trial", args, "Run trial <index> of a study (skipped when finished). What launchers and "
                 "`sbatch --array` call: array task i runs trial i.",
-                lambda p: p.add_argument("--requeue", type=int, metavar="N", default=0,
-                                         help="under Slurm: when signalled (USR1/USR2/TERM) checkpoint, requeue "
-                                              "this task and exit; at most N times"),
+                lambda p: (_trust_flag(p),
+                           p.add_argument("--requeue", type=int, metavar="N", default=0,
+                                          help="under Slurm: when signalled (USR1/USR2/TERM) checkpoint, requeue "
+                                               "this task and exit; at most N times")),
                 positionals=[STUDY_ARG, ("index", {"type": int, "help": "the trial's index in trials.jsonl"})])
     if ns.overrides:
         raise UsageError("overrides", f"run-trial takes no overrides (got {' '.join(ns.overrides)}).",
                          "a trial runs with the config stored in its study's trials.jsonl.")
-    from .launch import SLURM_STOP_SIGNALS, requeue_self, run_trial
+    from . import workflow
+    from .launch import SLURM_STOP_SIGNALS, check_trial_config, requeue_self, run_trial
     from .stop import Interrupted, graceful_stop
+    from .study.store import Study
 
-    study = _open_study(ns.study)
+    study = Study.open(ns.study)
     trial = study.trial(ns.index)
     if study.status(trial) in track.FINAL_STATUSES:
         print(f"trial {ns.index} ({trial.label()}): finished already ({study.status(trial)})")
         return 0
+    workflow.trusted_to_run(study, trial, ns.trust)
+    from omegaconf import OmegaConf
+
+    invalid = check_trial_config(OmegaConf.create(trial.config))
+    if invalid:
+        raise UsageError(f"trial {ns.index}", invalid.removeprefix("the trial's config in trials.jsonl is not valid: ")
+                         + " (its config in trials.jsonl was edited?)",
+                         "restore trials.jsonl, or plan the trial again with the command that made it.")
     try:
         with graceful_stop(SLURM_STOP_SIGNALS if ns.requeue else None):
             result = run_trial(study, trial)
@@ -725,16 +584,9 @@ def cmd_report(args: list[str]) -> int:
                 "drift.png, heatmap_<param>.png, curves.png.",
                 lambda p: p.add_argument("--out", help="report folder (default: <study>/report)"),
                 positionals=[STUDY_ARG])
-    from . import report, verdict
-    from .study import check_metric
+    from . import report, workflow
 
-    study = _open_study(ns.study)
-    cfg = compose_valid([*study.spec()["overrides"], *_study_overrides(ns.overrides, "report")], check_data=False)
-    check_metric(cfg.study.metric)
-    settings = verdict.check(cfg.study)
-    out = Path(ns.out) if ns.out else study.path / "report"
-    title = f"{study.name}: {cfg.optimizer.name}, {cfg.model.name} on {cfg.data.name}"
-    res = report.build(study, out, cfg.study.metric, cfg.model.base_width, settings, title)
+    res, settings, out = workflow.report(ns.study, ns.overrides, ns.out)
     print("verdict:")
     for line in report.verdict_lines(res["verdict"]):
         print(f"  {line}")
@@ -750,7 +602,7 @@ def cmd_report(args: list[str]) -> int:
               "folder and run the sweep again to retrain it", file=sys.stderr)
     headline = res["tables"].get("headline")
     if headline is not None and not headline.empty:
-        print(f"headline ({cfg.study.metric} of the transferred setting per width):")
+        print(f"headline ({settings.study.metric} of the transferred setting per width):")
         print(headline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     transferred = res["tables"].get("transferred")
     if transferred is not None and not transferred.empty:

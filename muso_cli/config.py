@@ -58,6 +58,15 @@ def _search_dirs(overrides: Sequence[str]) -> list[Path]:
     return dirs
 
 
+class ConfigShown(Exception):
+    """The composed config was printed (``--cfg job``): the command stops there."""
+
+
+# ``--cfg job``: the first composition of a command prints its config and ends the command (exit 0). The CLI sets
+# it for one command; every other caller leaves it off.
+SHOW_FIRST_COMPOSITION = {"on": False}
+
+
 def compose(overrides: Sequence[str] = (), *, config_name: str = "config",
             config_dirs: Sequence[str | Path] = ()) -> DictConfig:
     """Compose the config tree with Hydra overrides (``key=value``, ``group=option``, ``+key=value``).
@@ -82,7 +91,12 @@ def compose(overrides: Sequence[str] = (), *, config_name: str = "config",
     dirs = _search_dirs(overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="muso"):
         try:
-            return hydra_compose(config_name, overrides=overrides)
+            cfg = hydra_compose(config_name, overrides=overrides)
+            if SHOW_FIRST_COMPOSITION["on"]:
+                SHOW_FIRST_COMPOSITION["on"] = False
+                print(OmegaConf.to_yaml(cfg))
+                raise ConfigShown
+            return cfg
         except MissingConfigException as e:
             failure: Exception = e
         except (OverrideParseException, ConfigCompositionException) as e:

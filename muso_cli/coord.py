@@ -24,8 +24,7 @@ from . import data as data_mod
 from . import optim
 from .parametrize import LAYER_TYPES, Plan, WidthMultiplier
 from .plots import pyplot, save
-from .errors import UsageError, check_positive, raise_all
-from .errors import widths as check_widths
+from .errors import UsageError, check_positive, parse_widths, raise_all
 from .losses import LOSSES
 from .setup import build_model_and_plan, resolve_device
 
@@ -157,10 +156,10 @@ def plot(df: pd.DataFrame, path: Path, title: str, fit_from: float | None = None
     save(fig, path)
 
 
-def check(cfg: DictConfig) -> list[int]:
+def parse_coord(cfg: DictConfig) -> list[int]:
     """The coordinate check's keys (``coord.*``); returns the widths, or raises UsageError naming the key."""
     c = cfg.coord
-    widths = check_widths("coord.widths", c.widths, at_least=2)
+    widths = parse_widths("coord.widths", c.widths, at_least=2)
     raise_all([*(check_positive(f"coord.{key}", c[key], integer=True) for key in ("steps", "batch_size", "seeds")),
                check_positive("coord.tolerance", c.tolerance),
                check_positive("coord.fit_from", c.fit_from, optional=True)])

@@ -5,7 +5,7 @@ A :class:`UsageError` names the offending key and the fix; the CLI prints it as 
 status 2. A :class:`HyperparameterError` is the ``ValueError`` an optimizer raises for a bad constructor
 argument: it carries the argument's name, which validation turns into the config key ``optimizer.<name>``.
 Each ``check_*`` below returns None when the value is fine, else the UsageError to report (so a validation
-pass can collect several problems at once); :func:`widths` raises.
+pass can collect several problems at once); ``parse_*`` functions raise the UsageError and return the value.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def check_bool(key: str, value: Any) -> UsageError | None:
     return UsageError(key, f"must be true or false, got {value!r}.", f"e.g. {key}=true.")
 
 
-def widths(key: str, values: Any, *, minimum: int = 1, at_least: int = 1) -> list[int]:
+def parse_widths(key: str, values: Any, minimum: int = 1, *, at_least: int = 1) -> list[int]:
     """A list of positive integer widths ≥ ``minimum`` with at least ``at_least`` different entries.
 
     ``values`` may be a single integer or any sequence (an OmegaConf ListConfig too). Raises UsageError.

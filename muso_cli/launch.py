@@ -1,7 +1,8 @@
 """Launching a study's trials: in this process (``local``), in a pool of worker processes on this node, one
 per GPU slot (``pool``), or as Slurm array jobs through submitit (``slurm``).
 
-Every launcher runs :func:`run_trial`, which skips a finished trial, so a trial list can be launched again and
+Every launcher runs :func:`run_trial`: claim the trial, check its recorded config again, and train it through
+the trainer seam (muso_cli.trainers). A finished trial is skipped, so a trial list can be launched again and
 again (after an interruption, a crash, or from several Slurm array tasks) without rerunning finished work.
 Progress (trials done / total, ETA) is printed here; the runs themselves stay quiet.
 """
@@ -15,15 +16,18 @@ import sys
 import threading
 import time
 from collections import Counter
+import warnings
 from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import claims, stop, track, train
+from . import stop, track, trainers
 from .errors import UsageError, check_one_of, check_positive, is_int
 from .logs import LOG
 from .parametrize import PARAMS
-from .study import Study, Trial
+from .study import claims
+from .study.store import Study
+from .study.trials import Trial
 
 
 def check(lcfg: DictConfig) -> list[UsageError | None]:
@@ -71,11 +75,16 @@ def _check_slurm_gpus(partition: str | None) -> UsageError | None:
 def run_trial(study: Study, trial: Trial, *, quiet: bool = True) -> dict:
     """Run ``trial`` into its folder unless it is finished or another live process runs it; return its result.
 
-    The trial is claimed first (muso_cli.claims): a trial whose claim is live elsewhere is skipped, with a result
-    of status running that is not written anywhere. A folder that cannot be written gives a failed result
+    The trial is claimed first (muso_cli.study.claims): a trial whose claim is live elsewhere is skipped, with a
+    result of status running that is not written anywhere. Its recorded config (trials.jsonl, which anyone can
+    edit) is validated again before it trains: one that is not valid gives a failed result naming the key. A
+    trial folder that is a symbolic link or lies outside the study, or cannot be written, gives a failed result
     (returned, not written), and the launch goes on with the other trials.
     """
     folder = study.trial_dir(trial)
+    problem = study.folder_problem(trial)
+    if problem:
+        return {"status": track.FAILED, "error": problem}
     result = study.result(trial)
     if result and result.get("status") in track.FINAL_STATUSES:
         return result
@@ -89,22 +98,38 @@ def run_trial(study: Study, trial: Trial, *, quiet: bool = True) -> dict:
         result = study.result(trial)  # it may have finished between the first look and the claim
         if result and result.get("status") in track.FINAL_STATUSES:
             return result
-        cfg, run_kwargs = run_arguments(study, trial)
+        cfg, identity = run_arguments(study, trial)
         try:
-            return train.run(cfg, folder, quiet=quiet, **run_kwargs)
-        except OSError as e:  # the folder is not writable (train.run writes everything else into the result)
+            invalid = check_trial_config(cfg)
+            if invalid:
+                return track.write_result(folder, {"status": track.FAILED, "error": invalid})
+            return trainers.run(cfg, folder, identity, quiet=quiet)
+        except OSError as e:  # the folder is not writable (a trainer writes everything else into the result)
             return {"status": track.FAILED, "error": f"cannot write the trial folder {folder}: {e}"}
 
 
-def run_arguments(study: Study, trial: Trial) -> tuple[DictConfig, dict]:
-    """(the trial's config, train.run's keyword arguments: its W&B id, name, group, job type and tags)."""
+def check_trial_config(cfg: DictConfig) -> str | None:
+    """Why a trial's recorded config cannot run (the validation's message, naming the key), or None."""
+    from .validate import validate
+
+    try:
+        with warnings.catch_warnings():  # the planner showed them once
+            warnings.simplefilter("ignore")
+            validate(cfg, check_data=False)
+    except UsageError as e:
+        return f"the trial's config in trials.jsonl is not valid: {e}"
+    return None
+
+
+def run_arguments(study: Study, trial: Trial) -> tuple[DictConfig, trainers.RunIdentity]:
+    """(the trial's config, its identity where it is mirrored: W&B id, name, group, job type and tags)."""
     cfg = OmegaConf.create(trial.config)
     if cfg.logger.mode != "disabled" and not cfg.logger.dir:
         cfg.logger.dir = str(study.path)  # one W&B folder per study, <study>/wandb (`wandb sync` it at once)
     params = sorted({t.param for t in study.trials() if t.id == trial.id}, key=PARAMS.index)
     tags = [*(f"param:{p}" for p in params), f"optimizer:{cfg.optimizer.name}", f"width:{trial.width}"]
-    return cfg, {"run_id": trial.id, "name": run_name(trial, params), "group": study.name, "job_type": trial.phase,
-                 "tags": tags}
+    return cfg, trainers.RunIdentity(run_id=trial.id, name=run_name(trial, params), group=study.name,
+                                     job_type=trial.phase, tags=tags)
 
 
 def run_name(trial: Trial, params: list[str]) -> str:
@@ -306,14 +331,6 @@ def _after_crash(study: Study, trials: list[Trial], progress: Progress) -> list[
 SLURM_STOP_SIGNALS = (signal.SIGUSR2, signal.SIGUSR1, signal.SIGTERM)  # time-out/preemption warnings, scancel
 
 
-def slurm_job_id() -> str | None:
-    """This Slurm task's job id (``<array job>_<task>`` for an array task), or None outside Slurm."""
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    if array:
-        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
 def requeue_self(max_requeue: int) -> None:
     """Requeue this Slurm task (its trials resume from their checkpoints) and exit without a result.
 
@@ -321,7 +338,7 @@ def requeue_self(max_requeue: int) -> None:
     """
     import subprocess
 
-    job = slurm_job_id()
+    job = claims.slurm_task()
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     if job is None or restarts >= max_requeue:
         raise RuntimeError(f"not requeued: {'not a Slurm job' if job is None else f'requeued {restarts} times'}")

@@ -195,6 +195,11 @@ def is_damped(optimizer: str) -> bool:
     return optimizer in DAMPING
 
 
+def damped_optimizers() -> tuple[str, ...]:
+    """The optimizers with a damping hyperparameter (K-FAC's ρ, Shampoo's ε, SOAP's Adam ε)."""
+    return tuple(DAMPING)
+
+
 def lr_exponent(param: str, optimizer: str, role: str, power: float | None = None,
                 grafting: str | None = None) -> float:
     """Exponent e of the lr multiplier m**e for a parameter of ``role``.

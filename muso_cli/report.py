@@ -28,7 +28,9 @@ import pandas as pd
 from . import track, verdict
 from .parametrize import PARAMS
 from .plots import pyplot, save
-from .study import METRICS, UNREADABLE, Study, points
+from .study.results import UNREADABLE, points
+from .study.spec import METRICS
+from .study.store import Study
 
 METRIC_LABEL = {"train_loss": "final train loss", "test_loss": "final test loss", "test_acc": "final test accuracy"}
 AXIS_LABEL = {"lr": "log2 base learning rate (octaves)", "damping": "log2 base damping (octaves)"}

@@ -3,7 +3,7 @@
 Each part checks its own keys, once, where the facts live: the run set-up (seed, device, ``train.*``), the model,
 the data, the W&B mirror, the parameterization's choices (from the table), and the optimizer, which is built on
 the meta model (free: shapes only) so that its own constructor decides what it accepts. Studies and the
-coordinate check add their keys through :func:`muso_cli.study.check` and :func:`muso_cli.coord.check`.
+coordinate check add their keys through :func:`muso_cli.study.spec.parse_spec` and :func:`muso_cli.coord.parse_coord`.
 Every problem is a UsageError naming the key and the fix; several are reported together.
 """
 from __future__ import annotations
@@ -12,10 +12,21 @@ import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, models, optim, setup, track
-from .config import CONF_DIR, REMOVED_KEYS
+from . import data, models, optim, setup, track, trainers
+from .config import CONF_DIR, REMOVED_KEYS, compose
 from .errors import UsageError, check_bool, check_one_of, check_positive, raise_all
 from .parametrize import DAMPING_RULES, PARAMS, WEIGHT_DECAY, is_damped
+
+
+def compose_valid(overrides, *, check_data: bool = True) -> DictConfig:
+    """Compose (muso_cli.config.compose) and validate, refusing ``+keys`` muso does not read; warnings from
+    validation are shown once each, as warnings."""
+    cfg = compose(overrides)
+    check_added_keys(cfg, overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        validate(cfg, check_data=check_data)
+    return cfg
 
 
 def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
@@ -24,7 +35,7 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
     ``check_data``: also check that the dataset can be loaded (its files exist or can be downloaded).
     """
     raise_all([*setup.check(cfg), *models.check(cfg.model), *data.check(cfg.data, files=False),
-               *track.check(cfg.logger), *_check_param(cfg)])
+               *track.check(cfg.logger), *_check_param(cfg), *trainers.check(cfg)])
     n_train = cfg.data.get("n_train")
     if n_train is not None and n_train < cfg.train.batch_size:
         raise UsageError("data.n_train", f"{n_train} training examples cannot fill a batch of train.batch_size="

@@ -74,7 +74,7 @@ class Settings:
                 f"grid point; in octaves (log2). Tolerance: ±{self.tolerance:g} octave.")
 
 
-def check(study) -> Settings:
+def parse_settings(study) -> Settings:
     """study.tolerance and study.bootstrap.* as Settings, or UsageError naming the key."""
     b = study.get("bootstrap") or {}
     level, resamples, seed = b.get("level", 0.9), b.get("resamples", 1000), b.get("seed", 0)

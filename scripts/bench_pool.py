@@ -33,7 +33,7 @@ def time_launch(study_path: str, launcher: dict) -> list[float]:
     from omegaconf import OmegaConf
 
     from muso_cli.launch import launch
-    from muso_cli.study import Study
+    from muso_cli.study.store import Study
 
     study = Study(study_path)
     seconds = []

@@ -27,9 +27,10 @@ def coord_dh_slopes(*overrides: str):
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """Run each test from its own folder, with W&B files and muso's download cache kept inside it."""
+    """Run each test from its own folder, with W&B files, muso's download cache and its state kept inside it."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     monkeypatch.setenv("MUSO_DATA", str(tmp_path / "muso-data"))
+    monkeypatch.setenv("MUSO_STATE_DIR", str(tmp_path / "muso-state"))  # this test's own list of own studies
     yield

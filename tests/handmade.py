@@ -6,7 +6,10 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from muso_cli import study as study_mod, track
+from muso_cli import track
+from muso_cli.study import plan
+from muso_cli.study.spec import parse_spec
+from muso_cli.study.store import Study, open_or_create
 from muso_cli.config import compose, to_container
 
 FAST = ["data=synthetic", "data.n_train=512", "data.n_test=256", "model.base_width=16", "train.steps=30",
@@ -25,7 +28,7 @@ def result(outcome: float | str | None) -> dict | None:
     return {"status": "ok", "final": {"train_loss": float(outcome), "test_acc": 0.9 - float(outcome) / 10}}
 
 
-def write_results(study: study_mod.Study, outcome: Outcome, trials=None) -> None:
+def write_results(study: Study, outcome: Outcome, trials=None) -> None:
     """Write result.json for every trial entry (``outcome(param, width, lr, damping, seed)``). Trials shared by
     several parameterizations (the base width) get the outcome of the first entry."""
     done = set()
@@ -39,14 +42,14 @@ def write_results(study: study_mod.Study, outcome: Outcome, trials=None) -> None
             track.write_json(study.trial_dir(t) / track.RESULT, r)
 
 
-def make(root: Path, outcome: Outcome, *overrides: str, name: str = "h") -> study_mod.Study:
+def make(root: Path, outcome: Outcome, *overrides: str, name: str = "h") -> Study:
     """The study that ``muso sweep <FAST> <overrides>`` would plan, with results from ``outcome``."""
     args = [*FAST, f"study.root={root}", f"study.name={name}", *overrides]
     cfg = compose(args)
-    grid = study_mod.check(cfg)
+    grid = parse_spec(cfg).grid
     configs = {p: to_container(compose([*args, f"param={p}"])) for p in grid.params}
-    study = study_mod.open_or_create(cfg, args)
-    study.add(study_mod.plan_sweep(cfg, configs))
+    study = open_or_create(cfg, args, grid.params, grid.seeds)
+    study.add(plan.plan_sweep(grid, configs))
     write_results(study, outcome)
     return study
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from muso_cli import claims
+from muso_cli.study import claims
 from muso_cli.cli import main
-from muso_cli.study import Study
+from muso_cli.study.store import Study
 
 FAST = ["data=synthetic", "data.n_train=512", "data.n_test=256", "model.base_width=16", "train.steps=30",
         "train.eval_every=10", "train.progress=false"]

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from muso_cli import claims, track
+from muso_cli import track
+from muso_cli.study import claims
 from muso_cli.cli import main
-from muso_cli.study import Study, make_trial
+from muso_cli.study.store import Study
+from muso_cli.study.trials import make_trial
 
 FAST = ["data=synthetic", "data.n_train=512", "data.n_test=256", "model.base_width=16", "train.steps=30",
         "train.eval_every=10", "train.progress=false"]

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from muso_cli import launch, track
 from muso_cli.cli import main
-from muso_cli.study import Study
+from muso_cli.study.store import Study
 
 FAST = ["data=synthetic", "data.n_train=512", "data.n_test=256", "model.base_width=16", "train.steps=30",
         "train.eval_every=10", "train.progress=false", "study.params=[sp]"]

@@ -14,7 +14,7 @@ from muso_cli import optim, stop, track, train
 from muso_cli.cli import main
 from muso_cli.config import compose
 from muso_cli.setup import build_model_and_plan
-from muso_cli.study import Study
+from muso_cli.study.store import Study
 from wandb_records import offline_run
 
 MATRIX = [pytest.param(["optimizer=muon"], id="muon"),

@@ -9,7 +9,8 @@ import pytest
 from handmade import make, parabola, write_results
 from muso_cli import track
 from muso_cli.cli import main
-from muso_cli.study import Study, refine_values
+from muso_cli.study.plan import refine_values
+from muso_cli.study.store import Study
 
 LOSS = parabola(-3.3)  # the optimum of the octave grid is 2^-3; refining moves it to 2^-3.5, then 2^-3.25
 
@@ -114,7 +115,7 @@ def test_a_second_sweep_that_adds_a_parameterization_and_a_seed_is_refined_and_t
     assert main(["sweep", *common, "study.params=[sp,somup]", "study.seeds=[0,1]", "--no-launch"]) == 0
     assert "its grid now records study.params=[sp,somup] study.seeds=[0,1]" in capsys.readouterr().out
     write_results(study, outcome)
-    overrides = study.spec()["overrides"]
+    overrides = study.manifest()["overrides"]
     assert overrides[-2:] == ["study.params=[sp,somup]", "study.seeds=[0,1]"]
     assert sum(o.startswith(("study.params=", "study.seeds=")) for o in overrides) == 2
 

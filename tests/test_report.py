@@ -11,7 +11,7 @@ import pytest
 from handmade import make, parabola, write_results
 from muso_cli import report, verdict
 from muso_cli.cli import main
-from muso_cli.study import Study
+from muso_cli.study.store import Study
 
 
 def files(study: Study) -> dict:

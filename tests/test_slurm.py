@@ -12,7 +12,7 @@ import pytest
 
 from muso_cli import track
 from muso_cli.cli import main
-from muso_cli.study import Study
+from muso_cli.study.store import Study
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -16,7 +16,9 @@ from muso_cli import track
 from muso_cli.cli import main
 from muso_cli.config import compose, to_container
 from muso_cli.errors import UsageError
-from muso_cli.study import Study, parse_grid, trial_id, with_values
+from muso_cli.study.spec import parse_grid
+from muso_cli.study.store import Study
+from muso_cli.study.trials import trial_id, with_values
 from handmade import FAST
 from wandb_records import offline_run
 

@@ -209,5 +209,5 @@ def test_the_transferred_setting_that_diverged_wider_has_a_diverged_regret():
 ])
 def test_bad_verdict_settings_name_their_key(study, key):
     with pytest.raises(UsageError) as e:
-        verdict.check(study)
+        verdict.parse_settings(study)
     assert e.value.key == key

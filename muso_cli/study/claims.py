@@ -26,15 +26,16 @@ import time
 import uuid
 from pathlib import Path
 
-from . import track
+from .. import track
 
 CLAIM, TAKEOVER_LOCK = "claim.json", ".claim.lock"
 BEAT_SECONDS = 20.0
 STALE_SECONDS = float(os.environ.get("MUSO_STALE_SECONDS", "120"))
 
 
-def _slurm_task() -> str | None:
-    """This process's Slurm job and array task (the same across requeues of the task), or None."""
+def slurm_task() -> str | None:
+    """This process's Slurm job id (``<array job>_<task>`` for an array task; the same across requeues of the
+    task), or None outside Slurm."""
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     if array:
         return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
@@ -55,7 +56,7 @@ def _pid_alive(pid) -> bool:
 
 def _alive(run_dir: Path, holder: dict) -> bool:
     """Whether the process that holds this claim is still at it (see the module docstring)."""
-    task = _slurm_task()
+    task = slurm_task()
     if task is not None and holder.get("slurm_task") == task and holder.get("pid") != os.getpid():
         return False  # our own task before a requeue
     beat = track.read_json(run_dir / track.HEARTBEAT)
@@ -159,7 +160,7 @@ def _create(run_dir: Path) -> Claim | None:
     except FileExistsError:
         return None
     with os.fdopen(fd, "w") as f:
-        json.dump({"token": token, "host": socket.gethostname(), "pid": os.getpid(), "slurm_task": _slurm_task(),
+        json.dump({"token": token, "host": socket.gethostname(), "pid": os.getpid(), "slurm_task": slurm_task(),
                    "started": time.time()}, f)
         f.flush()
         os.fsync(f.fileno())
