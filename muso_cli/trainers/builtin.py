@@ -13,7 +13,7 @@ def check(cfg: DictConfig) -> list[UsageError | None]:
     """The built-in trainer has no keys of its own: its loop reads ``train.*``, checked with the run set-up."""
     extra = sorted(set(cfg.trainer) - {"name"}) if "trainer" in cfg else []
     return [UsageError(f"trainer.{key}", "is not a key of trainer=builtin.",
-                       f"remove it (trainer=command and trainer=python have their own keys).") for key in extra]
+                       "remove it (trainer=command and trainer=python have their own keys).") for key in extra]
 
 
 def run(cfg: DictConfig, folder: Path, identity, *, quiet: bool = True) -> dict:
