@@ -3,7 +3,7 @@
 The loop reads top to bottom: draw a batch by index, forward, loss, backward, step; every ``eval_every`` steps
 measure train/test loss and accuracy and append a line to metrics.jsonl. A non-finite loss, one far above its
 starting value, or a step the optimizer refused (K-FAC / Shampoo with non-finite curvature, see
-:attr:`muso_cli.optim.common.LayerwiseOptimizer.diverged`) ends the run with status ``diverged`` and the reason
+:attr:`muso_cli.optim.base.LayerwiseOptimizer.diverged`) ends the run with status ``diverged`` and the reason
 in result.json (a result, not a crash). An exception ends it with status ``failed`` (written, then returned: it
 never takes other trials down). A stop request (SIGTERM, SIGUSR1, Ctrl-C) saves a checkpoint and raises
 :class:`Interrupted`; running the same config in the same folder resumes.

@@ -47,7 +47,7 @@ NU: dict[int, list[float]] = {}  # the case being measured: width (the first lay
 def _watch_trust_region() -> None:
     """Record ν of every step into NU. Patched once, for good: torch wraps a subclass's ``step`` when its first
     instance is made, and that wrapper keeps calling whatever ``step`` it found then."""
-    from muso_cli.optim.common import LayerwiseOptimizer
+    from muso_cli.optim.base import LayerwiseOptimizer
 
     step = LayerwiseOptimizer.step
     if getattr(step, "watched", False):

@@ -87,8 +87,7 @@ def _run_cell(args: tuple) -> dict:
 
     from muso_cli import train
     from muso_cli.config import compose
-
-    from muso_cli.optim.common import LayerwiseOptimizer
+    from muso_cli.optim.base import LayerwiseOptimizer
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,8 +1,10 @@
 """K-FAC and Shampoo behave as torch optimizers: one signature, per-group hyperparameters, add_param_group,
-state in torch's state_dict, argument errors by key, and a layer protocol a new preconditioner fits into."""
+state in torch's state_dict, argument errors by key, and a layer protocol a new preconditioner fits into (with a
+rest update of its own for the parameters outside layers). The registry says what muso prints about each."""
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import pytest
@@ -14,9 +16,10 @@ from muso_cli import parametrize
 from muso_cli.config import compose
 from muso_cli.errors import HyperparameterError, UsageError
 from muso_cli.models.mlp import MLP
-from muso_cli.optim import build, check
-from muso_cli.optim.common import Layer, LayerwiseOptimizer, layer_groups
+from muso_cli.optim import build, check, params_note, pitfalls
+from muso_cli.optim.base import LayerwiseOptimizer
 from muso_cli.optim.kfac import KFAC
+from muso_cli.optim.layer import Layer, layer_groups
 from muso_cli.optim.shampoo import Shampoo
 
 OPTIMIZERS = [pytest.param(KFAC, id="kfac"), pytest.param(Shampoo, id="shampoo")]
@@ -388,7 +391,7 @@ class Identity(Layer):
 
 
 class Plain(LayerwiseOptimizer):
-    """The smallest layerwise optimizer: no damping, no statistics (the shape Muon will take)."""
+    """The smallest layerwise optimizer: no damping, no statistics."""
 
     def __init__(self, params, *, model=None, lr=0.1, momentum=0.0, weight_decay=0.0):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
@@ -409,3 +412,78 @@ def test_a_preconditioner_without_statistics_is_sgd():
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert sorted(plain.layers) == ["layers.0", "layers.1", "layers.2"]
+
+
+class SignedRest(Plain):
+    """Plain with its own rest update: the sign of the gradient (signSGD) for parameters outside layers."""
+
+    def rest_direction(self, group, p, state):
+        state["rest_steps"] = state.get("rest_steps", 0) + 1
+        return p.grad.sign()
+
+
+def test_the_rest_of_the_parameters_takes_the_subclass_s_direction_through_the_sgd_update():
+    """A LayerNorm between two layers: its gain and bias move by lr·(sign(g) + wd·p) (the rest's direction, then the
+    base's weight decay), the layers exactly as without the override, and the rest's state is its own."""
+    torch.manual_seed(13)
+    models = [nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [cls(m, lr=0.1, weight_decay=0.01) for cls, m in zip((Plain, SignedRest), models)]
+    x, y = torch.randn(9, 5), torch.randint(0, 3, (9,))
+    before = [p.detach().clone() for p in models[1][1].parameters()]
+    for m, o in zip(models, opts):
+        F.cross_entropy(m(x), y).backward()
+    grads = [p.grad.clone() for p in models[1][1].parameters()]
+    for o in opts:
+        o.step()
+    assert sorted(opts[1].layers) == ["0", "3"]
+    for p, p0, g in zip(models[1][1].parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * (g.sign() + 0.01 * p0))
+        assert opts[1].state[p] == {"rest_steps": 1}
+    for i in (0, 3):
+        assert same_parameters(models[0][i], models[1][i])
+
+
+def test_a_refused_step_moves_neither_the_layers_nor_the_rest():
+    """The rest's update is part of the atomic step: a non-finite input refuses the step, and the LayerNorm's
+    gain and bias (whose gradient is as non-finite) stay where they were, their rest update never called."""
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3))
+    opt = SignedRest(model, lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(9, 5)
+    x[0, 0] = math.inf
+    F.cross_entropy(model(x), torch.randint(0, 3, (9,))).backward()
+    with pytest.warns(RuntimeWarning, match="refused"):
+        opt.step()
+    assert opt.diverged and all(torch.equal(p, p0) for p, p0 in zip(model.parameters(), before))
+    assert all("rest_steps" not in opt.state[p] for p in model[1].parameters())
+
+
+# -- what muso says about each optimizer (the registry) ----------------------------------------------------
+
+@pytest.mark.parametrize("overrides, note", [
+    (["optimizer=muon"], "adjust_lr_fn=none"),
+    (["optimizer=muon", "optimizer.adjust_lr_fn=match_rms_adamw"], "adjust_lr_fn=match_rms_adamw"),
+    (["optimizer=kfac"], ""), (["optimizer=shampoo"], ""), (["optimizer=soap"], ""), (["optimizer=sgd"], ""),
+])
+def test_muon_s_params_header_says_which_shape_rule_it_applies_outside_the_table(overrides, note):
+    """Muon's adjust_lr_fn multiplies the table's lr by a shape factor of torch's: `muso params` must say whether
+    it is neutralised (none). No other optimizer has a width rule outside the table."""
+    assert params_note(compose(overrides).optimizer) == note
+
+
+@pytest.mark.parametrize("overrides, warned", [
+    (["optimizer=kfac", "param.readout_zero_init=true"], True),
+    (["optimizer=kfac", "param=sp", "param.readout_zero_init=true"], True),
+    (["optimizer=kfac"], False),
+    (["optimizer=shampoo", "param.readout_zero_init=true"], False),
+    (["optimizer=muon", "param.readout_zero_init=true"], False),
+])
+def test_a_zero_readout_with_kfac_is_a_known_pitfall(overrides, warned):
+    """A zero readout makes K-FAC's first step kernel (NNGP) ridge regression (Ishikawa & Karakida 2024): warned for
+    K-FAC only, naming the key and the fix."""
+    found = pitfalls(compose(overrides))
+    assert len(found) == warned
+    if warned:
+        assert "param.readout_zero_init=true with optimizer=kfac" in found[0] and "readout_zero_init=false" in found[0]

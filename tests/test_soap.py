@@ -120,6 +120,22 @@ def test_parameters_outside_layers_get_adamw():
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-8)
 
 
+def test_a_refused_step_moves_no_parameter_outside_layers_either():
+    """The Adam update of the parameters outside layers is part of the atomic step: a non-finite input refuses the
+    step, and the LayerNorm's gain and bias, like the layers, keep their values and get no Adam moments."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3))
+    opt = SOAP(model, lr=0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(7, 5)
+    x[0, 0] = math.inf
+    F.cross_entropy(model(x), torch.randint(0, 3, (7,))).backward()
+    with pytest.warns(RuntimeWarning, match="refused"):
+        opt.step()
+    assert opt.diverged and all(torch.equal(p, p0) for p, p0 in zip(model.parameters(), before))
+    assert all(not opt.state[p] for p in model[1].parameters())
+
+
 def test_a_conv_layer_is_the_matrix_out_by_in_times_kernel():
     torch.manual_seed(4)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 2))
@@ -173,6 +189,37 @@ def test_state_round_trips_through_a_weights_only_checkpoint_and_resumes_bit_ide
     reloaded.load_state_dict(saved["opt"])
     assert set(reloaded.state[b.layers[0].weight]) == {"L", "R", "QL", "QR", "exp_avg", "exp_avg_sq", "damping",
                                                        "step", "statistics_updates"}
+    train(b, reloaded, data[3:])
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_a_bfloat16_model_with_norm_gains_resumes_bit_identically():
+    """Adam's moments of the parameters outside layers are kept in float32 like the layers' statistics, and
+    load_state_dict keeps them so (torch alone casts them to bfloat16, and the next step could not mix the two)."""
+    torch.manual_seed(8)
+    a, b = (nn.Sequential(nn.Linear(10, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 4)) for _ in range(2))
+    b.load_state_dict(a.state_dict())
+    a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    opt = SOAP(a, lr=0.01)
+    g = torch.Generator().manual_seed(9)
+    data = [(torch.randn(6, 10, generator=g).bfloat16(), torch.randint(0, 4, (6,), generator=g)) for _ in range(6)]
+
+    def train(model, o, chunk):
+        for x, y in chunk:
+            o.zero_grad()
+            F.cross_entropy(model(x).float(), y).backward()
+            o.step()
+
+    train(a, opt, data[:3])
+    buffer = io.BytesIO()
+    torch.save({"model": a.state_dict(), "opt": opt.state_dict()}, buffer)
+    train(a, opt, data[3:])
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    b.load_state_dict(saved["model"])
+    reloaded = SOAP(b, lr=0.01)
+    reloaded.load_state_dict(saved["opt"])
+    assert reloaded.state[b[1].weight]["exp_avg"].dtype == torch.float32
     train(b, reloaded, data[3:])
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 

@@ -2,12 +2,14 @@
 SOAP).
 
 An entry knows how to build its optimizer from the optimizer config node, the model, the parameterization
-plan (per-layer lr, weight-decay and damping multipliers) and the training loss, and which of its config keys
-set the preconditioner's power for the plan's lr rule. Its checks are the optimizer's own: :func:`check`
-builds it (on the meta model validation already has) and turns the constructor's ValueError into a
-UsageError naming the config key. K-FAC, Shampoo, SOAP and Muon are built generically (:func:`_generic`): their
-config keys are their constructor's argument names. Adding an optimizer means: its module, its entry here, its column in the
-table (muso_cli.parametrize), its YAML under conf/optimizer/, and its tests.
+plan (per-layer lr, weight-decay and damping multipliers) and the training loss, which of its config keys set
+the preconditioner's power for the plan's lr rule, and what muso says about the optimizer elsewhere: the note in
+`muso params`' header (:func:`params_note`) and the warnings of its known pitfalls (:func:`pitfalls`). Its checks
+are the optimizer's own: :func:`check` builds it (on the meta model validation already has) and turns the
+constructor's ValueError into a UsageError naming the config key. K-FAC, Shampoo, SOAP and Muon are built
+generically (:func:`_generic`): their config keys are their constructor's argument names. Adding an optimizer
+means: its module, its entry here, its column in the table (muso_cli.parametrize), its YAML under
+conf/optimizer/, and its tests.
 """
 from __future__ import annotations
 
@@ -73,23 +75,41 @@ class Entry:
     build(cfg, model, plan, loss) → the optimizer. power(cfg): the preconditioner's total inverse power when a
     hyperparameter sets it (Shampoo: 2·exponent), else None (the table's own). torch_errors: fragments of
     torch's ValueError messages → the config key they are about (torch's optimizers raise plain ValueErrors).
+    params_note(cfg) → a note for `muso params`' header line, "key=value" of a width rule of the optimizer outside
+    the table ('' for none). pitfalls(cfg) → a warning for each known pitfall of the whole composed config
+    (``cfg.optimizer`` with ``cfg.param``, ``cfg.model``, …), one paragraph each. ``cfg`` is the optimizer config
+    node except in pitfalls.
     """
 
     build: Callable[..., torch.optim.Optimizer]
     power: Callable[..., float | None] = lambda cfg: None
     torch_errors: dict[str, str] = field(default_factory=dict)
+    params_note: Callable[..., str] = lambda cfg: ""
+    pitfalls: Callable[..., list[str]] = lambda cfg: []
 
 
 _TORCH_ERRORS = {"learning rate": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
                  "epsilon": "eps", "beta parameter at index 0": "beta1", "beta parameter at index 1": "beta2",
                  "Nesterov": "nesterov"}
 
+
+
+def _kfac_pitfalls(cfg) -> list[str]:
+    if not cfg.param.get("readout_zero_init"):
+        return []
+    return ["param.readout_zero_init=true with optimizer=kfac: the first K-FAC step then solves kernel (NNGP) ridge "
+            "regression and features stop learning, worst at large batch (Ishikawa & Karakida 2024, Sec. 4.3). "
+            "Prefer the µP readout init (readout_zero_init=false)."]
+
+
 REGISTRY: dict[str, Entry] = {
     "sgd": Entry(_sgd, torch_errors=_TORCH_ERRORS),
     "adam": Entry(_adamw, torch_errors=_TORCH_ERRORS),
-    "kfac": Entry(_generic(KFAC, takes_loss=True)),
+    "kfac": Entry(_generic(KFAC, takes_loss=True), pitfalls=_kfac_pitfalls),
     "shampoo": Entry(_generic(Shampoo), power=lambda cfg: 2.0 * cfg.exponent),
-    "muon": Entry(_generic(Muon, takes_model=False, rest_lr="adamw_lr")),
+    # adjust_lr_fn is a shape rule outside the table: say whether it is neutralised (none) or in the lr column
+    "muon": Entry(_generic(Muon, takes_model=False, rest_lr="adamw_lr"),
+                  params_note=lambda cfg: f"adjust_lr_fn={cfg.get('adjust_lr_fn', 'none')}"),
     "soap": Entry(_generic(SOAP)),
 }
 
@@ -110,6 +130,19 @@ def step_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 def power(cfg) -> float | None:
     """Total inverse power of the preconditioner set by ``cfg``'s hyperparameters (None: the table's)."""
     return REGISTRY[cfg.name].power(cfg)
+
+
+def params_note(cfg) -> str:
+    """The note on optimizer config ``cfg`` for `muso params`' header line, e.g. "adjust_lr_fn=none" for Muon
+    ('' when the optimizer has none)."""
+    return REGISTRY[cfg.name].params_note(cfg)
+
+
+def pitfalls(cfg) -> list[str]:
+    """Warnings of the known pitfalls of the whole composed config ``cfg`` for its optimizer (``cfg.optimizer``),
+    one paragraph each; none for an optimizer muso does not know (validation reports that)."""
+    entry = REGISTRY.get(cfg.optimizer.get("name"))
+    return entry.pitfalls(cfg) if entry is not None else []
 
 
 def check(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> list[UsageError]:
@@ -136,4 +169,5 @@ def check(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> list[UsageEr
     return []
 
 
-__all__ = ["KFAC", "REGISTRY", "Entry", "Muon", "SOAP", "Shampoo", "build", "check", "power", "step_lrs"]
+__all__ = ["KFAC", "REGISTRY", "Entry", "Muon", "SOAP", "Shampoo", "build", "check", "params_note", "pitfalls",
+           "power", "step_lrs"]

@@ -1,7 +1,7 @@
 """K-FAC (Martens & Grosse 2015; convolutions by KFC, Grosse & Martens 2016) with per-layer lr and damping.
 
 For a layer seen as W [d_out, d_in] (bias as the last column, inputs augmented with a 1: see
-:mod:`muso_cli.optim.common`), with input rows x_r [d_in] and output-gradient rows ∂loss/∂h_r [d_out] of a
+:mod:`muso_cli.optim.layer`), with input rows x_r [d_in] and output-gradient rows ∂loss/∂h_r [d_out] of a
 batch of N examples (r runs over the N examples, over N × positions for a conv, over N × tokens for a Linear on
 [N, T, d]: the "expand" setting of Eschenhagen et al. 2023)::
 
@@ -41,7 +41,7 @@ backward.
 
 The update of a covered layer is then ``D = (B + ρ_B I)⁻¹ G (A + ρ_A I)⁻¹`` followed by SGD's momentum and
 weight decay (weight decay added to D, after preconditioning). G is taken in factored form (exact; see
-:mod:`~muso_cli.optim.common`) when the batch is small compared with the layer. Parameters outside
+:mod:`~muso_cli.optim.layer`) when the batch is small compared with the layer. Parameters outside
 Linear/Conv2d layers, and grouped convolutions, get SGD with their group's lr.
 
 State per layer (``self.state[weight]``): ``A``, ``B``, ``A_inv``, ``B_inv`` (tensors), ``damping``
@@ -57,9 +57,10 @@ from torch import Tensor, nn
 
 from ..errors import HyperparameterError, check_positive
 from ..losses import LOSSES
-from .common import (DampedOptimizer, Layer, LayerwiseOptimizer, check_hyperparameters, damping_checks, decay,
-                     eigh_psd, finite_or, interval, layer_groups, one_of, renamed, running_average,
-                     statistics_decay, statistics_dtype, supported, weak_forward_hook)
+from .base import DampedOptimizer, LayerwiseOptimizer
+from .checks import check_hyperparameters, damping_checks, decay, interval, one_of, renamed
+from .layer import Layer, layer_groups, supported, weak_forward_hook
+from .tensors import eigh_psd, finite_or, running_average, statistics_decay, statistics_dtype
 
 FISHERS = ("empirical", "mc")
 INVERSES = ("cholesky", "eigh")
@@ -67,8 +68,8 @@ KL_CLIP = lambda key, value: check_positive(key, value, allow_zero=True, optiona
 
 
 def cholesky_inverse(factor: Tensor, damping: float | Tensor) -> tuple[Tensor, Tensor]:
-    """((F + ρ I)⁻¹, ok) by Cholesky in F's dtype, for F [..., d, d] and ρ a float or a tensor broadcasting
-    against F ([..., 1, 1]: one ρ per matrix, batched trials); ok [...] (bool) says where the factorisation
+    """((F + ρ I)⁻¹, ok) by Cholesky in F's dtype, for F [..., d, d] (one matrix or a stack) and ρ a float or a
+    tensor broadcasting against F ([..., 1, 1]: one ρ per matrix); ok [...] (bool) says where the factorisation
     succeeded and the inverse is finite (elsewhere the inverse is garbage)."""
     eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
     chol, info = torch.linalg.cholesky_ex(factor + damping * eye)
@@ -181,7 +182,10 @@ class KFAC(DampedOptimizer):
                  ema_warmup: bool = True, curvature_interval: int = 1, inverse_interval: int = 1,
                  warmup_steps: int = 20, kl_clip: float | None = None, fisher: str = "empirical",
                  inverse: str = "cholesky", factored: bool = True, lowrank: bool | None = None):
-        check_hyperparameters({"loss": loss, "kl_clip": kl_clip}, {"loss": one_of(LOSSES), "kl_clip": KL_CLIP})
+        problems = check_hyperparameters({"loss": loss, "kl_clip": kl_clip},
+                                         {"loss": one_of(LOSSES), "kl_clip": KL_CLIP})
+        if problems:
+            raise problems[0]
         self.loss = loss
         self.kl_clip = kl_clip or None
         self._output_hooked = False

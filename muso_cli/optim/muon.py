@@ -43,7 +43,8 @@ from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS
 from torch.optim.adamw import adamw
 
 from ..errors import HyperparameterError, check_bool, check_positive, check_unit_interval
-from .common import LAYER_TYPES, check_hyperparameters, non_negative, one_of
+from ..parametrize import LAYER_TYPES
+from .checks import check_hyperparameters, non_negative, one_of
 
 ALGORITHMS = ("muon", "adam")
 # torch's adjust_lr_fn names; "none" is not one of torch's: its shape factor is 1 (the table's lr as is)
@@ -113,12 +114,14 @@ class Muon(torch.optim.Optimizer):
               "beta2": lambda key, value: check_unit_interval(key, value, 0.999), "eps": non_negative}
 
     def __init__(self, params, *, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, ns_dtype: str = "auto", adjust_lr_fn: str = "none", weight_decay: float = 0.0, adamw_lr: float = 1e-3,
-                 beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+                 ns_steps: int = 5, ns_dtype: str = "auto", adjust_lr_fn: str = "none", weight_decay: float = 0.0,
+                 adamw_lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
-                    "ns_dtype": ns_dtype, "adjust_lr_fn": adjust_lr_fn, "weight_decay": weight_decay, "adamw_lr": adamw_lr,
-                    "beta1": beta1, "beta2": beta2, "eps": eps}
-        check_hyperparameters(defaults, self.CHECKS)
+                    "ns_dtype": ns_dtype, "adjust_lr_fn": adjust_lr_fn, "weight_decay": weight_decay,
+                    "adamw_lr": adamw_lr, "beta1": beta1, "beta2": beta2, "eps": eps}
+        problems = check_hyperparameters(defaults, self.CHECKS)
+        if problems:
+            raise problems[0]
         if isinstance(params, nn.Module):
             params = muon_groups(params)
         params = list(params)
@@ -142,7 +145,9 @@ class Muon(torch.optim.Optimizer):
             param_group["algorithm"] = kinds.pop() if kinds else "adam"
         if param_group["algorithm"] == "adam":
             param_group.setdefault("lr", param_group.get("adamw_lr", self.defaults["adamw_lr"]))
-        check_hyperparameters(param_group, self.CHECKS, label)
+        problems = check_hyperparameters(param_group, self.CHECKS, label)
+        if problems:
+            raise problems[0]
         if param_group["algorithm"] == "muon" and any(t.dim() < 2 for t in tensors):
             raise HyperparameterError("params", f"a muon group holds a tensor of fewer than 2 dimensions{label}.",
                                       "give biases and norm gains a group with algorithm 'adam'.")

@@ -1,7 +1,7 @@
 """Shampoo (Gupta, Koren & Singer 2018) with per-layer lr and ε, for width transfer (second-order µP).
 
 Each preconditioned layer is one matrix G = ∂loss/∂W [d_out, d_in] (conv weights as out × in·kh·kw; the bias,
-when the group has one, as an extra column, as in K-FAC: see :mod:`muso_cli.optim.common`). Statistics::
+when the group has one, as an extra column, as in K-FAC: see :mod:`muso_cli.optim.layer`). Statistics::
 
     L = Σ_t G_t G_tᵀ [d_out, d_out],   R = Σ_t G_tᵀ G_t [d_in, d_in]       (statistics="sum", AdaGrad-like)
     L ← decay·L + (1 − decay)·G Gᵀ, likewise R                          (statistics="ema"; first: G Gᵀ as is)
@@ -20,7 +20,7 @@ Grafting (off by default): ``sgd`` or ``adagrad`` keeps Shampoo's direction and 
 norm of the grafted update (the gradient G, or G / (√H + graft_eps) with H the running Σ G⊙G, kept like L).
 Then SGD's momentum and weight decay (added to D after preconditioning and grafting). When the batch is small
 compared with the layer, G Gᵀ = Δᵀ (X Xᵀ) Δ, Gᵀ G = Xᵀ (Δ Δᵀ) X and D = (L^-e Δᵀ)(X R^-e) are formed from the
-captured rows (exact; see :mod:`~muso_cli.optim.common`), which needs hooks, hence the model. Parameters in
+captured rows (exact; see :mod:`~muso_cli.optim.layer`), which needs hooks, hence the model. Parameters in
 groups without ``layer`` get SGD. Every hyperparameter is a group key.
 
 State per layer (``self.state[weight]``): ``L``, ``R``, ``L_root``, ``R_root``, ``graft_sq`` (AdaGrad grafting
@@ -35,9 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import HyperparameterError, check_positive
-from .common import (DampedOptimizer, Layer, LayerwiseOptimizer, damping_checks, decay, eigh_psd, finite_or,
-                     interval, non_negative, one_of, positive, renamed, running_average, statistics_decay,
-                     statistics_dtype, supported)
+from .base import DampedOptimizer, LayerwiseOptimizer
+from .checks import damping_checks, decay, interval, non_negative, one_of, positive, renamed
+from .layer import Layer, supported
+from .tensors import eigh_psd, finite_or, running_average, statistics_decay, statistics_dtype
 
 STATISTICS = ("ema", "sum")
 GRAFTING = ("none", "sgd", "adagrad", "adam")
@@ -47,7 +48,7 @@ EIGH_DTYPES = {"float64": (torch.float64,), "float32": (torch.float32, torch.flo
 def accumulate(state: dict, key: str, new: Tensor, group: dict) -> Tensor:
     """The group's ``statistics`` of ``state[key]`` and ``new``: old + new (sum) or the running average with
     ``ema_decay`` (ema; with ``ema_warmup`` a plain mean of the first updates, see
-    :func:`~muso_cli.optim.common.statistics_decay`). A new tensor: the old one is left as it was."""
+    :func:`~muso_cli.optim.tensors.statistics_decay`). A new tensor: the old one is left as it was."""
     old = state.get(key)
     if group["statistics"] == "sum":
         return new if old is None else old + new
@@ -72,8 +73,8 @@ def epsilon(lam_max: float, eps: float, group: dict) -> float:
 
 
 def eigen_power(lam: Tensor, q: Tensor, value: float | Tensor, exponent: float, dtype: torch.dtype) -> Tensor:
-    """Q diag((λ + ε)^-exponent) Qᵀ [..., d, d] in ``dtype`` for λ [..., d], Q [..., d, d] and ε a float or a
-    tensor broadcasting against λ ([..., 1]: one ε per matrix, batched trials)."""
+    """Q diag((λ + ε)^-exponent) Qᵀ [..., d, d] in ``dtype`` for λ [..., d], Q [..., d, d] (one matrix or a
+    stack) and ε a float or a tensor broadcasting against λ ([..., 1]: one ε per matrix)."""
     # In the statistic's dtype: the factors (λ + ε)^-e span a small range (≤ ε^-e), so float32 loses nothing
     # that the float32 result would keep, and a float64 product would cost a third of the eigh itself.
     q = q.to(dtype)
@@ -196,7 +197,7 @@ class Shampoo(DampedOptimizer):
         super().__init__(params, defaults, model=model)
 
     def add_param_group(self, param_group: dict) -> None:
-        """torch's (see :class:`~muso_cli.optim.common.LayerwiseOptimizer`); a group that would start
+        """torch's (see :class:`~muso_cli.optim.base.LayerwiseOptimizer`); a group that would start
         preconditioning late without grafting is refused (its first steps would have no defined size)."""
         group = {**self.defaults, **param_group}
         start = group["start_preconditioning_step"]

@@ -2,15 +2,15 @@
 transfer: Adam run in the eigenbasis of Shampoo's statistics, a layer of muso's layer protocol.
 
 Each preconditioned layer is one matrix G = ∂loss/∂W [d_out, d_in] (conv weights as out × in·kh·kw; the bias,
-when the group has one, as an extra column: see :mod:`muso_cli.optim.common`). Statistics as Shampoo's
+when the group has one, as an extra column: see :mod:`muso_cli.optim.layer`). Statistics as Shampoo's
 (:class:`~muso_cli.optim.shampoo.ShampooLayer`, the same code)::
 
-    L ← decay·L + (1 − decay)·G Gᵀ [d_out, d_out],   R ← decay·L + (1 − decay)·Gᵀ G [d_in, d_in]
+    L ← decay·L + (1 − decay)·G Gᵀ [d_out, d_out],   R ← decay·R + (1 − decay)·Gᵀ G [d_in, d_in]
 
 every ``statistics_interval`` steps (``statistics="sum"``: Σ instead), and their eigenbases Q_L, Q_R (eigh,
 float32 then float64) every ``inverse_interval`` steps. The update direction, t = the layer's step + 1::
 
-    M ← β₁·M + (1 − β₁)·G                      (Adam's first moment, in W's own basis)
+    M ← β₁·M + (1 − β₁)·G                      (Adam's first moment, in W's own basis; M₁ = (1 − β₁)·G₁)
     G' = Q_Lᵀ G Q_R,  V ← β₂·V + (1 − β₂)·G'⊙G'   (the second moment, in the eigenbasis)
     D = Q_L [ (Q_Lᵀ M Q_R)/(1 − β₁ᵗ) / (√(V/(1 − β₂ᵗ)) + ε) ] Q_Rᵀ
 
@@ -35,8 +35,13 @@ that muso's table and K-FAC and Shampoo use (a bias takes its weight's lr, LAYER
 group without the relative rule, and their statistics come from ``.grad`` only (no factored form). Here SOAP
 reuses Shampoo's statistics code and the layer protocol's checkpoints, hooks and per-group damping.
 
-Parameters outside Linear/Conv2d layers (norm gains, embeddings, bare tensors) are updated by Adam (AdamW's
-decoupled decay), with the group's β₁, β₂ and ε = ``damping``, as SOAP updates 1-D tensors.
+Parameters outside Linear/Conv2d layers (norm gains, embeddings, bare tensors: the rest) are updated by Adam
+(AdamW's decoupled decay), with the group's β₁, β₂ and ε = ``damping``, as SOAP updates 1-D tensors: the same
+:func:`~muso_cli.optim.tensors.adam_direction` unrotated, through the base class's rest update
+(:meth:`SOAP.rest_direction`). They are therefore part of the base class's atomic step: a refused step (a
+non-finite direction or statistic of some layer) moves neither them nor their moments, as it moves no layer, so
+that a refused step leaves the whole model as it was (SOAP used to update them before the layers' step, which
+moved them even when that step was then refused).
 
 State per layer (``self.state[weight]``): ``L``, ``R``, ``QL``, ``QR``, ``exp_avg`` (M), ``exp_avg_sq`` (V),
 ``damping`` ({"eps": ε}) and ``step``; per other parameter ``exp_avg``, ``exp_avg_sq``, ``step``.
@@ -48,26 +53,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .common import (DampedOptimizer, LayerwiseOptimizer, damping_checks, decay, eigh_psd, finite_or, interval,
-                     one_of, sgd_update_, statistics_dtype, supported)
+from .base import DampedOptimizer, LayerwiseOptimizer
+from .checks import damping_checks, decay, interval, one_of
+from .layer import supported
 from .shampoo import STATISTICS, ShampooLayer
-
-
-def adam_direction(state: dict, grad: Tensor, group: dict, eps: float, rotate=None) -> Tensor:
-    """Adam's bias-corrected m̂ / (√v̂ + ε) for ``grad`` (in float32 at least), updating ``state``'s ``exp_avg``
-    and ``exp_avg_sq``; the step t is ``state["step"]`` + 1 (the caller counts steps). ``rotate`` (Q_L, Q_R):
-    the second moment and the ratio in that eigenbasis, the result rotated back (SOAP's layer update)."""
-    b1, b2 = group["beta1"], group["beta2"]
-    t = state.get("step", 0) + 1
-    grad = grad.to(statistics_dtype(grad))
-    m = state["exp_avg"] = grad.clone() * (1 - b1) if "exp_avg" not in state else state["exp_avg"].lerp_(grad, 1 - b1)
-    if rotate is not None:
-        ql, qr = rotate
-        grad, m = ql.T @ grad @ qr, ql.T @ m @ qr
-    sq = grad * grad
-    v = state["exp_avg_sq"] = sq * (1 - b2) if "exp_avg_sq" not in state else state["exp_avg_sq"].lerp_(sq, 1 - b2)
-    ratio = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
-    return ratio if rotate is None else rotate[0] @ ratio @ rotate[1].T
+from .tensors import adam_direction, eigh_psd, finite_or
 
 
 class SOAPLayer(ShampooLayer):
@@ -131,7 +121,7 @@ class SOAP(DampedOptimizer):
                  damping: float = 1e-4, damping_rule: str = "relative", statistics: str = "ema",
                  ema_decay: float = 0.95, statistics_interval: int = 1, inverse_interval: int = 10,
                  factored: bool = True):
-        # momentum 0: the base class's heavy ball is not SOAP's (β₁ is); a group may still set one
+        # momentum 0: the base class's heavy ball is not SOAP's (β₁ is); a group may still set one (layer and rest)
         defaults = {"lr": lr, "momentum": 0.0, "beta1": beta1, "beta2": beta2, "weight_decay": weight_decay,
                     "bias_weight_decay": bias_weight_decay, "damping": damping, "damping_rule": damping_rule,
                     "damping_eps": 1.0, "statistics": statistics, "ema_decay": ema_decay,
@@ -142,33 +132,12 @@ class SOAP(DampedOptimizer):
     def make_layer(self, name: str, weight: Tensor, bias: Tensor | None, module: nn.Module | None) -> SOAPLayer:
         return SOAPLayer(name, weight, bias, module if supported(module) else None)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One update of every parameter; ``closure`` (optional) re-evaluates and returns the loss.
-
-        The layers' update is the base class's (the layer protocol); every parameter outside a layer gets Adam
-        here, and is hidden from the base class's step, which would update it like SGD."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        groups = self.param_groups
-        layered = [g for g in groups if g.get("layer") in self.layers]
-        for group in groups:
-            if group.get("layer") in self.layers:
-                continue
-            for p in group["params"]:
-                if p.grad is not None:
-                    state = self.state[p]
-                    direction = adam_direction(state, p.grad, group, group["damping"]).to(p.dtype)
-                    sgd_update_(p, direction, state, lr=group["lr"], momentum=0.0, weight_decay=group["weight_decay"])
-                    state["step"] = state.get("step", 0) + 1
-        self.param_groups = layered
-        try:
-            super().step()
-        finally:
-            self.param_groups = groups
-        return loss
+    def rest_direction(self, group: dict, p: Tensor, state: dict) -> Tensor:
+        """Adam's direction (ε = the group's ``damping``, no ε rule: a vector has no statistics) in ``p``'s dtype;
+        counts ``p``'s steps in ``state["step"]`` (Adam's bias correction)."""
+        direction = adam_direction(state, p.grad, group, group["damping"]).to(p.dtype)
+        state["step"] = state.get("step", 0) + 1
+        return direction
 
 
-__all__ = ["SOAP", "SOAPLayer", "adam_direction"]
+__all__ = ["SOAP", "SOAPLayer"]
