@@ -6,7 +6,6 @@ starts as one paragraph naming the key and the fix, with exit status 2; ``MUSO_D
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import re
@@ -152,7 +151,7 @@ def cmd_run(args: list[str]) -> int:
     ns = get_args_parser().parse_args(args)
     if not (ns.help or ns.hydra_help or ns.info or ns.shell_completion):
         dirs = [ns.config_dir] if ns.config_dir else []  # Hydra's own --config-dir, which runs the job
-        for overrides in expand_sweeps(ns.overrides) if ns.multirun else [ns.overrides]:
+        for overrides in config.expand_sweeps(ns.overrides) if ns.multirun else [ns.overrides]:
             cfg = compose_valid(_with_config_dirs(overrides, dirs))
             if cfg.launcher.name != "local":
                 raise UsageError("launcher", f"launcher={cfg.launcher.name} chooses how a study's trials run; "
@@ -166,34 +165,6 @@ def cmd_run(args: list[str]) -> int:
     finally:
         sys.argv = argv0
     return 1 if any(r.get("status") == track.FAILED for r in _RUN_RESULTS) else 0
-
-
-def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
-    """The override list of each job of a multirun (cartesian product of sweeps; hydra.* keys left out).
-
-    Sweeps Hydra cannot enumerate up front (``interval()`` for Optuna, ``glob()``) are validated with their
-    first value only.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception:
-        return [list(overrides)]  # let compose() report the syntax error
-    choices: list[list[str]] = []
-    for o in parsed:
-        key = o.get_key_element()
-        if key.lstrip("+~").startswith("hydra"):
-            continue
-        if not o.is_sweep_override():
-            choices.append([o.input_line])
-            continue
-        try:
-            values = list(o.sweep_string_iterator())
-        except Exception:  # interval(), glob(): not enumerable here
-            continue
-        choices.append([f"{key}={v}" for v in values])
-    return [list(combo) for combo in itertools.product(*choices)]
 
 
 def _run_task(cfg) -> dict:
@@ -255,9 +226,8 @@ def cmd_params(args: list[str]) -> int:
 
     table = pd.DataFrame(rows)
     table["shape"] = table["shape"].map(lambda s: "×".join(map(str, s)))
-    # Muon's adjust_lr_fn is a shape rule outside the table: say whether it is neutralised (none) or in the lr column
-    adjust = f" adjust_lr_fn={cfg.optimizer.adjust_lr_fn}" if "adjust_lr_fn" in cfg.optimizer else ""
-    print(f"param={plan.param} optimizer={plan.optimizer}{adjust} damping_rule={plan.damping_rule or '-'} "
+    note = optim.params_note(cfg.optimizer)  # e.g. Muon's adjust_lr_fn, a shape rule outside the table
+    print(f"param={plan.param} optimizer={plan.optimizer}{' ' + note if note else ''} damping_rule={plan.damping_rule or '-'} "
           f"model={cfg.model.name} width={cfg.model.width} base_width={cfg.model.base_width}")
     print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
     return 0
@@ -546,10 +516,27 @@ def cmd_report(args: list[str]) -> int:
     print("verdict:")
     for line in report.verdict_lines(res["verdict"]):
         print(f"  {line}")
-    drift = res["tables"]["drift"]
-    if (drift.verdict != "base").any():
-        print("drift of the optimum from the base width (octaves; interval over seeds):")
-        print(drift.drop(columns="note").to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
+    tables = res["tables"]
+    for key, title, columns in (("regret", "regret of the transferred setting per width (δ: what it may cost)",
+                                 ["param", "width", "lr", "regret", "interval", "delta", "verdict"]),
+                                ("drift", "drift of the fitted optimum from the base width (octaves)",
+                                 ["param", "axis", "width", "drift_octaves", "interval"]),
+                                ("law", "width law of the optimum: log2 lr* = a + β·log2 width",
+                                 ["param", "axis", "widths", "beta", "interval", "contains 0", "held out",
+                                  "predicted", "fitted"])):
+        table = tables.get(key)
+        if table is not None and not table.empty:
+            print(f"{title}:")
+            print(table[[c for c in columns if c in table]].to_string(index=False, na_rep="",
+                                                                      float_format=lambda v: f"{v:.4g}"))
+    compute = tables.get("compute")
+    if compute is not None and len(compute) > 1:
+        wider = compute[compute.width != compute.width.iloc[0]]
+        spent, estimate = wider["trial-seconds"].sum(), wider["tuning estimate"].sum()
+        print(f"compute: {compute['trial-seconds'].sum():.0f} trial-seconds in all, {spent:.0f} above the base width; "
+              f"tuning the base grid at widths {', '.join(map(str, wider.width))} instead would take ≈ {estimate:.0f} "
+              f"(measured trial times): the transfer cost {spent / estimate:.2f} of that." if estimate else
+              f"compute: {compute['trial-seconds'].sum():.0f} trial-seconds in all.")
     skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
     print(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
     if res["unreadable"]:

@@ -6,6 +6,7 @@ which the CLI prints as one paragraph naming the key and the fix, with exit stat
 """
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Sequence
@@ -170,3 +171,31 @@ def to_container(cfg: DictConfig) -> dict:
     out = OmegaConf.to_container(cfg, resolve=True)
     out.pop("hydra", None)
     return out
+
+
+def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
+    """The override list of each job of a multirun (cartesian product of sweeps; hydra.* keys left out).
+
+    Sweeps Hydra cannot enumerate up front (``interval()`` for Optuna, ``glob()``) are validated with their
+    first value only.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return [list(overrides)]  # let compose() report the syntax error
+    choices: list[list[str]] = []
+    for o in parsed:
+        key = o.get_key_element()
+        if key.lstrip("+~").startswith("hydra"):
+            continue
+        if not o.is_sweep_override():
+            choices.append([o.input_line])
+            continue
+        try:
+            values = list(o.sweep_string_iterator())
+        except Exception:  # interval(), glob(): not enumerable here
+            continue
+        choices.append([f"{key}={v}" for v in values])
+    return [list(combo) for combo in itertools.product(*choices)]

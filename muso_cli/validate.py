@@ -94,8 +94,6 @@ def _check_param(cfg: DictConfig) -> list[UsageError | None]:
 
 
 def _warn_known_pitfalls(cfg: DictConfig) -> None:
-    if cfg.param.get("readout_zero_init") and cfg.optimizer.name == "kfac":
-        warnings.warn("param.readout_zero_init=true with optimizer=kfac: the first K-FAC step then solves kernel "
-                      "(NNGP) ridge regression and features stop learning, worst at large batch "
-                      "(Ishikawa & Karakida 2024, Sec. 4.3). Prefer the µP readout init (readout_zero_init=false).",
-                      UserWarning, stacklevel=2)
+    """The optimizer's known pitfalls for this config (its registry entry's), as warnings."""
+    for message in optim.pitfalls(cfg):
+        warnings.warn(message, UserWarning, stacklevel=3)

@@ -1,40 +1,40 @@
-"""Verdicts: did the optimum transfer across width? Optima, grid edges, stability cliffs, intervals over seeds and
-the verdict rules, on a plain table of trial outcomes (no files, no plots: testable on hand-made tables).
+"""Verdicts: did the optimum transfer along the scale axis (width today, depth next), and which lr to use there?
+Pure: a plain table of trial outcomes in, one JSON-able object out (no files, no plots: testable on hand-made
+tables and on simulated studies whose answer is known, tests/test_calibration.py).
 
-The input is one row per trial entry of a study: ``param``, ``width``, ``lr``, ``damping`` (NaN for optimizers
-without damping), ``seed``, ``status`` (ok | diverged | failed | running | pending | unreadable) and ``objective``
-(the selection metric as a loss, lower is better: +inf for a diverged trial, NaN for one that did not finish).
+Input: one row per trial entry: ``param``, the scale (a column named by ``scale``, default ``width``), ``lr``,
+``damping`` (NaN for optimizers without damping), ``seed``, ``status`` (ok | diverged | failed | running |
+pending | unreadable) and ``objective`` (the selection metric as a loss, lower is better: +inf for a diverged
+trial, NaN for one that did not finish).
 
 The rules, in order:
 
-- A *setting* (param, width, lr, damping) scores the mean objective over its finished seeds; a setting where
-  any seed diverged scores +inf (it is not a usable setting).
-- A *cell* is the grid tried at one (param, width). Its optimum is the setting with the lowest finite score.
-  A cell where no setting scores finite has **no optimum**: it says so in words, with the fix, and nothing (no
-  drift, no slope, no transfer) is computed from it.
-- Along each *axis* (lr, damping; in log2, so steps are octaves) swept in a cell (two values or more), the
-  optimum's neighbours are the nearest values tried on its line (the same value of the other axis). An optimum
-  at the lowest or highest value of the cell's axis is **at the grid edge**: the optimum may lie beyond. An
-  optimum whose next larger lr (next smaller damping: the less stable side) diverged is **stability-bound**.
-  The *sub-grid* estimate is the vertex of the parabola through the optimum and its two finite neighbours.
-- *Intervals* (``Settings.level``, 90% by default) are paired percentile-bootstrap intervals over seeds: each of
-  ``Settings.resamples`` resamples draws the study's seed list with replacement (``numpy.random.default_rng``
-  (PCG64) seeded with ``Settings.seed``, so a report is reproducible) and uses the same draw at every setting of
-  every cell (a seed is the same initialisation and data order at every setting, so the draws stay paired).
-  Each resample's optimum is placed within half a grid step of its grid point on either side, the finest the
-  grid can place it if the loss is locally parabolic, unbounded at a grid edge; the interval runs from the
-  (1 − level)/2 quantile of the lower ends to the (1 + level)/2 quantile of the upper ends. One seed: no interval.
-- The *drift* at width w is log2 x*_w − log2 x*_base in octaves (x = lr or damping), with its interval from
-  the same resamples. Per parameterization and swept axis: **transfers** when every width's drift interval lies
-  within ± ``Settings.tolerance``, **drifts** when some width's interval lies wholly outside it, else
-  **undecided**, saying which widths and what would decide it (more seeds, a finer grid, a wider grid). A
-  parameterization transfers when every swept axis does, drifts when one does, and has **no optimum** when its
-  base cell has none (no transfer, no drift).
-- The *regret* at width w: the score of the transferred setting (the base optimum when none was recorded)
-  minus the best score at w, with its interval.
+- A *setting* (param, scale, lr, damping) is usable when every finished seed is finite; a *cell* is the settings
+  tried at one (param, scale). Its *grid optimum* is the usable setting of lowest mean objective over seeds. A
+  cell with no usable setting has **no optimum**: it says so in words, with the fix, and nothing is computed
+  from it. An optimum at the lowest or highest value of a swept axis is *at the grid edge*; one whose next
+  larger lr (next smaller damping) diverged is *stability-bound*.
+- Along each swept axis (lr, damping; in log2, octaves) a cell's *valley* is fitted near its optimum
+  (muso_cli.valley: an asymmetric parabola, every seed pooled with its own offset, a parametric bootstrap for
+  the intervals): the *sub-grid optimum* x̂ with its interval.
+- The *transferred setting*: the one recorded in transfer.json, else the base cell's fitted optimum.
+- The *regret* at scale w: how much more the transferred setting loses than the best setting at w,
+  R_w = f̂_w(x_t) − min f̂_w, from the valley at w (plus, when x_t lies outside the fitted window, the paired
+  difference of the seeds' losses at x_t and at the grid optimum), summed over the swept axes, with its interval.
+- **The verdict**, per parameterization, against δ (``study.delta``: auto = max(``study.delta_relative`` × the
+  best loss at w, the base optimum's SD over seeds); the loss a transfer may cost): *fails* when the transferred
+  setting diverged on any seed at some scale, or some scale's regret interval lies wholly above δ;
+  *transfers* when every scale tried has its regret interval's upper end ≤ δ; else *undecided*, saying what
+  would decide it (how many more seeds, which points). The drift x̂_w − x̂_base (octaves, with its interval)
+  describes how the optimum moved; it does not decide.
+- *The scale law*: with fitted optima at ≥ 3 scales, log2 x̂_w = a + β·log2(w / base) by weighted least squares,
+  β's interval from the bootstrap draws, checked by leaving the largest scale out, and the prediction at any
+  scale (``transfer.lr=fit``).
 
-:func:`judge` returns all of it as one JSON-able object (what report.json holds and report.md and the terminal
-print first); :func:`cells` gives the cells alone (what ``muso transfer`` needs at the base width).
+Intervals are ``Settings.level`` (90%) percentile intervals of the valleys' parametric bootstrap
+(``Settings.resamples`` draws from numpy's default_rng(``Settings.seed``): the same results give the same
+report). What they rest on is said in words (:meth:`Settings.describe`); their coverage on known valleys is
+measured in tests/test_calibration.py and docs/verdicts.md.
 """
 from __future__ import annotations
 
@@ -45,40 +45,46 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from . import valley
+from .cells import Cell, cells, choose, fit_cells, fit_line, same_value, study_seeds, table
 from .errors import UsageError, check_positive, is_int, is_number, raise_all
-from .track import FAILED, FINAL_STATUSES
 
-AXES = ("lr", "damping")
-# The less stable side of each axis: a larger lr, a smaller damping. An optimum whose neighbour on that side
-# diverged is stability-bound; a cell whose every setting diverged is widened the other way.
-UNSTABLE_SIDE = {"lr": "above", "damping": "below"}
-WIDEN = {"lr": "study.lr downwards", "damping": "study.damping upwards"}
-DECIDED = ("transfers", "drifts")  # the other verdicts: undecided, no optimum
+DECIDED = ("transfers", "fails")  # the other verdicts: undecided, no optimum
+VERIFY_STEP = 0.5                 # octaves between verification points (transfer.verify)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The verdict's knobs (config keys study.tolerance and study.bootstrap.*)."""
+    """The verdict's knobs (config keys study.delta, study.delta_relative, study.tolerance, study.bootstrap.*)."""
 
-    tolerance: float = 0.5   # octaves: a drift within ±tolerance of the base width's optimum counts as transferred
-    level: float = 0.9       # coverage of every interval
-    resamples: int = 1000    # bootstrap resamples of the seeds
-    seed: int = 0            # seed of the resampling generator
+    delta: float | None = None       # the regret a transfer may cost, in the metric's units; None: auto
+    delta_relative: float = 0.01     # auto δ: at least this fraction of the best loss at the scale
+    tolerance: float = 0.5           # octaves: drift within ±tolerance is described as "stays"
+    level: float = 0.9               # two-sided level of every interval
+    resamples: int = 400             # bootstrap draws per fitted valley
+    seed: int = 0                    # seed of the draws' generator
 
     def describe(self, seeds: int) -> str:
-        """The interval, in words (printed under the verdicts)."""
-        if seeds < 2:
-            return "1 seed: no interval."
-        return (f"Intervals: {self.level:.0%} paired percentile bootstrap over {seeds} seeds ({self.resamples} "
-                f"resamples, numpy default_rng({self.seed})), each optimum placed within half a grid step of its "
-                f"grid point; in octaves (log2). Tolerance: ±{self.tolerance:g} octave.")
+        """What the intervals rest on, in words (printed under the verdicts)."""
+        delta = f"δ = {self.delta:g}" if self.delta is not None else (
+            f"δ = max({self.delta_relative:g} × the best loss at each width, the base optimum's SD over seeds)")
+        return (f"Intervals: {self.level:.0%} parametric-bootstrap intervals of the fitted valleys ({self.resamples} "
+                f"draws, numpy default_rng({self.seed})), resting on {seeds} seed{'s' if seeds != 1 else ''} and the "
+                f"points near each optimum: each seed an offset, the rest Gaussian noise of the residuals' SD "
+                f"(coverage measured on known valleys: docs/verdicts.md). {delta}.")
 
 
 def parse_settings(study) -> Settings:
-    """study.tolerance and study.bootstrap.* as Settings, or UsageError naming the key."""
+    """study.delta, study.delta_relative, study.tolerance and study.bootstrap.* as Settings, or UsageError naming
+    the key."""
     b = study.get("bootstrap") or {}
-    level, resamples, seed = b.get("level", 0.9), b.get("resamples", 1000), b.get("seed", 0)
+    level, resamples, seed = b.get("level", 0.9), b.get("resamples", 400), b.get("seed", 0)
+    delta = study.get("delta", "auto")
     raise_all([
+        None if delta == "auto" or (is_number(delta) and delta > 0) else UsageError(
+            "study.delta", f"must be auto or a number > 0 (the loss a transfer may cost), got {delta!r}.",
+            "e.g. study.delta=auto or study.delta=0.005."),
+        check_positive("study.delta_relative", study.get("delta_relative", 0.01)),
         check_positive("study.tolerance", study.get("tolerance", 0.5)),
         None if is_number(level) and 0 < level < 1 else UsageError(
             "study.bootstrap.level", f"must be a number in (0, 1), got {level!r}.", "e.g. study.bootstrap.level=0.9."),
@@ -86,418 +92,329 @@ def parse_settings(study) -> Settings:
         None if is_int(seed) else UsageError("study.bootstrap.seed", f"must be an integer, got {seed!r}.",
                                              "e.g. study.bootstrap.seed=0."),
     ])
-    return Settings(float(study.get("tolerance", 0.5)), float(level), int(resamples), int(seed))
+    return Settings(None if delta == "auto" else float(delta), float(study.get("delta_relative", 0.01)),
+                    float(study.get("tolerance", 0.5)), float(level), int(resamples), int(seed))
 
 
 # ------------------------------------------------------------------------------------------------------
-# Cells: the grid tried at one (param, width)
+# The transferred setting, its regret, the verdict
 
-def _same(a: np.ndarray, b: float) -> np.ndarray:
-    """Elementwise a == b for grid values, NaN equal to NaN (the damping of an undamped optimizer)."""
-    return np.isclose(a, b, rtol=1e-9, atol=0) | (np.isnan(a) & math.isnan(b))
-
-
-class Cell:
-    """The settings tried at one (param, width), their scores per seed, the optimum and the grid around it.
-
-    ``seeds``: the study's seed list (the columns of the score matrix, shared by every cell so that bootstrap
-    draws stay paired). Arrays over the G settings with at least one finished seed ("tried"):
-    ``lr``, ``damping`` (G,); ``scores`` (G, len(seeds)) objective per seed (NaN: not finished); ``mean`` (G,).
-    """
-
-    def __init__(self, param: str, width: int, rows: pd.DataFrame, seeds: list[int]):
-        self.param, self.width = str(param), int(width)
-        column = {s: i for i, s in enumerate(seeds)}
-        self.counts = {"settings": 0, "finite": 0, "diverged": 0, "failed": 0, "unfinished": 0}
-        lrs, dampings, scores = [], [], []
-        for (lr, damping), g in rows.groupby(["lr", "damping"], dropna=False, sort=True):
-            self.counts["settings"] += 1
-            finished = g[g.status.isin(FINAL_STATUSES)]
-            if finished.empty:
-                self.counts["failed" if (g.status == FAILED).any() else "unfinished"] += 1
-                continue
-            row = np.full(len(seeds), np.nan)
-            for seed, value in zip(finished.seed, finished.objective):
-                row[column[int(seed)]] = value
-            lrs.append(float(lr))
-            dampings.append(float(damping))
-            scores.append(row)
-        self.lr, self.damping = np.array(lrs), np.array(dampings)
-        self.scores = np.array(scores).reshape(len(lrs), len(seeds))
-        self.mean = _means(self.scores)
-        self.counts["finite"] = int(np.isfinite(self.mean).sum())
-        self.counts["diverged"] = int(np.isinf(self.mean).sum())
-        finite = np.isfinite(self.mean)
-        self.best = int(np.argmin(np.where(finite, self.mean, np.inf))) if finite.any() else None
-        self.swept = [a for a in AXES if len(np.unique(self.values(a)[~np.isnan(self.values(a))])) >= 2]
-        self.geometry = {a: _geometry(self.log2(a), self.values(_other(a))) for a in self.swept}
-
-    def values(self, axis: str) -> np.ndarray:
-        return self.lr if axis == "lr" else self.damping
-
-    def log2(self, axis: str) -> np.ndarray:
-        """log2 of the axis' values, to 1e-9 octave: grid values carry 12 digits, and a step of 0.25 octave should
-        read 0.25, not 0.2500000000006, when it is compared with a tolerance."""
-        return np.round(np.log2(self.values(axis)), 9)
-
-    @property
-    def n_settings(self) -> int:
-        return self.counts["settings"]
-
-    # --- the optimum (all seeds) ---------------------------------------------------------------------
-    def axis(self, axis: str) -> dict:
-        """What the grid says about the optimum along ``axis``: its value, log2 value, the steps to its neighbours
-        (octaves; None at an edge), the edge it sits at, whether it is stability-bound, the sub-grid estimate."""
-        g, geo = self.best, self.geometry[axis]
-        x = float(self.log2(axis)[g])
-        cliff_neighbour = geo["line_" + UNSTABLE_SIDE[axis]][g]
-        return {"value": float(self.values(axis)[g]), "log2": x,
-                "step_below": _finite_or_none(geo["below"][g]), "step_above": _finite_or_none(geo["above"][g]),
-                "edge": "low" if geo["edge_low"][g] else "high" if geo["edge_high"][g] else None,
-                "stability_bound": bool(cliff_neighbour >= 0 and np.isinf(self.mean[cliff_neighbour])),
-                "subgrid_log2": self._parabola(axis)}
-
-    def _parabola(self, axis: str) -> float | None:
-        """log2 of the vertex of the parabola through the optimum and its two line neighbours, when both are finite
-        and the parabola opens upwards; else None."""
-        g, geo = self.best, self.geometry[axis]
-        lo, hi = geo["line_below"][g], geo["line_above"][g]
-        if lo < 0 or hi < 0 or not (np.isfinite(self.mean[lo]) and np.isfinite(self.mean[hi])):
-            return None
-        x = self.log2(axis)[[lo, g, hi]]
-        a, b, _ = np.polyfit(x, self.mean[[lo, g, hi]], 2)
-        return float(-b / (2 * a)) if a > 0 else None
-
-    def problem(self) -> UsageError | None:
-        """Why the cell has no optimum, as a UsageError naming the key to change and the fix; None when it has one."""
-        if self.best is not None:
-            return None
-        c, n, where = self.counts, self.counts["settings"], f"at width {self.width}"
-        if c["diverged"] == n:
-            problem = f"all {n} settings diverged {where}"
-        elif c["diverged"] + c["failed"] == n:
-            problem = f"all {n} settings diverged or failed {where} ({c['diverged']} diverged, {c['failed']} failed)"
+def _axis_regret(cell: Cell, axis: str, choice: dict, settings: Settings, rng: np.random.Generator) -> dict:
+    """The transferred setting's regret along ``axis`` at one cell, on the line through its other coordinate:
+    {value, draws, open (the valley is not bracketed: no upper bound), fit} or {why, decide} when unknown."""
+    other = "damping" if axis == "lr" else "lr"
+    want = choice.get(other)
+    ref = cell.values(other)
+    if want is not None and np.isfinite(ref).any() and not same_value(ref, want).any():
+        # the transferred other coordinate lies between grid values (a fitted optimum): the nearest line
+        tried = np.unique(ref[np.isfinite(ref)])
+        want = float(tried[np.argmin(np.abs(np.log2(tried) - math.log2(want)))])
+    on_line = np.flatnonzero(same_value(ref, math.nan if want is None else want))
+    x_t = math.log2(choice[axis])
+    verify = _verify_words(cell.scale)
+    more = f"more seeds (study.seeds=[{','.join(map(str, range(max(3, len(cell.seeds) + 1))))}])"
+    if not len(on_line):
+        return {"why": f"no setting with the transferred {other} was tried", "decide": [verify],
+                "needs": [{"kind": "verify", "width": cell.scale}]}
+    usable = on_line[np.isfinite(cell.mean[on_line])]
+    if not len(usable):
+        return {"why": "no setting on its line finished finite", "decide": [verify],
+                "needs": [{"kind": "verify", "width": cell.scale}]}
+    best = int(usable[np.argmin(cell.mean[usable])])
+    if best == cell.best and axis in cell.fits:  # the line through the optimum: fitted already
+        fit = cell.fits[axis]
+    else:
+        fit = fit_line(cell, axis, best, settings, rng, cell.noise, cell.ratios.get(axis)) if len(usable) >= 3 else None
+    if fit is not None and fit.covers(x_t):
+        return {"value": float(fit.shape(x_t)), "draws": fit.shape_draws(x_t) if fit.draws else None,
+                "open": not fit.bracketed, "fit": fit, "axis": axis}
+    xs = cell.log2(axis)[on_line]
+    x_best = cell.log2(axis)[best]
+    at_t = on_line[np.abs(xs - x_t) < 1e-6]
+    if len(at_t):
+        near = far = int(at_t[0])
+    else:  # between two tried settings on the same side of the optimum: the loss is monotone there
+        below, above = on_line[xs < x_t], on_line[xs > x_t]
+        lower = int(below[np.argmax(cell.log2(axis)[below])]) if len(below) else None
+        upper = int(above[np.argmin(cell.log2(axis)[above])]) if len(above) else None
+        if lower is not None and cell.log2(axis)[lower] >= x_best:     # x_t above the optimum's side
+            near, far = lower, upper
+        elif upper is not None and cell.log2(axis)[upper] <= x_best:   # x_t below it
+            near, far = upper, lower
         else:
-            problem = (f"no setting finished finite {where} ({c['diverged']} diverged, {c['failed']} failed, "
-                       f"{c['unfinished']} not finished)")
-        fixes, key = [], "study"
-        if c["unfinished"]:
-            fixes.append("finish the sweep (muso status <study> shows what is left)")
-        if c["failed"]:
-            fixes.append("see why trials failed (muso status <study> --list, result.json)")
-        if c["diverged"]:
-            swept = [a for a in AXES if a in self.swept] or ["lr"]
-            widen = "widen " + " or ".join(WIDEN[a] for a in swept)
-            if np.isfinite(self.damping).any() and "damping" not in swept:
-                widen += " or raise the damping"
-            fixes.append(widen)
-            if not (c["unfinished"] or c["failed"]):
-                key = f"study.{swept[0]}"
-        return UsageError(key, problem, "; ".join(fixes))
-
-    # --- resampled optima ----------------------------------------------------------------------------
-    def resampled_best(self, draws: np.ndarray) -> np.ndarray:
-        """The optimum's index under each resample (B,), −1 where no setting scores finite. ``draws``: (B, S)
-        how often each seed is drawn."""
-        return _argmin_finite(_means(self.scores, draws))
-
-    def resampled_scores(self, draws: np.ndarray) -> np.ndarray:
-        """(B, G) score of every setting under each resample."""
-        return _means(self.scores, draws)
-
-    def placement(self, axis: str, best: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(lower, upper) log2 ends within which each resample's optimum lies: its grid point ± half the step to
-        each neighbour (unbounded at a grid edge, and where a resample has no optimum)."""
-        geo, x = self.geometry[axis], self.log2(axis)
-        ok = best >= 0
-        g = np.where(ok, best, 0)
-        lower = np.where(ok, x[g] - geo["below"][g] / 2, -np.inf)
-        upper = np.where(ok, x[g] + geo["above"][g] / 2, np.inf)
-        return lower, upper
-
-    def find(self, lr: float, damping: float | None) -> int | None:
-        """Index of the tried setting (lr, damping), or None."""
-        hit = np.flatnonzero(_same(self.lr, lr) & _same(self.damping, math.nan if damping is None else damping))
-        return int(hit[0]) if len(hit) else None
-
-    def summary(self) -> dict:
-        """The cell as a JSON-able dict (the optimum's axes carry their interval once :func:`judge` adds it)."""
-        out: dict[str, Any] = {"param": self.param, "width": self.width, "counts": dict(self.counts)}
-        if self.best is None:
-            e = self.problem()
-            out.update(optimum=None, problem=e.problem, fix=e.fix)
-            return out
-        g = self.best
-        out["optimum"] = {"lr": float(self.lr[g]), "damping": _finite_or_none(self.damping[g]),
-                          "objective": float(self.mean[g]),
-                          "seeds": int(np.isfinite(self.scores[g]).sum()),
-                          "axes": {a: self.axis(a) for a in self.swept}}
-        return out
+            return {"why": f"the transferred {axis} was not tried here and lies outside the fitted points",
+                    "decide": [verify], "needs": [{"kind": "verify", "width": cell.scale}]}
+    lo_part = _paired(cell, axis, near, best, fit, settings, rng)
+    if lo_part is None:
+        return {"why": "no seed finished both the transferred setting and the best one", "decide": [more],
+                "needs": [{"kind": "seeds"}]}
+    hi_part = _paired(cell, axis, far, best, fit, settings, rng) if far is not None else None
+    tail = fit.shape(x_best) if fit else 0.0
+    return {"value": float(lo_part[0] + tail), "draws": lo_part[1],
+            "upper_draws": hi_part[1] if hi_part is not None else None,
+            "open": fit is None or not fit.bracketed or far is None, "fit": fit, "axis": axis}
 
 
-def _other(axis: str) -> str:
-    return "damping" if axis == "lr" else "lr"
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
-def _means(scores: np.ndarray, draws: np.ndarray | None = None) -> np.ndarray:
-    """Mean score over seeds, +inf where a (drawn) seed diverged, NaN where no (drawn) seed finished.
-
-    scores: (G, S). draws: (B, S) multiplicities of the seeds in each resample, or None for all seeds once.
-    Returns (G,) without draws, else (B, G)."""
-    weights = np.ones((1, scores.shape[1])) if draws is None else draws
-    finished, diverged = ~np.isnan(scores), np.isinf(scores)
-    n = weights @ finished.T
-    total = weights @ np.where(np.isfinite(scores), scores, 0.0).T
-    out = np.where((weights @ diverged.T) > 0, np.inf, np.where(n > 0, total / np.maximum(n, 1), np.nan))
-    return out[0] if draws is None else out
-
-
-def _argmin_finite(means: np.ndarray) -> np.ndarray:
-    """Per row, the index of the lowest finite value, −1 where none is finite. means: (B, G)."""
-    if means.shape[1] == 0:
-        return np.full(means.shape[0], -1)
-    masked = np.where(np.isfinite(means), means, np.inf)
-    best = np.argmin(masked, axis=1)
-    return np.where(np.isfinite(masked.min(axis=1)), best, -1)
-
-
-def _geometry(x: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
-    """Per setting, along one axis (x: log2 values; other: the other axis' values): steps to the nearest value
-    below / above on its line (falling back to the nearest value of the whole cell when the line has none; inf
-    at the cell's edge), the line neighbours' indices (−1: none) and the edge flags."""
-    n = len(x)
-    out = {"below": np.full(n, np.inf), "above": np.full(n, np.inf), "line_below": np.full(n, -1),
-           "line_above": np.full(n, -1), "edge_low": np.zeros(n, bool), "edge_high": np.zeros(n, bool)}
-    eps = 1e-9
-    for g in range(n):
-        line = np.flatnonzero(_same(other, other[g]))
-        for side, sign in (("below", -1), ("above", 1)):
-            on_line = [j for j in line if sign * (x[j] - x[g]) > eps]
-            in_cell = sign * (x - x[g]) > eps
-            if on_line:
-                j = min(on_line, key=lambda j: abs(x[j] - x[g]))
-                out["line_" + side][g] = j
-                out[side][g] = abs(x[j] - x[g])
-            elif in_cell.any():
-                out[side][g] = np.abs(x[in_cell] - x[g]).min()
-            out["edge_low" if side == "below" else "edge_high"][g] = not in_cell.any()
-    return out
-
-
-def cells(points: Iterable[dict] | pd.DataFrame, seeds: list[int] | None = None) -> dict[tuple[str, int], Cell]:
-    """Every (param, width) cell of a table of trial entries (see the module docstring for the columns)."""
-    df = _table(points)
-    if seeds is None:
-        seeds = study_seeds(df)
-    return {(str(p), int(w)): Cell(p, w, rows, seeds) for (p, w), rows in df.groupby(["param", "width"])}
-
-
-def study_seeds(df: pd.DataFrame) -> list[int]:
-    """The seeds with a finished trial somewhere in the study (sorted)."""
-    return sorted({int(s) for s in df.seed[df.status.isin(FINAL_STATUSES)]}) if len(df) else []
-
-
-def _table(points) -> pd.DataFrame:
-    df = pd.DataFrame(points, columns=["param", "width", "lr", "damping", "seed", "status", "objective"]) \
-        if not isinstance(points, pd.DataFrame) else points
-    return df.assign(damping=df.damping.astype(float), objective=df.objective.astype(float))
-
-
-def draws(n_seeds: int, settings: Settings) -> np.ndarray | None:
-    """(resamples, n_seeds): how often each seed is drawn in each bootstrap resample; None for fewer than 2 seeds."""
-    if n_seeds < 2:
+def _paired(cell: Cell, axis: str, g: int, best: int, fit, settings: Settings, rng: np.random.Generator
+            ) -> tuple[float, np.ndarray | None] | None:
+    """(the seeds' mean loss difference between setting ``g`` and the line's best, draws of it plus the fitted
+    loss of the best above the valley's minimum), or None when no seed finished both; draws None without a noise
+    estimate."""
+    both = np.isfinite(cell.scores[g]) & np.isfinite(cell.scores[best])
+    diff = (cell.scores[g] - cell.scores[best])[both]
+    if not len(diff):
         return None
-    rng = np.random.default_rng(settings.seed)
-    picks = rng.integers(0, n_seeds, size=(settings.resamples, n_seeds))
-    out = np.zeros((settings.resamples, n_seeds))
-    np.add.at(out, (np.arange(settings.resamples)[:, None], picks), 1)
-    return out
+    sd = float(np.std(diff, ddof=1)) if len(diff) >= 2 else (fit.sigma * math.sqrt(2) if fit and fit.sigma else None)
+    if sd is None or (fit is not None and not fit.draws):
+        return float(diff.mean()), None
+    draws = diff.mean() + sd / math.sqrt(len(diff)) * rng.standard_normal(settings.resamples)
+    return float(diff.mean()), draws + (fit.shape_draws(cell.log2(axis)[best]) if fit else 0.0)
 
 
-def _interval(lower: np.ndarray, upper: np.ndarray, level: float) -> list[float]:
-    """[(1 − level)/2 quantile of the lower ends, (1 + level)/2 quantile of the upper ends] (±inf: unbounded)."""
-    return [float(np.quantile(lower, (1 - level) / 2, method="inverted_cdf")),
-            float(np.quantile(upper, (1 + level) / 2, method="inverted_cdf"))]
+def regret(cell: Cell, choice: dict, axes: list[str], delta: float, settings: Settings,
+           rng: np.random.Generator) -> dict:
+    """The transferred setting's regret at one scale (summed over the swept ``axes``), with its interval and the
+    scale's verdict: fails (diverged, or the interval wholly above δ), transfers (its upper end ≤ δ), undecided
+    (with what would decide it)."""
+    out: dict[str, Any] = {"width": cell.scale, "delta": delta, "regret": None, "interval": None,
+                           "diverged": False, "verdict": "undecided", "why": "", "decide": [], "needs": []}
+    g = cell.find(choice["lr"], choice.get("damping"))
+    if g is not None and np.isinf(cell.mean[g]):
+        bad = int(np.isinf(cell.scores[g]).sum())
+        return {**out, "regret": math.inf, "diverged": True, "verdict": "fails",
+                "why": f"the transferred setting diverged on {bad} of {int(np.isfinite(cell.scores[g]).sum()) + bad} "
+                       f"seeds"}
+    if g is None:
+        flanked = _diverged_neighbours(cell, choice, axes)
+        if flanked:
+            return {**out, "regret": math.inf, "diverged": True, "verdict": "fails", "why": flanked}
+    if cell.best is None:
+        e = cell.problem()
+        return {**out, "why": e.problem, "decide": [e.fix], "needs": [{"kind": "cell"}]}
+    parts = [_axis_regret(cell, a, choice, settings, rng) for a in axes]
+    unknown = [p for p in parts if "value" not in p]
+    if unknown:
+        return {**out, "why": "; ".join(p["why"] for p in unknown),
+                "decide": list(dict.fromkeys(d for p in unknown for d in p["decide"])),
+                "needs": [n for p in unknown for n in p["needs"]]}
+    value = sum(p["value"] for p in parts)
+    if any(p["draws"] is None for p in parts):
+        more = f"more seeds (study.seeds=[{','.join(map(str, range(max(3, len(cell.seeds) + 1))))}])"
+        return {**out, "regret": value, "why": f"regret {value:.4g}, no interval (one seed, no residual to tell "
+                f"the noise)", "decide": [more], "needs": [{"kind": "seeds"}]}
+    draws = np.sum([p["draws"] for p in parts], axis=0)
+    lo, hi = valley.quantiles(draws, settings.level)
+    lo = max(lo, 0.0)
+    is_open = any(p["open"] for p in parts)
+    if is_open:
+        hi = math.inf
+    elif any(p.get("upper_draws") is not None for p in parts):  # bounded above by the farther neighbour
+        upper = np.sum([p["upper_draws"] if p.get("upper_draws") is not None else p["draws"] for p in parts], axis=0)
+        hi = valley.quantiles(upper, settings.level)[1]
+    out.update(regret=value, interval=[lo, hi], open=is_open)
+    if lo > delta:
+        return {**out, "verdict": "fails", "why": f"regret {value:.4g} [{lo:.4g}, {_num(hi)}] > δ {delta:.4g}"}
+    if hi <= delta:
+        return {**out, "verdict": "transfers", "why": f"regret {value:.4g} [{lo:.4g}, {hi:.4g}] ≤ δ {delta:.4g}"}
+    if is_open:
+        opened = next(p for p in parts if p["open"])
+        if opened["fit"] is not None:
+            x = _beyond(opened["fit"])
+            decide = [f"{opened['axis']} 2^{x:.4g} at width {cell.scale}, past the tried points where the loss still "
+                      "falls (muso refine <study>)"]
+            needs = [{"kind": "point", "width": cell.scale, "axis": opened["axis"], "log2": x}]
+        else:
+            decide, needs = [_verify_words(cell.scale)], [{"kind": "verify", "width": cell.scale}]
+    else:
+        words, n = _seeds_words(len(cell.seeds), value, lo, hi, delta)
+        decide, needs = [words], [{"kind": "seeds", "seeds": n}]
+    return {**out, "why": f"regret {value:.4g} [{lo:.4g}, {_num(hi)}] straddles δ {delta:.4g}", "decide": decide,
+            "needs": needs}
+
+
+def _diverged_neighbours(cell: Cell, choice: dict, axes: list[str]) -> str | None:
+    """Why an untried transferred setting counts as diverged: along some swept axis the nearest settings tried on
+    both sides of it (its other coordinate held) diverged; else None."""
+    for axis in axes:
+        other = "damping" if axis == "lr" else "lr"
+        want = choice.get(other)
+        on = np.flatnonzero(same_value(cell.values(other), math.nan if want is None else want))
+        x, x_t = cell.log2(axis)[on], math.log2(choice[axis])
+        below, above = on[x < x_t], on[x > x_t]
+        if len(below) and len(above):
+            lo, hi = below[np.argmax(x[x < x_t])], above[np.argmin(x[x > x_t])]
+            if np.isinf(cell.mean[lo]) and np.isinf(cell.mean[hi]):
+                return (f"the transferred {axis} was not tried, and the settings either side of it "
+                        f"({axis} 2^{cell.log2(axis)[lo]:.4g} and 2^{cell.log2(axis)[hi]:.4g}) diverged")
+    return None
+
+
+def _verify_words(scale: int) -> str:
+    return (f"verification points around the transferred setting at width {scale} (muso transfer <study> "
+            f"transfer.widths=[{scale}], transfer.verify=3)")
+
+
+def _beyond(fit: valley.Valley) -> float:
+    """Where the next point would bracket an open valley: VERIFY_STEP octaves past the tried end towards which the
+    loss still falls (log2)."""
+    low_side = fit.x_hat < 0.5 * (fit.window[0] + fit.window[1])
+    return fit.window[0] - VERIFY_STEP if low_side else fit.window[1] + VERIFY_STEP
+
+
+def _seeds_words(seeds: int, value: float, lo: float, hi: float, delta: float) -> tuple[str, int | None]:
+    """(how many seeds would make the interval clear δ if the estimate stays where it is (its half-width shrinks
+    as 1/√seeds), in words; that number, None when more seeds cannot decide it cheaply)."""
+    half = (hi - value) if value <= delta else (value - lo)
+    margin = abs(value - delta)
+    needed = math.ceil(max(seeds, 1) * (half / margin) ** 2) if margin > 1e-12 and half > 0 else None
+    if needed is None or needed > 50:
+        return (f"the regret {value:.4g} is within noise of δ {delta:.4g}: more seeds cannot decide it cheaply "
+                f"(set study.delta if a loss of {value:.2g} is acceptable)", None)
+    return f"about {needed} seeds in all (study.seeds=[0,...,{needed - 1}]; {seeds} now)", needed
+
+
+def _num(x: float) -> str:
+    return "+inf" if math.isinf(x) else f"{x:.4g}"
 
 
 # ------------------------------------------------------------------------------------------------------
-# The verdict
+# The verdict object
 
-def judge(points: Iterable[dict] | pd.DataFrame, base_width: int, settings: Settings = Settings(),
-          transfers: dict | None = None) -> dict:
-    """The verdict object: {settings, seeds, interval (in words), base_width, cells: [...], params: {param: ...}}.
+def judge(points: Iterable[dict] | pd.DataFrame, base: int, settings: Settings = Settings(),
+          transfers: dict | None = None, scale: str = "width") -> dict:
+    """The verdict object: {settings, seeds, interval (in words), base_width, scale, cells: [...], params: {...}}.
 
-    Per parameterization: ``verdict`` (transfers | drifts | undecided | no optimum), ``sentence`` (one sentence,
-    what report.md and the terminal print first), ``axes`` ({lr, damping}: verdict and the drift per width with its
-    interval, what would decide it), ``regret`` (per width, with its interval) and ``decide`` (all suggestions).
-    Octave values are log2; ±inf interval ends (null in JSON) are unbounded. ``transfers``: transfer.json's
-    choices ({param: {lr, damping}}), whose regret is measured; the base optimum stands in where none is recorded.
-    """
-    df = _table(points)
+    Per parameterization: ``verdict`` (transfers | fails | undecided | no optimum), ``sentence`` (what report.md
+    and the terminal print first), ``transferred`` (the setting and where it comes from), ``delta``, ``regret``
+    (per scale: value, interval, verdict, why, what would decide it), ``drift`` (per axis and scale, octaves,
+    with intervals), ``law`` (per axis, with ≥ 3 fitted scales) and ``decide``. ±inf interval ends (null in
+    JSON) are unbounded. ``transfers``: transfer.json's choices ({param: {lr, damping}}), whose regret is
+    measured; the base cell's fitted optimum (:func:`choose`) stands in where none is recorded."""
+    df = table(points, scale)
     seeds = study_seeds(df)
-    boot = draws(len(seeds), settings)
-    grid = cells(df, seeds)
-    best = {key: c.resampled_best(boot) for key, c in grid.items()} if boot is not None else {}
-    summaries = []
-    for key, c in sorted(grid.items()):
-        s = c.summary()
-        if boot is not None and c.best is not None:
-            for a, info in s["optimum"]["axes"].items():
-                info["interval_log2"] = _interval(*c.placement(a, best[key]), settings.level)
-        summaries.append(s)
-    params = {p: _judge_param(p, grid, best, boot, base_width, settings, (transfers or {}).get(p))
+    grid = cells(df, seeds, scale="scale")
+    fit_cells(grid, settings, base)
+    rng = np.random.default_rng(settings.seed + 1)
+    params = {p: _judge_param(p, grid, base, settings, (transfers or {}).get(p), rng)
               for p in sorted({k[0] for k in grid})}
-    return {"settings": {"tolerance_octaves": settings.tolerance, "level": settings.level,
+    summaries = [c.summary(settings.level) for _, c in sorted(grid.items())]
+    return {"settings": {"delta": settings.delta, "delta_relative": settings.delta_relative,
+                         "tolerance_octaves": settings.tolerance, "level": settings.level,
                          "resamples": settings.resamples, "seed": settings.seed},
-            "seeds": len(seeds), "interval": settings.describe(len(seeds)), "base_width": int(base_width),
+            "seeds": len(seeds), "interval": settings.describe(len(seeds)), "base_width": int(base), "scale": scale,
             "cells": summaries, "params": params}
 
 
-def _judge_param(param: str, grid: dict, best: dict, boot, base_width: int, settings: Settings,
-                 choice: dict | None) -> dict:
-    base = grid.get((param, base_width))
-    if base is None or base.best is None:
-        e = base.problem() if base is not None else UsageError("study", f"no trial at width {base_width}",
-                                                                 "run muso sweep")
-        problem, fix = e.problem.replace(f"at width {base_width}", f"at the base width {base_width}"), e.fix
-        return {"param": param, "verdict": "no optimum", "axes": {}, "regret": [], "decide": [fix],
-                "sentence": f"{param}: no optimum — {problem}: {fix}; no transfer and no drift."}
-    widths = sorted(w for (p, w), c in grid.items() if p == param and w != base_width and c.n_settings >= 2)
-    axes = {a: _judge_axis(a, base, [grid[param, w] for w in widths], best, boot, settings) for a in base.swept}
-    if choice is None:
-        choice = {"lr": float(base.lr[base.best]), "damping": _finite_or_none(base.damping[base.best])}
-    regret = [r for w in widths if (r := _regret(grid[param, w], choice, best.get((param, w)), boot, settings))]
-    verdicts = [ax["verdict"] for ax in axes.values()]
-    if not axes:
-        verdict, phrases = "undecided", ["no lr or damping grid at the base width"]
-        decide = ["an lr grid (study.lr=log2:-8:0)"]
-    elif not widths:
-        verdict = "undecided"
-        phrases = [f"no {' or '.join(axes)} grid above the base width {base_width}"]
-        decide = [f"the grid at several widths (study.widths=[{base_width},{4 * base_width},{16 * base_width}])"]
-    else:
-        verdict = "drifts" if "drifts" in verdicts else "transfers" if set(verdicts) == {"transfers"} else "undecided"
-        phrases = [ax["phrase"] for ax in axes.values()]
-        decide = list(dict.fromkeys(d for ax in axes.values() for d in ax["decide"]))
-    sentence = f"{param}: {verdict} — " + "; ".join(phrases)
-    if regret:
-        sentence += "; " + _regret_phrase(regret[-1])
-    if verdict == "undecided" and decide:
-        sentence += "; " + " or ".join(decide) + " would decide it"
-    return {"param": param, "verdict": verdict, "sentence": sentence + ".", "axes": axes, "regret": regret,
-            "decide": decide, "transferred": {"lr": choice["lr"], "damping": choice.get("damping")}}
+def delta_for(base_cell: Cell, cell: Cell, settings: Settings) -> float:
+    """δ at ``cell``'s scale: study.delta, or max(delta_relative × the best loss there, the base optimum's SD over
+    seeds)."""
+    if settings.delta is not None:
+        return settings.delta
+    g = base_cell.best
+    finite = base_cell.scores[g][np.isfinite(base_cell.scores[g])]
+    sd = float(np.std(finite, ddof=1)) if len(finite) >= 2 else 0.0
+    best = cell.mean[cell.best] if cell.best is not None else base_cell.mean[g]
+    fits = [f for f in cell.fits.values() if f is not None]
+    level = min([f.level for f in fits], default=best)
+    return max(settings.delta_relative * abs(level), sd)
 
 
-def _judge_axis(axis: str, base: Cell, others: list[Cell], best: dict, boot, settings: Settings) -> dict:
-    """Drift of the optimum along ``axis`` at each width against the base cell, and the axis' verdict."""
-    tol, name = settings.tolerance, f"{axis}*"
-    x0 = base.axis(axis)
-    rows = []
-    for c in others:
-        row: dict[str, Any] = {"width": c.width}
-        if c.best is None:
-            e = c.problem()
-            rows.append({**row, "verdict": "undecided", "why": e.problem, "decide": [e.fix]})
-            continue
-        if axis not in c.swept:
-            continue
-        xw = c.axis(axis)
-        row.update(value=xw["value"], drift=xw["log2"] - x0["log2"], edge=xw["edge"],
-                   stability_bound=xw["stability_bound"])
-        if boot is None:
-            rows.append({**row, "interval": None, "verdict": "undecided", "why": "1 seed: no interval",
-                         "decide": ["more seeds (study.seeds=[0,1,2])"]})
-            continue
-        b0, bw = best[base.param, base.width], best[c.param, c.width]
-        lo0, hi0 = base.placement(axis, b0)
-        low, hiw = c.placement(axis, bw)
-        lo, hi = _interval(low - hi0, hiw - lo0, settings.level)
-        grid_drift = _grid_log2(c, axis, bw) - _grid_log2(base, axis, b0)
-        seed_lo, seed_hi = _interval(grid_drift, grid_drift, settings.level)
-        row.update(interval=[lo, hi], seed_interval=[seed_lo, seed_hi])
-        if -tol <= lo and hi <= tol:
-            rows.append({**row, "verdict": "transfers"})
-        elif lo > tol or hi < -tol:
-            rows.append({**row, "verdict": "drifts"})
-        else:
-            decide = []
-            for cell, info in ((base, x0), (c, xw)):
-                if info["edge"]:
-                    side = "below" if info["edge"] == "low" else "above"
-                    decide.append(f"a wider grid ({axis} {side} 2^{info['log2']:.4g} at width {cell.width})")
-            # the seeds alone decide clearly (off the band's edges), but not once each optimum is placed within
-            # half a grid step: the grid's resolution leaves it open; else the seeds' spread does (too)
-            seeds_decide = (-tol < seed_lo and seed_hi < tol) or seed_lo > tol or seed_hi < -tol
-            steps = [s for info in (x0, xw) for s in (info["step_below"], info["step_above"]) if s is not None]
-            if not decide and (seeds_decide or (steps and max(steps) > tol)):
-                decide.append("a finer grid near the optimum (muso refine)")
-            if not seeds_decide:
-                decide.append("more seeds")
-            rows.append({**row, "verdict": "undecided", "why": f"interval {fmt_interval(lo, hi)} crosses ±{tol:g}",
-                         "decide": decide})
+def _judge_param(param: str, grid: dict, base: int, settings: Settings, choice: dict | None,
+                 rng: np.random.Generator) -> dict:
+    base_cell = grid.get((param, base))
+    if base_cell is None or base_cell.best is None:
+        e = base_cell.problem() if base_cell is not None else UsageError("study", f"no trial at width {base}",
+                                                                         "run muso sweep")
+        problem, fix = e.problem.replace(f"at width {base}", f"at the base width {base}"), e.fix
+        return {"param": param, "verdict": "no optimum", "regret": [], "drift": {}, "law": {}, "decide": [fix],
+                "transferred": None, "sentence": f"{param}: no optimum — {problem}: {fix}; no transfer and no drift."}
+    chosen = choose(base_cell)
+    if choice is not None:
+        chosen = {"lr": float(choice["lr"]), "damping": choice.get("damping"),
+                  "source": choice.get("source", "transfer.json")}
+    axes = list(base_cell.swept)
+    others = [grid[p, w] for p, w in sorted(grid) if p == param and w != base]
+    rows = [regret(c, chosen, axes or ["lr"], delta_for(base_cell, c, settings), settings, rng) for c in others
+            if c.n_settings]
+    drift = {a: _drift(base_cell, others, a, settings.level) for a in axes}
+    law_by_axis = {a: _law(base_cell, others, a, base, settings.level) for a in axes}
     verdicts = [r["verdict"] for r in rows]
-    drifting = [r for r in rows if r["verdict"] == "drifts"]
-    if drifting:
-        r = max(drifting, key=lambda r: abs(r["drift"]))
-        way = "down" if r["drift"] < 0 else "up"
-        unbounded = math.isinf(r["interval"][0]) or math.isinf(r["interval"][1])
-        by = (f"at least {abs(r['interval'][1] if r['drift'] < 0 else r['interval'][0]):.2f}" if unbounded
-              else f"{abs(r['drift']):.2f}")
-        phrase = (f"{name} moves {way} by {by} octaves by width {r['width']} (interval {fmt_interval(*r['interval'])}, "
-                  f"wholly outside ±{tol:g}" + ("; at the grid edge)" if r["edge"] else ")"))
-        verdict = "drifts"
+    if "fails" in verdicts:
+        verdict = "fails"
     elif rows and set(verdicts) == {"transfers"}:
-        r = rows[-1]
-        phrase = (f"{name} within ±{tol:g} octave of the base at every width (at {r['width']}: "
-                  f"{r['drift']:+.2f}, interval {fmt_interval(*r['interval'])})")
         verdict = "transfers"
-    elif not rows:
-        phrase, verdict = f"{name}: no grid of {axis} above the base width", "undecided"
     else:
-        undecided = [r for r in rows if r["verdict"] == "undecided"]
-        phrase = f"{name} " + ", ".join(f"at width {r['width']}: {r['why']}"
-                                        + (f" (grid drift {r['drift']:+.2f})" if "drift" in r else "")
-                                        for r in undecided)
         verdict = "undecided"
     decide = list(dict.fromkeys(d for r in rows if r["verdict"] == "undecided" for d in r["decide"]))
-    return {"verdict": verdict, "phrase": phrase, "base": x0, "widths": rows, "decide": decide}
-
-
-def _grid_log2(cell: Cell, axis: str, best: np.ndarray) -> np.ndarray:
-    """log2 grid value of each resample's optimum (NaN where a resample has none)."""
-    x = cell.log2(axis)
-    return np.where(best >= 0, x[np.where(best >= 0, best, 0)], np.nan)
-
-
-def _regret(cell: Cell, choice: dict, best: np.ndarray | None, boot, settings: Settings) -> dict | None:
-    """Score of ``choice`` at this width minus the cell's best score, with its interval (None when the choice was
-    not tried here)."""
-    g = cell.find(choice["lr"], choice.get("damping"))
-    if g is None:
-        return None
-    value = float(cell.mean[g] - cell.mean[cell.best]) if cell.best is not None else math.inf
-    out = {"width": cell.width, "regret": value, "diverged": bool(np.isinf(cell.mean[g])), "interval": None}
-    if boot is not None and cell.best is not None:
-        scores = cell.resampled_scores(boot)
-        rows = np.arange(len(best))
-        floor = np.where(best >= 0, scores[rows, np.where(best >= 0, best, 0)], np.nan)
-        diff = scores[:, g] - floor  # NaN where a resample drew no finished seed of the setting: unknown
-        out["interval"] = _interval(np.where(np.isnan(diff), 0.0, diff), np.where(np.isnan(diff), np.inf, diff),
-                                    settings.level)
+    if not rows:
+        decide = [f"the transferred setting trained at a larger width (muso transfer <study> "
+                  f"transfer.widths=[{4 * base},{16 * base}])"]
+    out = {"param": param, "verdict": verdict, "transferred": chosen, "regret": rows, "drift": drift,
+           "law": {a: law for a, law in law_by_axis.items() if law}, "decide": decide}
+    out["sentence"] = sentence(out, base)
     return out
 
 
-def _regret_phrase(r: dict) -> str:
-    head = f"regret of the transferred setting at width {r['width']}: "
-    if r["diverged"]:
-        return head + "diverged"
-    interval = ("1 seed: no interval" if r["interval"] is None
-                else f"interval {fmt_interval(*r['interval'], octaves=False)}")
-    return head + f"{r['regret']:.4g} ({interval})"
+def _drift(base_cell: Cell, others: list[Cell], axis: str, level: float) -> list[dict]:
+    """Per scale with a fitted optimum along ``axis``: x̂_w − x̂_base (octaves) with its interval."""
+    b = base_cell.fits.get(axis)
+    rows = []
+    for c in others:
+        f = c.fits.get(axis)
+        if b is None or f is None:
+            continue
+        interval = None
+        if b.draws and f.draws:
+            lo, hi = valley.quantiles(f.draws["x_hat"] - b.draws["x_hat"], level)
+            if not f.bracketed:
+                lo, hi = (lo, math.inf) if f.x_hat > 0.5 * (f.window[0] + f.window[1]) else (-math.inf, hi)
+            interval = [lo, hi]
+        rows.append({"width": c.scale, "drift": f.x_hat - b.x_hat, "interval": interval, "bracketed": f.bracketed})
+    return rows
+
+
+def _law(base_cell: Cell, others: list[Cell], axis: str, base: int, level: float) -> dict | None:
+    """The scale law of the optimum along ``axis`` from every cell with a bracketed fit (None with fewer than 3)."""
+    from . import law
+
+    fitted = [c for c in [base_cell, *others] if c.fits.get(axis) is not None and c.fits[axis].bracketed
+              and c.fits[axis].draws]
+    return law.fit([c.scale for c in fitted], base, [c.fits[axis].x_hat for c in fitted],
+                   [c.fits[axis].draws["x_hat"] for c in fitted], level)
+
+
+def sentence(pv: dict, base: int) -> str:
+    """One sentence: the verdict, the evidence that decides it, how the optimum moved, what would decide it."""
+    name, t = pv["param"], pv["transferred"]
+    setting = f"lr {t['lr']:.4g}" + ("" if t.get("damping") is None else f", damping {t['damping']:.3g}")
+    rows = pv["regret"]
+    if pv["verdict"] == "fails":
+        worst = next(r for r in rows if r["verdict"] == "fails")
+        head = (f"{name}: fails — the transferred {setting} diverged at width {worst['width']}" if worst["diverged"]
+                else f"{name}: fails — the transferred {setting} costs {worst['regret']:.4g} "
+                     f"{fmt_interval(*worst['interval'], octaves=False)} > δ {worst['delta']:.4g} at width "
+                     f"{worst['width']}")
+    elif pv["verdict"] == "transfers":
+        last = rows[-1]
+        head = (f"{name}: transfers — the transferred {setting} costs at most δ at every width (at {last['width']}: "
+                f"{last['regret']:.4g} {fmt_interval(*last['interval'], octaves=False)} ≤ δ {last['delta']:.4g})")
+    else:
+        why = "; ".join(f"at width {r['width']}: {r['why']}" for r in rows if r["verdict"] == "undecided")
+        head = f"{name}: undecided — " + (why or "the transferred setting has not been trained above the base width")
+    parts = [head]
+    lr_drift = pv["drift"].get("lr") or []
+    if lr_drift:
+        d = lr_drift[-1]
+        parts.append(f"lr* moved {d['drift']:+.2f} octaves "
+                     f"{fmt_interval(*d['interval']) if d['interval'] else '(no interval)'} by width {d['width']}")
+    law = pv["law"].get("lr")
+    if law:
+        lo, hi = law["beta_interval"]
+        parts.append(f"lr* ∝ width^β with β = {law['beta']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                     + (" (contains 0)" if lo <= 0 <= hi else " (excludes 0)"))
+    if pv["verdict"] == "undecided" and pv["decide"]:
+        parts.append(" or ".join(pv["decide"]) + " would decide it")
+    return "; ".join(parts) + "."
 
 
 def fmt_interval(lo: float, hi: float, octaves: bool = True) -> str:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import launch, track, verdict
 from .config import compose, to_container
-from .errors import UsageError, parse_widths, raise_all
+from .errors import UsageError, check_one_of, check_positive, parse_widths, raise_all
 from .study import plan, trust
 from .study.results import points
 from .study.spec import StudySpec, parse_metric, parse_spec
@@ -214,11 +214,9 @@ def plan_transfer(path: str, overrides: list[str], *, allow_edge: bool = False, 
     UsageError per problem, before anything is written) a parameterization without a finite optimum at the base
     width, and an optimum at the grid edge unless ``allow_edge``."""
     study, cfg, spec = open_for_planning(path, overrides, "transfer", trust_it=trust_it)
-    if cfg.transfer.widths is None:
-        raise UsageError("transfer.widths", "transfer needs the target widths.", "e.g. transfer.widths=[256,1024,2048].")
-    widths = parse_widths("transfer.widths", cfg.transfer.widths, cfg.model.base_width)
+    widths, rule, verify, step = parse_transfer(cfg)
     params, base = spec.grid.params, cfg.model.base_width
-    best = plan.select_best(study, spec.metric, base)
+    best = plan.select_best(study, spec.metric, base, spec.settings)
     usable = [p for p in params if best.get(p, {}).get("lr") is not None]
     refusals = []
     for param in params:  # a transfer needs a finite optimum at the base width: refuse before launching
@@ -242,8 +240,45 @@ def plan_transfer(path: str, overrides: list[str], *, allow_edge: bool = False, 
                                  f"widen study.{axis} {'below' if side == 'low' else 'above'} {b[axis]:.4g} "
                                  f"(muso refine {study.path} extends it), or pass --allow-edge to transfer it anyway.")
             notes.append(f"{problem} Transferring it anyway (--allow-edge).")
-    trials = plan.plan_transfer(study, best, widths, spec.grid.seeds, runtime=to_container(cfg))
+    if rule == "fit":
+        _law_choices(study, spec, base, best, widths)
+    trials = plan.plan_transfer(study, best, widths, spec.grid.seeds, runtime=to_container(cfg), verify=verify,
+                                step=step)
     return TransferPlan(study, cfg, spec, best, widths, trials, notes)
+
+
+def parse_transfer(cfg: DictConfig) -> tuple[list[int], str, int, float]:
+    """(transfer.widths, transfer.lr: base | fit, transfer.verify: points per target width, transfer.verify_step:
+    octaves between them), or UsageError(s) naming the key."""
+    t = cfg.transfer
+    if t.widths is None:
+        raise UsageError("transfer.widths", "transfer needs the target widths.", "e.g. transfer.widths=[256,1024,2048].")
+    widths = parse_widths("transfer.widths", t.widths, cfg.model.base_width)
+    raise_all([check_one_of("transfer.lr", t.get("lr", "base"), ("base", "fit")),
+               check_positive("transfer.verify", t.get("verify", 3), integer=True),
+               check_positive("transfer.verify_step", t.get("verify_step", 0.5))])
+    return widths, t.get("lr", "base"), int(t.get("verify", 3)), float(t.get("verify_step", 0.5))
+
+
+def _law_choices(study: Study, spec: StudySpec, base: int, best: dict, widths: list[int]) -> None:
+    """transfer.lr=fit: each parameterization's lr at every target width from its width law (muso_cli.law), to
+    1/8 octave, into ``best[param]["lr_by_width"]``; UsageError where a parameterization has no law."""
+    from . import law
+
+    judged = verdict.judge(points(study, spec.metric), base, spec.settings, study.transfers())
+    problems = []
+    for param, choice in best.items():
+        fitted = judged["params"].get(param, {}).get("law", {}).get("lr")
+        if fitted is None:
+            problems.append(UsageError("transfer.lr", f"{param}: transfer.lr=fit needs lr* fitted (a bracketed valley) "
+                                       f"at {law.MIN_SCALES} widths or more, and the study has fewer.",
+                                       "sweep the lr grid at more widths (muso sweep ... study.widths=[...]) or use "
+                                       "transfer.lr=base."))
+            continue
+        choice["lr_by_width"] = {str(w): float(f"{2.0 ** (round(law.predict(fitted, w, base) * 8) / 8):.12g}")
+                                 for w in widths}
+        choice["source"] = f"width law (β = {fitted['beta']:+.2f})"
+    raise_all(problems)
 
 
 def write_transfer(transfer: TransferPlan) -> list[Trial]:
@@ -283,15 +318,18 @@ class Refinement:
         spec, study = self.spec, self.study
         base = self.cfg.model.base_width
         self.judged = verdict.judge(points(study, spec.metric), base, spec.settings, study.transfers())
-        open_params = [p for p in spec.grid.params  # a decided verdict needs no finer grid
+        open_params = [p for p in spec.grid.params  # a decided verdict needs no more points
                        if self.judged["params"].get(p, {}).get("verdict") not in verdict.DECIDED]
-        planned, self.notes = plan.plan_refine(study, spec.metric, open_params, spec.refine_to, spec.grid.seeds,
-                                               runtime=to_container(self.cfg))
+        judged = {**self.judged, "params": {p: pv for p, pv in self.judged["params"].items() if p in open_params}}
+        verify, step = int(self.cfg.transfer.get("verify", 3)), float(self.cfg.transfer.get("verify_step", 0.5))
+        planned, self.notes = plan.plan_refine(study, spec.metric, judged, spec.refine_to, spec.grid.seeds,
+                                               runtime=to_container(self.cfg), verify=verify, step=step)
         to_run = {t.id for t in planned if study.status(t) not in track.FINAL_STATUSES}
         elapsed = f"{self.used} trials run in {time.time() - self.started:.0f} s"
         if not to_run:
             reason = ("every verdict is decided" if not open_params else
-                      f"every optimum is resolved to {spec.refine_to:g} octave or has no optimum to refine around")
+                      f"every optimum is resolved to {spec.refine_to:g} octave and no other point would decide "
+                      f"{', '.join(open_params)} (the notes say what would)")
             self.stopped = f"done after {self.rounds} round(s), {elapsed}: {reason}."
             return None
         left = spec.refine_budget - self.used

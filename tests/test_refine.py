@@ -75,18 +75,37 @@ def test_refine_stops_before_a_round_that_exceeds_the_budget(tmp_path, capsys):
 
 
 def test_a_decided_verdict_is_not_refined_further(tmp_path, capsys):
-    """sp's optimum moves 3 octaves by width 32 (decided even on an octave grid); somup's stays (undecided on an
-    octave grid): only somup's cells are refined. At the base width the new runs are sp's too (one run serves
-    every parameterization there), so both base cells stay the same grid."""
+    """sp's optimum moves 3 octaves by width 32: the transferred lr costs far more than δ there (fails, decided
+    even on an octave grid); somup's stays, but its points scatter by about δ (undecided): only somup's cells are
+    refined. At the base width the new runs are sp's too (one run serves every parameterization there), so both
+    base cells stay the same grid."""
     def moved(p, w, lr, d, s):
-        return parabola(-0.3 if (p, w) == ("sp", 32) else -3.3)(lr) + 0.001 * s
-    study = make(tmp_path, moved, "study.lr=log2:-6:1", "study.widths=[16,32]", "study.seeds=[0,1]")
+        scatter = 0.0003 * math.sin(1000 * lr + 7 * s + w) if p == "somup" else 0.0
+        return parabola(-0.3 if (p, w) == ("sp", 32) else -3.3)(lr) + 0.001 * s + scatter
+    study = make(tmp_path, moved, "study.lr=log2:-6:1", "study.widths=[16,32]", "study.seeds=[0,1]",
+                 "study.delta=0.0002")
     assert main(["refine", str(study.path), "--no-launch"]) == 0
     assert "for somup" in capsys.readouterr().out
     refined = [t for t in study.trials() if t.phase == "refine"]
     assert {(t.param, t.width) for t in refined} == {("somup", 16), ("somup", 32), ("sp", 16)}
     base = {p: {t.id for t in refined if (t.param, t.width) == (p, 16)} for p in ("sp", "somup")}
     assert base["sp"] == base["somup"] and len(base["sp"]) == 4  # 2 new lrs × 2 seeds, run once
+
+
+def test_refine_adds_the_point_past_an_open_valley(tmp_path, capsys):
+    """At width 32 the three verification points still fall towards small lr: the verdict asks for the point half
+    an octave past them, and refine plans exactly that (every seed), not a halving around the base optimum."""
+    study = make(tmp_path, outcome, "study.lr=log2:-6:-1:0.5", "study.params=[somup]", "study.seeds=[0,1]",
+                 "study.delta=0.01")
+    assert main(["transfer", str(study.path), "transfer.widths=[32]", "--no-launch"]) == 0
+    lr = study.transfers()["somup"]["lr"]
+    falling = parabola(math.log2(lr) - 1.2, curvature=0.005)
+    write_results(study, lambda p, w, x, d, s: falling(x) + 0.001 * s if w == 32 else outcome(p, w, x, d, s))
+    capsys.readouterr()
+    assert main(["refine", str(study.path), "--no-launch"]) == 0
+    new = [t for t in study.trials() if t.phase == "refine" and study.status(t) == track.PENDING]
+    assert {(t.width, round(math.log2(t.lr / lr), 6)) for t in new} == {(32, -1.0)}
+    assert sorted(t.seed for t in new) == [0, 1]
 
 
 @pytest.mark.slow
@@ -123,9 +142,9 @@ def test_a_second_sweep_that_adds_a_parameterization_and_a_seed_is_refined_and_t
     refined = {(t.param, t.width, t.seed) for t in study.trials() if t.phase == "refine"}
     assert {p for p, _, _ in refined} == {"sp", "somup"} and {s for _, _, s in refined} == {0, 1}
     capsys.readouterr()
-    assert main(["transfer", str(study.path), "transfer.widths=[32]", "--no-launch"]) == 0
-    plan = capsys.readouterr().out
-    assert "somup width    32: 1 lr [0.125] × 2 seeds" in plan and "sp width    32: 1 lr [0.125] × 2 seeds" in plan
+    assert main(["transfer", str(study.path), "transfer.widths=[32]", "transfer.verify=1", "--no-launch"]) == 0
+    plan = capsys.readouterr().out  # the fitted optimum of LOSS (2^-3.3), to 1/8 octave: 2^-3.25
+    assert "somup width    32: 1 lr [0.105] × 2 seeds" in plan and "sp width    32: 1 lr [0.105] × 2 seeds" in plan
     assert set(study.transfers()) == {"sp", "somup"}
     # a sweep that adds nothing leaves study.yaml as it is
     before = (study.path / "study.yaml").read_bytes()

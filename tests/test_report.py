@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from handmade import make, parabola, write_results
-from muso_cli import report, verdict
+from muso_cli import figures, report, verdict
 from muso_cli.cli import main
 from muso_cli.study.store import Study
 
@@ -67,7 +67,7 @@ def test_a_stability_bound_optimum_is_flagged_in_tables_and_transfer(tmp_path, c
     tables = report.build(study, tmp_path / "r", "train_loss", 16)["tables"]
     row = tables["optima"].iloc[0]
     assert row["lr*"] == 0.25 and row["notes"] == "stability-bound: the next larger lr diverged"
-    assert row["lr* sub-grid"] == ""  # no finite neighbour above
+    assert -2.5 < float(row["fitted log2 lr*"]) < -1  # the fitted optimum stays below the cliff at 2^-1
     assert main(["transfer", str(study.path), "transfer.widths=[32]", "--dry-run"]) == 0
     assert "lr=0.25" in capsys.readouterr().out.split("stability-bound in lr")[0]
 
@@ -83,20 +83,22 @@ def test_report_of_several_seeds_gives_the_verdict_and_its_intervals_first(tmp_p
     assert main(["report", str(study.path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "verdict:"
-    assert out[1].startswith("  sp: drifts — lr* moves up by 2.25 octaves by width 64 (interval [+1.75, +2.75], "
-                             "wholly outside ±0.5); regret of the transferred setting at width 64: ")
-    assert out[2].startswith("  Intervals: 90% paired percentile bootstrap over 2 seeds (1000 resamples")
+    assert out[1].startswith("  sp: fails — the transferred lr 0.0625 costs ")  # 2^-4, the base optimum
+    assert "at width 64; lr* moved +2.25 octaves" in out[1]
+    assert out[2].startswith("  Intervals: 90% parametric-bootstrap intervals of the fitted valleys (400 draws")
     folder = study.path / "report"
     saved = json.loads((folder / "report.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no Infinity
-    lr = {r["width"]: r for r in saved["params"]["sp"]["axes"]["lr"]["widths"]}
-    assert lr[32]["interval"] == [-0.25, 0.75] and lr[32]["verdict"] == "undecided"
-    assert lr[64]["interval"] == [1.75, 2.75] and lr[64]["verdict"] == "drifts"
     regret = {r["width"]: r for r in saved["params"]["sp"]["regret"]}
-    assert regret[32]["regret"] == pytest.approx(0.003125) and regret[32]["interval"] == pytest.approx([0, 0.0125])
+    # at 64 both seeds' valleys sit 2 octaves up: the base lr costs 0.05·(2² + 2.5²)/2 = 0.25625 (both sides alike)
+    assert regret[64]["verdict"] == "fails" and regret[64]["regret"] == pytest.approx(0.25625, rel=0.05)
+    assert regret[32]["regret"] < 0.01  # the seeds' optima at 32 straddle the base's by a quarter octave
+    drift = {r["width"]: r for r in saved["params"]["sp"]["drift"]["lr"]}
+    assert drift[32]["drift"] == pytest.approx(0.25, abs=0.05) and drift[64]["drift"] == pytest.approx(2.25, abs=0.05)
     md = (folder / "report.md").read_text().splitlines()
-    assert md[2] == "## Verdict" and md[4].startswith("- sp: drifts — lr* moves up by 2.25 octaves")
+    assert md[2] == "## Verdict" and md[4].startswith("- sp: fails — the transferred lr 0.0625 costs")
     optima = pd.DataFrame(report.optima_table(saved, 1.0)).set_index("width")
-    assert optima.loc[32, "lr* interval"] == "[-4.12, -3.38]" and optima.loc[32, "log2 lr*"] == -3.75
+    assert optima.loc[32, "log2 lr*"] == -3.75 and float(optima.loc[32, "fitted log2 lr*"]) == pytest.approx(-3.75,
+                                                                                                           abs=0.05)
     for png in ("loss_vs_lr.png", "drift.png"):
         assert (folder / png).stat().st_size > 10_000
 
@@ -121,17 +123,17 @@ def test_a_sweep_only_report_prints_its_drift_and_plots_name_the_study_sp_first(
                             "panels": [ax.get_title() for ax in fig.axes]}
         return save(fig, path, **kwargs)
 
-    save = report.save
-    monkeypatch.setattr(report, "save", keep)
+    save = figures.save
+    monkeypatch.setattr(figures, "save", keep)
     study = make(tmp_path, lambda p, w, lr, d, s: parabola(CENTRES[w][s])(lr), "study.lr=log2:-6:-1:0.25",
                  "study.widths=[16,32,64]", "study.seeds=[0,1]", "optimizer=kfac", "study.damping=[0.1]")
     assert main(["report", str(study.path)]) == 0
     out = capsys.readouterr().out
-    drift = out.split("drift of the optimum from the base width (octaves; interval over seeds):\n")[1].splitlines()
-    assert drift[0].split() == ["param", "axis", "width", "optimum", "drift_octaves", "interval", "verdict"]
-    rows = [line.split() for line in drift[1:7]]
-    assert [r[:3] for r in rows] == [[p, "lr", w] for p in ("sp", "somup") for w in ("16", "32", "64")]
-    assert len(drift) == 7 or not drift[7].split()[1:2] == ["damping"]  # one damping value: no damping drift
+    drift = out.split("drift of the fitted optimum from the base width (octaves):\n")[1].splitlines()
+    assert drift[0].split() == ["param", "axis", "width", "drift_octaves", "interval"]
+    rows = [line.split() for line in drift[1:5]]
+    assert [r[:3] for r in rows] == [[p, "lr", w] for p in ("sp", "somup") for w in ("32", "64")]
+    assert len(drift) == 5 or not drift[5].split()[1:2] == ["damping"]  # one damping value: no damping drift
     assert drawn["loss_vs_lr.png"]["panels"] == ["sp", "somup"]
     assert drawn["loss_vs_lr.png"]["title"] == "h: kfac, mlp on synthetic · damping 0.1"
 

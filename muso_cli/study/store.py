@@ -201,7 +201,8 @@ class Study:
         for param, b in best.items():
             ids = [t.id for t in trials if t.param == param]
             old = transfers.get(param, {})
-            if (old.get("lr"), old.get("damping")) != (b["lr"], b["damping"]):
+            if (old.get("lr"), old.get("damping"), old.get("lr_by_width")) != (b["lr"], b["damping"],
+                                                                                  b.get("lr_by_width")):
                 old = {}
             transfers[param] = {**b, "widths": sorted(set(old.get("widths", [])) | set(widths)),
                                 "transfer_trials": list(dict.fromkeys(old.get("transfer_trials", []) + ids))}

@@ -1,0 +1,46 @@
+"""The verdict on studies whose answer is known (muso_cli.calibrate): simulated valleys with the noise of a real
+study, judged exactly as a real study is. A rule that decides is proven on known answers: wrong-decided at most
+5% everywhere; right at least 90% for an optimum that stays put or drifts an octave or more, with 3 seeds on a
+half-octave grid, and 80% on an octave grid. The full table (more replicates, 2 and 5 seeds) is
+scripts/calibrate_verdict.py's, in docs/verdicts.md."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from muso_cli import calibrate
+from muso_cli.calibrate import Scenario
+
+
+def test_a_stay_and_a_two_octave_drift_are_told_apart_on_the_sweep_transfer_loop():
+    """The advertised loop (the grid at the base width, 3 verification points at 256 and 1024): a few replicates
+    of each end, every one right."""
+    for drift, truth in ((0.0, "transfers"), (-2.0, "fails")):
+        for k in range(4):
+            out = calibrate.replicate(Scenario(drift=drift), __import__("numpy").random.default_rng(k))
+            assert out["truth"] == truth and out["verdict"] == truth, (drift, k, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step, right", [(0.5, 0.9), (1.0, 0.8)])
+def test_the_verdict_meets_its_targets_on_known_valleys(step, right):
+    rows = calibrate.table(Scenario(), steps=(step,), seeds=(2, 3, 5), drifts=(0.0, -0.5, -1.0, -2.0),
+                           replicates=25, seed=1)
+    assert (rows.wrong <= 0.05).all(), rows
+    targets = rows[(rows.seeds == 3) & rows.drift.isin([0.0, -1.0, -2.0])]
+    assert (targets.right >= right).all(), targets
+
+
+@pytest.mark.slow
+def test_the_verdict_stays_right_when_the_valley_is_not_the_model():
+    """The measured shape (a real study's curve) and the grid at every width: the fitted model is an
+    approximation there, and the rule must still not decide wrongly."""
+    for base in (Scenario(shape="measured"), Scenario(design="grid")):
+        rows = calibrate.table(base, steps=(0.5,), seeds=(3,), drifts=(0.0, -1.0), replicates=20, seed=2)
+        assert (rows.wrong <= 0.05).all() and (rows.right >= 0.85).all(), rows
+
+
+def test_a_regret_interval_covers_the_true_regret_about_as_often_as_it_says():
+    r = calibrate.rates(replace(Scenario(), drift=-1.0), 12, seed=3)
+    assert r["wrong"] == 0 and r["regret covered"] >= 0.75
