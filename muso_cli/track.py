@@ -179,3 +179,33 @@ def _wandb_init(out_dir: Path, config: dict, wcfg: dict, run_id, name, group, jo
                       job_type=job_type, tags=list(wcfg.get("tags") or []) + list(tags or []), config=config,
                       id=run_id, resume="allow" if run_id else None, dir=str(wandb_dir), mode=wcfg["mode"],
                       name=name or run_id, reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+
+
+def log_report(wandb_cfg: dict, study: str, folder: Path, verdict: dict) -> str | None:
+    """Mirror a study's report to W&B: one run in the study's group (job type ``report``, id ``<study>-report``,
+    resumed by the next report) whose summary holds each parameterization's verdict, transferred setting and
+    regret per width, with report.json / report.md as files and every figure as an image. Returns the run's
+    folder (None when the mirror is disabled)."""
+    if wandb_cfg.get("mode", "disabled") == "disabled":
+        return None
+    import wandb
+
+    run = _wandb_init(Path(folder), {"study": study, "settings": verdict.get("settings")}, wandb_cfg,
+                      f"{study}-report"[-64:], f"{study} report", study, "report", ["report"])
+    summary = {"verdict/interval": verdict.get("interval")}
+    for param, pv in verdict.get("params", {}).items():
+        summary[f"verdict/{param}"] = pv["verdict"]
+        summary[f"sentence/{param}"] = pv["sentence"]
+        if pv.get("transferred"):
+            summary[f"transferred/{param}/lr"] = pv["transferred"]["lr"]
+        for r in pv.get("regret", []):
+            summary[f"regret/{param}/w{r['width']}"] = r["regret"]
+            summary[f"regret_verdict/{param}/w{r['width']}"] = r["verdict"]
+    run.summary.update(finite_or_none(summary))
+    run.log({f"figure/{png.stem}": wandb.Image(str(png)) for png in sorted(Path(folder).glob("*.png"))})
+    for name in ("report.json", "report.md"):
+        if (Path(folder) / name).exists():
+            run.save(str(Path(folder) / name), base_path=str(folder), policy="now")
+    directory = run.dir
+    run.finish()
+    return directory

@@ -59,9 +59,10 @@ def study_overrides(overrides: list[str], command: str | None = None) -> list[st
             raise UsageError(key, f"is the sweep's grid of widths; muso {command} does not take it.",
                              "the target widths of a transfer are transfer.widths=[...]."
                              if command == "transfer" else "sweep other widths with muso sweep study.widths=[...].")
-        if command == "report" and not key.startswith(("study.", "transfer.")):
+        if command == "report" and not key.startswith(("study.", "transfer.", "logger.")):
             raise UsageError(key, "muso report reads the study's results; this key would change nothing.",
-                             "only study.* keys change a report (study.metric, study.tolerance, study.bootstrap.*).")
+                             "only study.* keys change a report (study.metric, study.delta, study.bootstrap.*), "
+                             "and logger.* where it is mirrored.")
         if key == "param":
             raise UsageError("param", "a study compares the parameterizations in study.params.",
                              f"write study.params=[{line.split('=', 1)[1]}] instead of {line}.")
@@ -363,8 +364,8 @@ def report_settings(study: Study, overrides: list[str]) -> DictConfig:
     """The study's recorded settings for a report, without composing its config or importing anything: the
     ``study`` and ``transfer`` sections recorded in study.yaml (older studies: those of the newest trial in
     trials.jsonl), the names and base width from its recorded base config, then ``overrides`` (study.* and
-    transfer.* keys, Hydra's grammar) on top. Returns {study, transfer, model: {name, base_width}, data: {name},
-    optimizer: {name}}."""
+    transfer.* and logger.* keys, Hydra's grammar) on top. Returns {study, transfer, logger (the trials' W&B mirror,
+    where the report goes too), model: {name, base_width}, data: {name}, optimizer: {name}}."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -378,7 +379,10 @@ def report_settings(study: Study, overrides: list[str]) -> DictConfig:
                          "report a study made by `muso sweep`, or restore its study.yaml.")
     names = {k: {"name": (base.get(k) or {}).get("name", "?")} for k in ("model", "data", "optimizer")}
     names["model"]["base_width"] = (base.get("model") or {}).get("base_width")
-    settings = OmegaConf.create({"study": section, "transfer": newest.get("transfer") or {"widths": None}, **names})
+    logger = {k: v for k, v in (newest.get("logger") or {"mode": "disabled"}).items()
+              if k in ("mode", "project", "entity", "dir", "tags")}
+    settings = OmegaConf.create({"study": section, "transfer": newest.get("transfer") or {"widths": None},
+                                 "logger": logger, **names})
     try:
         parsed = OverridesParser.create().parse_overrides(study_overrides(overrides, "report"))
     except OverrideParseException as e:
@@ -412,6 +416,10 @@ def report(path: str, overrides: list[str], out: str | None = None) -> tuple[dic
     except OSError as e:
         raise UsageError("--out", f"the report cannot be written to {folder}: {e.strerror or e}.",
                          "free space on its disk, or write the report elsewhere with --out DIR.") from None
+    logger = OmegaConf.to_container(settings.logger, resolve=True)
+    if logger.get("mode", "disabled") != "disabled" and not logger.get("dir"):
+        logger["dir"] = str(study.path)  # beside the trials' runs: <study>/wandb
+    res["wandb"] = track.log_report(logger, study.name, folder, res["verdict"])
     return res, settings, folder
 
 

@@ -300,6 +300,25 @@ def test_wandb_offline_mirror_matches_the_files(tmp_path):
     assert run["summary"]["final/train_loss"] == result["final"]["train_loss"]
 
 
+def test_the_report_goes_to_the_studys_wandb_group_with_its_verdict_and_figures(tmp_path, capsys):
+    study = sweep(tmp_path, "study.lr=log2:-3:0", "study.params=[sp]", "study.seeds=[0,1]", "logger.mode=offline",
+                  "logger.project=p")
+    capsys.readouterr()
+    assert main(["report", str(study.path)]) == 0
+    run = offline_run(study.path, "s-report")
+    assert run["run"].run_group == "s" and run["run"].job_type == "report" and run["run"].project == "p"
+    saved = json.loads((study.path / "report" / "report.json").read_text())
+    assert run["summary"]["verdict/sp"] == saved["params"]["sp"]["verdict"]
+    assert run["summary"]["sentence/sp"] == saved["params"]["sp"]["sentence"]
+    assert run["history"][0]["figure/loss_vs_lr/_type"] == "image-file"
+    files = run["files"][0].parent / "files"
+    assert (files / "report.json").read_bytes() == (study.path / "report" / "report.json").read_bytes()
+    # logger.mode=disabled on the command line: nothing more is mirrored
+    before = sorted((study.path / "wandb").iterdir())
+    assert main(["report", str(study.path), "logger.mode=disabled"]) == 0
+    assert sorted((study.path / "wandb").iterdir()) == before
+
+
 def test_wandb_names_tags_and_diverged_summaries_read_like_the_study(tmp_path):
     """A base-width run shared by sp and somup is tagged with both; a diverged run's summary says what its
     result says (no blown-up batch loss as its train_loss)."""
