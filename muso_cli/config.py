@@ -167,9 +167,14 @@ def _groups(dirs: Sequence[Path] = (CONF_DIR,)) -> list[str]:
 
 
 def to_container(cfg: DictConfig) -> dict:
-    """Plain, resolved dict of a config (without Hydra's own node)."""
+    """Plain, resolved dict of a config (without Hydra's own node). ``trainer.command`` stays a template: its
+    interpolations (``${optimizer.lr}``) are the trial's values, resolved when the trial runs
+    (muso_cli.trainers.command), after the study has set them."""
     out = OmegaConf.to_container(cfg, resolve=True)
     out.pop("hydra", None)
+    trainer = cfg.get("trainer") if isinstance(cfg, DictConfig) else None
+    if isinstance(trainer, DictConfig) and "command" in trainer:
+        out["trainer"]["command"] = OmegaConf.to_container(trainer, resolve=False)["command"]
     return out
 
 

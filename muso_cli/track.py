@@ -117,14 +117,17 @@ class Recorder:
     out_dir: the run folder. config: the resolved config (a dict). wandb_cfg: the logger node (mode, project,
     entity, dir, tags). run_id: W&B run id (a trial's id: a resumed trial continues its W&B run).
     group / job_type / tags: W&B grouping (study name, sweep | transfer, param/optimizer/width).
+    owns_metrics: False when someone else writes metrics.jsonl (your own training script): :meth:`log` then only
+    mirrors a row to W&B.
     """
 
     def __init__(self, out_dir: Path, config: dict, *, wandb_cfg: dict | None = None, run_id: str | None = None,
                  name: str | None = None, group: str | None = None, job_type: str | None = None, tags: list[str] | None = None,
-                 metrics: list[dict] | None = None):
+                 metrics: list[dict] | None = None, owns_metrics: bool = True):
         import yaml
 
         self.out_dir = Path(out_dir)
+        self.owns_metrics = owns_metrics
         self.metrics: list[dict] = list(metrics or [])
         write_atomic(self.out_dir / CONFIG, yaml.safe_dump(config, sort_keys=False))
         self.wandb = None
@@ -135,7 +138,8 @@ class Recorder:
     def log(self, row: dict) -> None:
         """Append one evaluation row (must hold ``step``) to metrics.jsonl and W&B."""
         self.metrics.append(finite_or_none(row))
-        write_atomic(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.metrics))
+        if self.owns_metrics:
+            write_atomic(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.metrics))
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
 

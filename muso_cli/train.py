@@ -13,12 +13,10 @@ from __future__ import annotations
 import io
 import math
 import os
-import platform
 import sys
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -26,13 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import __version__, optim, track
+from . import optim, track
 from . import data as data_mod
 from .config import to_container
 from .logs import LOG
 from .losses import LOSSES
 from .setup import build_model_and_plan, resolve_device
 from .stop import STOP, Interrupted
+from .trainers.outcome import batch_divergence, eval_divergence, now, run_info, summarise
 
 
 @torch.no_grad()
@@ -148,36 +147,6 @@ def run(cfg: DictConfig, out_dir: Path, *, quiet: bool = False, run_id: str | No
     result = recorder.finish(result)
     (out_dir / track.CHECKPOINT).unlink(missing_ok=True)
     return result
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def run_info(device: torch.device) -> dict:
-    """What a result records about where and with what it ran (versions, device, host, start, Slurm task)."""
-    info = {"muso_version": __version__, "torch_version": torch.__version__, "device": str(device),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "host": platform.node(),
-            "started_at": now()}
-    if "SLURM_JOB_ID" in os.environ:
-        info["slurm"] = {"job_id": os.environ["SLURM_JOB_ID"], "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
-                         "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
-    return info
-
-
-def batch_divergence(batch_loss: float, initial_loss: float, factor: float, step: int) -> str | None:
-    """Why the loss of the batch of ``step`` ends the run as diverged (non-finite, or above ``factor`` × the
-    initial loss), or None."""
-    if math.isfinite(batch_loss) and batch_loss <= factor * initial_loss:
-        return None
-    return f"batch loss {batch_loss:.4g} at step {step} (initial {initial_loss:.4g})"
-
-
-def eval_divergence(train_loss: float, initial_loss: float, factor: float, step: int) -> str | None:
-    """Why an evaluation's train_loss at ``step`` ends the run as diverged (same rule as a batch's), or None."""
-    if math.isfinite(train_loss) and train_loss <= factor * initial_loss:
-        return None
-    return f"train loss {train_loss:.4g} at step {step}"
 
 
 @dataclass
@@ -300,22 +269,6 @@ def _train(cfg: DictConfig, out_dir: Path, device: torch.device, recorder: track
     finally:
         console.close()
     return summarise(status, reason, recorder.metrics, step, steps, data.source), state.seconds
-
-
-def summarise(status: str, reason: str | None, metrics: list[dict], step: int, steps: int, source: str) -> dict:
-    evals = [r for r in metrics if "test_acc" in r]
-    last = metrics[-1]
-    final = {k: last.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
-    if status == track.DIVERGED:
-        final["train_loss"] = math.inf  # for selection: a diverged setting is never the best
-    finite = lambda key: [r[key] for r in evals if r.get(key) is not None and math.isfinite(r[key])]  # noqa: E731
-    best = {"test_acc": max(finite("test_acc"), default=None), "test_loss": min(finite("test_loss"), default=None),
-            "train_loss": min(finite("train_loss"), default=None)}
-    out = {"status": status, "steps": step, "planned_steps": steps, "final": final, "best": best,
-           "data_source": source}
-    if reason:
-        out["diverged_reason"] = reason
-    return out
 
 
 class _Console:

@@ -6,7 +6,9 @@ failure is a result) and raises :class:`muso_cli.stop.Interrupted` when a stop w
 and the same call in the same folder resumes). Launchers (muso_cli.launch) and ``muso run`` call
 :func:`run`; which trainer runs is ``trainer.name`` (the ``trainer`` config group):
 
-- ``builtin``: muso's own training loop (muso_cli.train).
+- ``builtin``: muso's own training loop (muso_cli.train);
+- ``command``: your own training script, run per trial (muso_cli.trainers.command: the contract);
+- ``python``: your own training function, called per trial in a subprocess (muso_cli.trainers.python).
 
 Adding a trainer means: its module here with ``run`` (and ``check`` for its ``trainer.*`` keys), its entry in
 :data:`REGISTRY`, its YAML under conf/trainer/, and its tests.
@@ -48,7 +50,15 @@ class Entry:
 
 REGISTRY: dict[str, Entry] = {
     "builtin": Entry("muso_cli.trainers.builtin"),
+    "command": Entry("muso_cli.trainers.command"),
+    "python": Entry("muso_cli.trainers.python"),
 }
+
+
+def uses_builtin_loop(cfg: DictConfig) -> bool:
+    """Whether muso's own loop trains ``cfg`` (then muso builds its model and data; your own trainer builds
+    them itself, and muso reads only the width and base width of the model section)."""
+    return ("trainer" not in cfg) or cfg.trainer.get("name", "builtin") == "builtin"
 
 
 def check(cfg: DictConfig) -> list[UsageError | None]:
@@ -68,4 +78,4 @@ def run(cfg: DictConfig, folder: Path, identity: RunIdentity = RunIdentity(), *,
     return trainer(cfg, Path(folder), identity, quiet=quiet)
 
 
-__all__ = ["REGISTRY", "RunIdentity", "check", "run"]
+__all__ = ["REGISTRY", "RunIdentity", "check", "run", "uses_builtin_loop"]
