@@ -18,7 +18,9 @@ when it says the other, undecided otherwise.
 
 The valley shapes: ``quadratic`` (the model the verdict fits: an asymmetric parabola), ``saturating`` (quadratic
 near the optimum, straight further out, as real losses flatten at small lr: the model is then wrong beyond the
-window), and ``measured`` (a real study's mean curve, :data:`MEASURED`, interpolated monotonically on each side).
+window), ``plateau`` (flat above the optimum from ``plateau`` octaves on, as K-FAC's trust region makes it when it
+clips every step: measured in docs/verdicts.md; three verification points on the plateau show no valley at all),
+and ``measured`` (a real study's mean curve, :data:`MEASURED`, interpolated monotonically on each side).
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ class Scenario:
     left: float = 0.02
     right: float = 0.06
     bend: float = 1.5                 # saturating: beyond this many octaves below the optimum the rise is straight
-    cliff: float = 1.5                # diverged beyond this many octaves above the optimum
+    plateau: float = 0.75             # plateau: from this many octaves above the optimum on, the loss is flat
+    cliff: float = 1.5                # diverged beyond this many octaves above the optimum (not with a plateau)
     seed_sd: float = 0.004
     point_sd: float = 0.0015
     verify: int = 3
@@ -80,12 +83,15 @@ class Scenario:
         if self.shape == "saturating":
             b = self.bend
             left = np.where(u < -b, self.left * (b * b + 2 * b * (-u - b)), left)
-        return np.where(u < 0, left, self.right * u * u)
+        right = self.right * u * u
+        if self.shape == "plateau":  # a trust region clips every step: a larger lr changes nothing
+            right = self.right * np.minimum(u, self.plateau) ** 2
+        return np.where(u < 0, left, right)
 
     def loss(self, width: int, x: float) -> float | None:
         """The true mean loss at log2 lr ``x`` and ``width`` (None: past the cliff, diverged)."""
         u = x - self.centre(width)
-        return None if u > self.cliff else self.best(width) + float(self.rise(u))
+        return None if u > self.cliff and self.shape != "plateau" else self.best(width) + float(self.rise(u))
 
     def true_delta(self, width: int) -> float:
         return max(self.delta_relative * self.best(width), self.seed_sd)

@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import track
 from .cells import AXES, Cell
 from .parametrize import PARAMS
 from .plots import pyplot, save
 from .study.spec import METRICS
-from .study.store import Study
 
 METRIC_LABEL = {"train_loss": "final train loss", "test_loss": "final test loss", "test_acc": "final test accuracy"}
 AXIS_LABEL = {"lr": "log2 base learning rate (octaves)", "damping": "log2 base damping (octaves)"}
@@ -274,13 +272,14 @@ def setting_rows(df: pd.DataFrame, param: str, choice: dict) -> pd.DataFrame:
     return df[(df.param == param) & same].drop_duplicates("trial_id")
 
 
-def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path, base_width: int, title: str = "") -> bool:
-    """Training curves (train loss on the eval subset vs step) at the transferred setting, one panel per param
+def plot_curves(runs, df: pd.DataFrame, transfers: dict, path: Path, base_width: int, title: str = "") -> bool:
+    """Training curves (train loss on the eval subset vs step; ``runs.metrics(trial_id)``) at the transferred
+    setting, one panel per param
     (sp first), one colour per width from the base width up; the points are the evaluations (train.eval_every)."""
-    plt = pyplot()
     params = ordered(p for p in transfers if (setting_rows(df, p, transfers[p]).width != base_width).any())
-    if not params:
-        return False
+    if not params or not runs.has_metrics:
+        return False  # nothing above the base width, or no per-run metrics (runs made elsewhere)
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(params), figsize=(4.4 * len(params), 3.8), squeeze=False, sharey=True)
     evaluations = 0
     for ax, param in zip(axes[0], params):
@@ -288,8 +287,7 @@ def plot_curves(study: Study, df: pd.DataFrame, transfers: dict, path: Path, bas
         colors = _colors(plt, rows.width.unique())
         for width, g in rows.groupby("width"):
             for k, trial_id in enumerate(g.trial_id):
-                metrics = [m for m in track.read_json_lines(study.path / "trials" / trial_id / track.METRICS) or []
-                           if m.get("train_loss") is not None]
+                metrics = [m for m in runs.metrics(trial_id) or [] if m.get("train_loss") is not None]
                 evaluations = max(evaluations, len(metrics))
                 ax.plot([m["step"] for m in metrics], [m["train_loss"] for m in metrics], color=colors[width], lw=1,
                         marker="o", ms=2, label=f"{param}, width {width}" + (" (base)" if width == base_width else "")

@@ -232,21 +232,46 @@ def headline(tr: pd.DataFrame, wider: pd.DataFrame, transfers: dict, sign: float
 
 # ------------------------------------------------------------------------------------------------------
 
-def build(study: Study, out_dir: Path, metric: str, base_width: int,
+class StudyRuns:
+    """A study folder as the report reads it: its name, its entries (muso_cli.study.results.points), its recorded
+    transfers, each trial's metrics rows and folder. (muso_cli.external.ExternalRuns reads runs made elsewhere
+    the same way.)"""
+
+    has_metrics = True
+
+    def __init__(self, study: Study):
+        self.study, self.name = study, study.name
+
+    def entries(self, metric: str) -> list[dict]:
+        return points(self.study, metric)
+
+    def transfers(self) -> dict:
+        return self.study.transfers()
+
+    def metrics(self, trial_id: str) -> list[dict] | None:
+        return track.read_json_lines(self.study.path / "trials" / trial_id / track.METRICS)
+
+    def folder(self, trial_id: str) -> str:
+        return str(self.study.path / "trials" / trial_id)
+
+
+def build(runs, out_dir: Path, metric: str, base_width: int,
           settings: verdict.Settings = verdict.Settings(), title: str = "") -> dict:
     """Write every file of the report into ``out_dir``; return {results, skipped, tables, verdict, unreadable (the
-    trial folders whose result or metrics cannot be trusted)}. ``title``: what the plots are of (study, optimizer,
-    model, data), shown above them."""
+    trial folders whose result or metrics cannot be trusted)}. ``runs``: a Study (or :class:`StudyRuns`), or runs
+    made elsewhere (muso_cli.external.ExternalRuns). ``title``: what the plots are of (study, optimizer, model,
+    data), shown above them."""
+    runs = StudyRuns(runs) if isinstance(runs, Study) else runs
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = points(study, metric)
+    entries = runs.entries(metric)
     df, skipped = collect(entries)
-    transfers = study.transfers()
+    transfers = runs.transfers()
     v = verdict.judge(entries, base_width, settings, transfers)
     # what the report shows as transferred: transfer.json's choices, else the verdict's (the base optimum)
     shown = {p: pv["transferred"] for p, pv in v["params"].items() if pv["transferred"]}
     # strict JSON for machines: an unbounded interval end (±inf) and NaN are written as null
-    track.write_json(out_dir / "report.json", json.loads(json.dumps({"study": study.name, "metric": metric, **v},
+    track.write_json(out_dir / "report.json", json.loads(json.dumps({"study": runs.name, "metric": metric, **v},
                                                                     default=_plain), parse_constant=lambda _: None))
     sign = -1.0 if METRICS[metric] == "max" else 1.0
     tables = {"regret": regret_table(v, sign), "optima": optima_table(v, sign), "drift": drift_table(v),
@@ -266,9 +291,9 @@ def build(study: Study, out_dir: Path, metric: str, base_width: int,
                 figures.plot_loss_vs(grid, out_dir / f"loss_vs_{axis}.png", metric, axis, title)
         figures.plot_heatmaps(grid, lambda p: out_dir / f"heatmap_{p}.png", metric)
         figures.plot_drift(v, out_dir / "drift.png")
-        figures.plot_curves(study, df, shown, out_dir / "curves.png", base_width, title)
-    _write_markdown(out_dir / "report.md", study, v, tables, skipped, len(df), metric, out_dir)
-    unreadable = sorted({str(study.path / "trials" / e["trial_id"]) for e in entries if e["status"] == UNREADABLE})
+        figures.plot_curves(runs, df, shown, out_dir / "curves.png", base_width, title)
+    _write_markdown(out_dir / "report.md", runs.name, v, tables, skipped, len(df), metric, out_dir)
+    unreadable = sorted({runs.folder(e["trial_id"]) for e in entries if e["status"] == UNREADABLE})
     return {"results": df, "skipped": skipped, "tables": tables, "verdict": v, "unreadable": unreadable}
 
 
@@ -284,9 +309,9 @@ def verdict_lines(v: dict) -> list[str]:
     return [pv["sentence"] for pv in v["params"].values()] + [v["interval"]]
 
 
-def _write_markdown(path: Path, study: Study, v: dict, tables: dict, skipped: dict, n: int, metric: str,
+def _write_markdown(path: Path, name: str, v: dict, tables: dict, skipped: dict, n: int, metric: str,
                     out_dir: Path) -> None:
-    lines = [f"# Study {study.name}", "", "## Verdict", ""]
+    lines = [f"# Study {name}", "", "## Verdict", ""]
     lines += [f"- {line}" for line in verdict_lines(v)[:-1]] + ["", verdict_lines(v)[-1], ""]
     lines += [f"{n} trial results read" + (
         "; skipped: " + ", ".join(f"{k} {key}" for key, k in skipped.items() if k) if any(skipped.values()) else "")

@@ -65,6 +65,8 @@ class Valley:
     n_points: int = 0
     seeds: int = 0
     noise_borrowed: bool = False   # sigma / nu came from elsewhere (the points left no residual freedom)
+    open_low: bool = False         # the loss does not rise out of the noise towards the window's low end
+    open_high: bool = False        # … towards its high end (a plateau, or the grid's edge): the optimum may lie beyond
     draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def shape(self, x: float | np.ndarray) -> float | np.ndarray:
@@ -175,9 +177,15 @@ def fit(x: np.ndarray, seed: np.ndarray, y: np.ndarray, *, bracketed: bool = Tru
     distinct = np.unique(key)
     if len(distinct) < 3:
         raise ValueError("a valley needs at least 3 distinct settings")
-    best = distinct[int(np.argmin([y[key == v].mean() for v in distinct]))]
+    means = np.array([y[key == v].mean() for v in distinct])
+    best = distinct[int(np.argmin(means))]
     symmetric = len(distinct) < 5 or min((distinct < best).sum(), (distinct > best).sum()) < 2
     lo, hi = distinct[0], distinct[-1]
+    if bracketed:  # the grid brackets the optimum: do the points rise out of the noise on both sides?
+        open_low, open_high = _flat_ends(x, seed, y, key, distinct, means, cliff, sigma, nu, symmetric)
+        bracketed = not (open_low or open_high)
+    else:
+        open_low, open_high = best <= lo, best >= hi
     reach = 0.0 if bracketed else REACH
     top = hi + reach if cliff is None else min(hi + reach, cliff - STEP)
     centres = np.arange(lo - reach, top + STEP / 2, STEP)
@@ -199,7 +207,8 @@ def fit(x: np.ndarray, seed: np.ndarray, y: np.ndarray, *, bracketed: bool = Tru
     shape = np.where(d < 0, a_left, a_right) * d * d
     offsets = {s: float(np.mean((y - shape)[seed == s])) for s in np.unique(seed)}
     valley = Valley(x_hat, a_left, a_right, float(np.mean(list(offsets.values()))), sigma_hat, nu_hat,
-                    (float(lo), float(hi)), bracketed, symmetric, cliff, len(x), seeds, own_nu < 1)
+                    (float(lo), float(hi)), bracketed, symmetric, cliff, len(x), seeds, own_nu < 1,
+                    open_low=bool(open_low), open_high=bool(open_high))
     if draws and sigma_hat is not None:
         rng = rng or np.random.default_rng(0)
         fitted = shape + np.array([offsets[s] for s in seed])
@@ -214,6 +223,33 @@ def fit(x: np.ndarray, seed: np.ndarray, y: np.ndarray, *, bracketed: bool = Tru
         pick_b, curv_b, _ = _profile(x, seed, noisy, centres, ratio)
         valley.draws = {"x_hat": centres[pick_b], "a_left": curv_b[:, 0], "a_right": curv_b[:, 1]}
     return valley
+
+
+RISE_Z = 1.64  # a window's end counts as risen when it lies this many standard errors above the best setting
+
+
+def _flat_ends(x, seed, y, key, distinct, means, cliff, sigma, nu, symmetric) -> tuple[bool, bool]:
+    """(open low, open high): both when neither end of the window rises above the best setting by RISE_Z standard
+    errors of a paired difference (σ from a quick fit of the window, or the one given): a plateau (a trust region
+    clipping every step, a saturated loss) looks bracketed on the grid but locates no optimum. A cliff bounds the
+    high end."""
+    if sigma is None:
+        pick = _profile(x, seed, y[None, :], np.arange(distinct[0], distinct[-1] + STEP / 2, STEP),
+                        np.ones(1) if symmetric else None)
+        dof = len(x) - len(np.unique(seed)) - (1 if symmetric else 2) - 1
+        if dof < 1:
+            return False, False  # no noise to judge by: the grid's bracketing stands
+        sigma = math.sqrt(max(float(pick[2][0]), 0.0) / dof)
+    b = int(np.argmin(means))
+    n_best = (key == distinct[b]).sum()
+
+    def risen(end: int) -> bool:
+        n_end = (key == distinct[end]).sum()
+        return means[end] - means[b] > RISE_Z * sigma * math.sqrt(1 / n_end + 1 / n_best)
+    # one end rising is enough: a convex loss flat towards the other end cannot fall much below it there; both
+    # flat is no valley at all (a plateau)
+    flat = not risen(0) and (cliff is None and not risen(len(distinct) - 1))
+    return flat, flat
 
 
 def quantiles(values: np.ndarray, level: float) -> list[float]:

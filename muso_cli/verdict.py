@@ -198,13 +198,14 @@ def regret(cell: Cell, choice: dict, axes: list[str], delta: float, settings: Se
                 "decide": list(dict.fromkeys(d for p in unknown for d in p["decide"])),
                 "needs": [n for p in unknown for n in p["needs"]]}
     value = sum(p["value"] for p in parts)
+    value = 0.0 if abs(value) < 1e-12 else value  # a vertex on the point: rounding, not a regret
     if any(p["draws"] is None for p in parts):
         more = f"more seeds (study.seeds=[{','.join(map(str, range(max(3, len(cell.seeds) + 1))))}])"
         return {**out, "regret": value, "why": f"regret {value:.4g}, no interval (one seed, no residual to tell "
                 f"the noise)", "decide": [more], "needs": [{"kind": "seeds"}]}
     draws = np.sum([p["draws"] for p in parts], axis=0)
     lo, hi = valley.quantiles(draws, settings.level)
-    lo = max(lo, 0.0)
+    lo = 0.0 if lo < 1e-12 else lo
     is_open = any(p["open"] for p in parts)
     if is_open:
         hi = math.inf
@@ -219,7 +220,7 @@ def regret(cell: Cell, choice: dict, axes: list[str], delta: float, settings: Se
     if is_open:
         opened = next(p for p in parts if p["open"])
         if opened["fit"] is not None:
-            x = _beyond(opened["fit"])
+            x = _beyond(opened["fit"], opened["axis"])
             decide = [f"{opened['axis']} 2^{x:.4g} at width {cell.scale}, past the tried points where the loss still "
                       "falls (muso refine <study>)"]
             needs = [{"kind": "point", "width": cell.scale, "axis": opened["axis"], "log2": x}]
@@ -254,9 +255,11 @@ def _verify_words(scale: int) -> str:
             f"transfer.widths=[{scale}], transfer.verify=3)")
 
 
-def _beyond(fit: valley.Valley) -> float:
+def _beyond(fit: valley.Valley, axis: str) -> float:
     """Where the next point would bracket an open valley: VERIFY_STEP octaves past the tried end towards which the
     loss still falls (log2)."""
+    if fit.open_low and fit.open_high:  # a plateau: go past it on the stable side (a smaller lr, a larger damping)
+        return fit.window[0] - VERIFY_STEP if axis == "lr" else fit.window[1] + VERIFY_STEP
     low_side = fit.x_hat < 0.5 * (fit.window[0] + fit.window[1])
     return fit.window[0] - VERIFY_STEP if low_side else fit.window[1] + VERIFY_STEP
 

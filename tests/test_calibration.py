@@ -41,6 +41,14 @@ def test_the_verdict_stays_right_when_the_valley_is_not_the_model():
         assert (rows.wrong <= 0.05).all() and (rows.right >= 0.85).all(), rows
 
 
+def test_three_points_on_a_plateau_never_pass_for_a_transfer():
+    """K-FAC's trust region clips every step above some lr: the loss is flat there (measured: docs/verdicts.md).
+    The transferred lr lands two octaves up that plateau at 1024; its three verification points show no valley,
+    and the verdict must not read the flatness as a transfer: undecided (the point below decides) or fails."""
+    r = calibrate.rates(Scenario(shape="plateau", drift=-2.0), 10, seed=4)
+    assert r["truly fails"] == 1.0 and r["wrong"] == 0.0
+
+
 def test_a_regret_interval_covers_the_true_regret_about_as_often_as_it_says():
     r = calibrate.rates(replace(Scenario(), drift=-1.0), 12, seed=3)
     assert r["wrong"] == 0 and r["regret covered"] >= 0.75
