@@ -38,18 +38,24 @@ data:
 	  echo "      or put the four *-ubyte.gz files in a folder and pass data.root=<folder>, or pip install torchvision."; \
 	fi
 
-# The demo: K-FAC on Fashion-MNIST, SP against second-order µP. Sweep lr at widths 64 and 256 (2 seeds, on a pool of
-# 2 one-thread workers), carry each parameterization's base-width optimum to width 512, and report the verdict:
-# did the optimum move between 64 and 256, and what does the transferred lr cost at 256; its loss at 512.
+# The demo: K-FAC on Fashion-MNIST with MSE, SP against second-order µP (docs/results.md, "The demo"). First the
+# mechanism: the coordinate check, Δh per layer against width (SP's hidden features freeze, somup's stay flat).
+# Then the workflow: tune lr at width 64 (a half-octave grid, 3 seeds, 50 steps), carry each parameterization's
+# optimum to widths 256 and 1024 with 3 verification points each, add the points the verdicts ask for (refine),
+# and report: transfers / fails, the regret per width, the drift and what the transfer saved.
 DEMO := outputs/demo/mlp-kfac
-DEMO_RUN := optimizer=kfac data.n_train=20000 data.n_test=2000 train.steps=300 \
-	train.eval_every=50 train.eval_train_samples=2000 train.threads=1 launcher=pool launcher.workers=2
-DEMO_ARGS := $(DEMO_RUN) study.params=[sp,somup] study.widths=[64,256] study.lr=log2:-6:-2 study.damping=[0.1] \
-	study.seeds=[0,1] study.root=outputs/demo study.name=mlp-kfac
+DEMO_RUN := optimizer=kfac train.loss=mse data.n_train=20000 data.n_test=2000 train.steps=50 train.eval_every=50 \
+	train.eval_train_samples=2000 train.threads=1
+DEMO_ARGS := $(DEMO_RUN) launcher=pool launcher.workers=2 study.params=[sp,somup] study.lr=log2:-4:0:0.5 \
+	study.seeds=[0,1,2] study.root=outputs/demo study.name=mlp-kfac
+DEMO_COORD := optimizer=kfac train.loss=mse coord.widths=[64,128,256,512,1024]
 
 demo: setup
+	$(MUSO) coord-check $(DEMO_COORD) param=sp coord.out=outputs/demo/coord-sp
+	$(MUSO) coord-check $(DEMO_COORD) param=somup coord.out=outputs/demo/coord-somup
 	$(MUSO) sweep $(DEMO_ARGS)
-	$(MUSO) transfer $(DEMO) transfer.widths=[512]
+	$(MUSO) transfer $(DEMO) transfer.widths=[256,1024]
+	$(MUSO) refine $(DEMO)
 	$(MUSO) report $(DEMO)
 
 test: setup

@@ -252,7 +252,7 @@ def _diverged_neighbours(cell: Cell, choice: dict, axes: list[str]) -> str | Non
 
 def _verify_words(scale: int) -> str:
     return (f"verification points around the transferred setting at width {scale} (muso transfer <study> "
-            f"transfer.widths=[{scale}], transfer.verify=3)")
+            f"transfer.widths=[{scale}])")
 
 
 def _beyond(fit: valley.Valley, axis: str) -> float:

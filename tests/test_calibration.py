@@ -49,6 +49,8 @@ def test_three_points_on_a_plateau_never_pass_for_a_transfer():
     assert r["truly fails"] == 1.0 and r["wrong"] == 0.0
 
 
-def test_a_regret_interval_covers_the_true_regret_about_as_often_as_it_says():
+def test_the_regret_bounds_hold_about_as_often_as_they_say():
+    """What "transfers" rests on (the true regret below the upper end) and what "fails" rests on (above the lower
+    end): each one-sided 95% bound, measured on known valleys."""
     r = calibrate.rates(replace(Scenario(), drift=-1.0), 12, seed=3)
-    assert r["wrong"] == 0 and r["regret covered"] >= 0.75
+    assert r["wrong"] == 0 and r["R ≤ upper"] >= 0.85 and r["R ≥ lower"] >= 0.85

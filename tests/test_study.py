@@ -156,14 +156,14 @@ def test_transfer_picks_the_best_base_setting_and_records_its_source(tmp_path, c
 
 
 def test_transfer_verifies_around_the_transferred_lr_at_every_target_width(tmp_path, capsys):
-    """transfer.verify=3 (the default): at each target width the transferred lr and half an octave either side,
-    every seed; the regret table of the report then has a fitted valley at each target width."""
+    """transfer.verify=5 (the default): at each target width the transferred lr and half an octave and an octave
+    either side, every seed; the regret table of the report then has a fitted valley at each target width."""
     study = sweep(tmp_path, "study.lr=log2:-3:0:0.5", "study.seeds=[0,1]", "study.params=[somup]")
     assert main(["transfer", str(study.path), "transfer.widths=[64]", "--allow-edge"]) == 0
     lr = study.transfers()["somup"]["lr"]
     at_64 = sorted({(t.phase, round(math.log2(t.lr / lr), 6)) for t in study.trials() if t.width == 64})
-    assert at_64 == [("transfer", 0.0), ("verify", -0.5), ("verify", 0.5)]
-    assert sorted(t.seed for t in study.trials() if t.width == 64) == [0, 0, 0, 1, 1, 1]
+    assert at_64 == [("transfer", 0.0), ("verify", -1.0), ("verify", -0.5), ("verify", 0.5), ("verify", 1.0)]
+    assert sorted(t.seed for t in study.trials() if t.width == 64) == [0] * 5 + [1] * 5
     capsys.readouterr()
     assert main(["report", str(study.path)]) == 0
     out = capsys.readouterr().out

@@ -179,7 +179,7 @@ def test_a_transferred_setting_that_diverges_at_a_larger_width_fails_decisively(
 
 def test_the_sweep_transfer_loop_decides_from_three_verification_points_per_width():
     """A sweep at the base width only, then the transferred lr and half an octave either side at 256 and 1024
-    (transfer.verify=3): enough to decide both ways, without tuning at the large widths."""
+    (transfer.verify=3, ½ octave apart): enough to decide both ways here, without tuning at the large widths."""
     base = table(noisy(lambda w: -4.0, seed=1), xs=HALF, seeds=(0, 1, 2))
     x_t = math.log2(judge(base, 64)["params"]["sp"]["transferred"]["lr"])
     verify = lambda w: [x_t - 0.5, x_t, x_t + 0.5]  # noqa: E731

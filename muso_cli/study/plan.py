@@ -117,7 +117,7 @@ def refine_values(axis: dict, refine_to: float) -> list[float]:
 
 
 def plan_refine(study: Study, metric: str, judged: dict, refine_to: float, seeds: list[int],
-                runtime: dict | None = None, verify: int = 3, step: float = 0.5) -> tuple[list[Trial], list[str]]:
+                runtime: dict | None = None, verify: int = 5, step: float = 0.5) -> tuple[list[Trial], list[str]]:
     """One refinement round: the trials to plan, and notes on what a round cannot do.
 
     For every parameterization whose verdict in ``judged`` (muso_cli.verdict.judge) is undecided:
