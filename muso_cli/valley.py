@@ -65,6 +65,9 @@ class Valley:
     n_points: int = 0
     seeds: int = 0
     noise_borrowed: bool = False   # sigma / nu came from elsewhere (the points left no residual freedom)
+    seed_levels: dict = field(default_factory=dict)  # seed → its level α̂_s at the minimum
+    pure_sigma: float | None = None  # the points' noise about their own means (seeds as offsets), ν = pure_nu
+    pure_nu: int = 0
     open_low: bool = False         # the loss does not rise out of the noise towards the window's low end
     open_high: bool = False        # … towards its high end (a plateau, or the grid's edge): the optimum may lie beyond
     draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -206,8 +209,10 @@ def fit(x: np.ndarray, seed: np.ndarray, y: np.ndarray, *, bracketed: bool = Tru
     d = x - x_hat
     shape = np.where(d < 0, a_left, a_right) * d * d
     offsets = {s: float(np.mean((y - shape)[seed == s])) for s in np.unique(seed)}
+    pure_sigma, pure_nu = _pure_error(key, seed, y)
     valley = Valley(x_hat, a_left, a_right, float(np.mean(list(offsets.values()))), sigma_hat, nu_hat,
                     (float(lo), float(hi)), bracketed, symmetric, cliff, len(x), seeds, own_nu < 1,
+                    pure_sigma=pure_sigma, pure_nu=pure_nu, seed_levels=offsets,
                     open_low=bool(open_low), open_high=bool(open_high))
     if draws and sigma_hat is not None:
         rng = rng or np.random.default_rng(0)
@@ -223,6 +228,20 @@ def fit(x: np.ndarray, seed: np.ndarray, y: np.ndarray, *, bracketed: bool = Tru
         pick_b, curv_b, _ = _profile(x, seed, noisy, centres, ratio)
         valley.draws = {"x_hat": centres[pick_b], "a_left": curv_b[:, 0], "a_right": curv_b[:, 1]}
     return valley
+
+
+def _pure_error(key: np.ndarray, seed: np.ndarray, y: np.ndarray) -> tuple[float | None, int]:
+    """(σ of the points about the additive model setting + seed: their noise whatever the valley's shape, its
+    degrees of freedom); (None, 0) with fewer than 2 seeds (the additive model is then the data)."""
+    settings, seeds = np.unique(key), np.unique(seed)
+    nu = len(y) - len(settings) - len(seeds) + 1
+    if len(seeds) < 2 or nu < 1:
+        return None, 0
+    design = np.concatenate([(key[:, None] == settings[None, :]).astype(float),
+                             (seed[:, None] == seeds[None, 1:]).astype(float)], axis=1)
+    fitted = design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    pure = float(((y - fitted) ** 2).sum())
+    return (math.sqrt(pure / nu) if pure > 0 else None), nu
 
 
 RISE_Z = 1.64  # a window's end counts as risen when it lies this many standard errors above the best setting

@@ -125,13 +125,16 @@ def _axis_regret(cell: Cell, axis: str, choice: dict, settings: Settings, rng: n
         fit = cell.fits[axis]
     else:
         fit = fit_line(cell, axis, best, settings, rng, cell.noise, cell.ratios.get(axis)) if len(usable) >= 3 else None
-    if fit is not None and fit.covers(x_t):
-        return {"value": float(fit.shape(x_t)), "draws": fit.shape_draws(x_t) if fit.draws else None,
-                "open": not fit.bracketed, "fit": fit, "axis": axis}
     xs = cell.log2(axis)[on_line]
     x_best = cell.log2(axis)[best]
     at_t = on_line[np.abs(xs - x_t) < 1e-6]
-    if len(at_t):
+    if fit is not None and fit.covers(x_t):  # the valley's height there; and, where x_t was tried, what the points
+        raw = _paired(cell, axis, int(at_t[0]), best, fit, settings, rng) if len(at_t) else None  # say directly
+        part = {"value": float(fit.shape(x_t)), "draws": fit.shape_draws(x_t) if fit.draws else None,
+                "raw": raw[0] + float(fit.shape(x_best)) if raw else None, "open": not fit.bracketed, "fit": fit,
+                "axis": axis}
+        return part
+    if len(at_t):  # tried, beyond the fitted points: the seeds' paired difference to the best, plus the valley below it
         near = far = int(at_t[0])
     else:  # between two tried settings on the same side of the optimum: the loss is monotone there
         below, above = on_line[xs < x_t], on_line[xs > x_t]
@@ -164,10 +167,17 @@ def _paired(cell: Cell, axis: str, g: int, best: int, fit, settings: Settings, r
     diff = (cell.scores[g] - cell.scores[best])[both]
     if not len(diff):
         return None
-    sd = float(np.std(diff, ddof=1)) if len(diff) >= 2 else (fit.sigma * math.sqrt(2) if fit and fit.sigma else None)
-    if sd is None or (fit is not None and not fit.draws):
+    # the difference's noise, t-distributed on its degrees of freedom: the points' noise about their own means
+    # (every point near the optimum, seeds as offsets), else the seeds' own spread of the difference
+    if fit is not None and fit.pure_sigma:
+        sd, nu = fit.pure_sigma * math.sqrt(2), fit.pure_nu
+    elif len(diff) >= 2:
+        sd, nu = float(np.std(diff, ddof=1)), len(diff) - 1
+    else:
         return float(diff.mean()), None
-    draws = diff.mean() + sd / math.sqrt(len(diff)) * rng.standard_normal(settings.resamples)
+    if fit is not None and not fit.draws:
+        return float(diff.mean()), None
+    draws = diff.mean() + sd / math.sqrt(len(diff)) * rng.standard_t(max(nu, 1), settings.resamples)
     return float(diff.mean()), draws + (fit.shape_draws(cell.log2(axis)[best]) if fit else 0.0)
 
 
@@ -213,10 +223,21 @@ def regret(cell: Cell, choice: dict, axes: list[str], delta: float, settings: Se
         upper = np.sum([p["upper_draws"] if p.get("upper_draws") is not None else p["draws"] for p in parts], axis=0)
         hi = valley.quantiles(upper, settings.level)[1]
     out.update(regret=value, interval=[lo, hi], open=is_open)
-    if lo > delta:
+    # the fitted valley decides, provided the points themselves (the seeds' paired difference, where x_t was tried)
+    # are on the same side of δ: a valley the parabola misdescribes must not decide against its own points
+    raws = [p.get("raw") for p in parts]
+    raw = sum(raws) if all(r is not None for r in raws) else None
+    if raw is not None:
+        out["points_regret"] = raw
+    if lo > delta and (raw is None or raw > delta):
         return {**out, "verdict": "fails", "why": f"regret {value:.4g} [{lo:.4g}, {_num(hi)}] > δ {delta:.4g}"}
-    if hi <= delta:
+    if hi <= delta and (raw is None or raw <= delta):
         return {**out, "verdict": "transfers", "why": f"regret {value:.4g} [{lo:.4g}, {hi:.4g}] ≤ δ {delta:.4g}"}
+    if raw is not None and (lo > delta or hi <= delta):
+        words, n = _seeds_words(len(cell.seeds), raw, min(lo, raw), max(hi, raw), delta)
+        return {**out, "why": f"the fitted valley says {value:.4g} [{lo:.4g}, {_num(hi)}], the points themselves "
+                f"{raw:.4g}: not both on one side of δ {delta:.4g}", "decide": [words],
+                "needs": [{"kind": "seeds", "seeds": n}]}
     if is_open:
         opened = next(p for p in parts if p["open"])
         if opened["fit"] is not None:
@@ -314,8 +335,12 @@ def delta_for(base_cell: Cell, cell: Cell, settings: Settings) -> float:
     if settings.delta is not None:
         return settings.delta
     g = base_cell.best
-    finite = base_cell.scores[g][np.isfinite(base_cell.scores[g])]
-    sd = float(np.std(finite, ddof=1)) if len(finite) >= 2 else 0.0
+    levels = [f.seed_levels for f in base_cell.fits.values() if f is not None and len(f.seed_levels) >= 2]
+    if levels:  # the seeds' fitted levels: each averages the points near the optimum, not one noisy point
+        sd = float(np.std(list(levels[0].values()), ddof=1))
+    else:
+        finite = base_cell.scores[g][np.isfinite(base_cell.scores[g])]
+        sd = float(np.std(finite, ddof=1)) if len(finite) >= 2 else 0.0
     best = cell.mean[cell.best] if cell.best is not None else base_cell.mean[g]
     fits = [f for f in cell.fits.values() if f is not None]
     level = min([f.level for f in fits], default=best)

@@ -213,12 +213,15 @@ def test_an_undecided_verdict_names_the_point_or_the_seeds_that_would_decide_it(
     assert "seeds in all (study.seeds=[0,...," in straddle["sentence"] or "within noise of δ" in straddle["sentence"]
 
 
-def test_delta_is_the_larger_of_one_percent_of_the_best_loss_and_the_base_seed_spread():
+def test_delta_is_the_larger_of_one_percent_of_the_best_loss_and_the_base_seeds_spread():
     rows = table(noisy(lambda w: -4.0, seed_sd=0.02), widths=(64, 256), xs=HALF, seeds=(0, 1, 2))
     grid = cells.cells(rows)
     cells.fit_cells(grid, Settings())
     base, wide = grid["sp", 64], grid["sp", 256]
-    sd = float(np.std(base.scores[base.best], ddof=1))
+    levels = np.array(list(base.fits["lr"].seed_levels.values()))  # the seeds' fitted levels at the minimum
+    drawn = np.random.default_rng(0).normal(0, 0.02, 100)[:3]      # the offsets noisy() gave the seeds
+    assert levels - levels.mean() == pytest.approx(drawn - drawn.mean(), abs=0.002)
+    sd = float(np.std(levels, ddof=1))
     assert verdict.delta_for(base, wide, Settings()) == pytest.approx(max(sd, 0.01 * wide.fits["lr"].level))
     assert verdict.delta_for(base, wide, Settings(delta=0.5)) == 0.5
 
