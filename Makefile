@@ -188,8 +188,8 @@ repro-resnet: setup
 
 # Learning-rate transfer of a GPT on the Python standard library's source as bytes (data=pystdlib): K-FAC, Shampoo
 # and Adam × sp / mup / somup (Adam: sp / mup; somup is mup for Adam), the lr grid at every d_model in GPT_WIDTHS,
-# 2 seeds, then the transfer from the base width (the same trials: it records the choice) and the report (drift and
-# regret per width). CPU size (~30 min on 2 shared cores): 2 blocks, 4 heads, context 32, batch 8, 40 steps,
+# 3 seeds, refined where the verdicts need points (an optimum at the grid's edge gets the points beyond it), then the
+# transfer from the base width with its verification points and the report (regret per width, drift, width law). CPU size (~30 min on 2 shared cores): 2 blocks, 4 heads, context 32, batch 8, 40 steps,
 # d_model 64 → 256. GPU size: make repro-transformer DEVICE=cuda LAUNCHER="launcher=pool launcher.per_gpu=4"
 #   GPT_WIDTHS=[128,256,512,1024,2048] GPT_TRANSFER=[256,512,1024,2048] GPT_RUN="data.context=128 train.steps=2000
 #   train.batch_size=64 train.eval_every=500 data.n_test=2048 train.eval_train_samples=2048 model.layers=4"
@@ -198,15 +198,19 @@ GPT_RUN ?= data.context=32 data.n_test=128 train.steps=40 train.batch_size=8 tra
 GPT_WIDTHS ?= [64,128,256]
 GPT_TRANSFER ?= [128,256]
 GPT = model=gpt data=pystdlib $(GPT_RUN) $(COMMON) study.widths=$(GPT_WIDTHS)
+repro-transformer: REFINE_BUDGET ?= 90
 repro-transformer: setup
 	$(MUSO) sweep optimizer=kfac $(GPT) study.params=[sp,mup,somup] study.lr=log2:-5:-1 study.name=gpt-lr-kfac
+	$(MUSO) refine $(REPRO)/gpt-lr-kfac $(REFINE)
 	$(MUSO) transfer $(REPRO)/gpt-lr-kfac transfer.widths=$(GPT_TRANSFER)
 	$(MUSO) report $(REPRO)/gpt-lr-kfac
 	$(MUSO) sweep optimizer=shampoo optimizer.eigh_dtype=float32 $(GPT) study.params=[sp,mup,somup] \
 		study.lr=log2:-6:-3 study.name=gpt-lr-shampoo
+	$(MUSO) refine $(REPRO)/gpt-lr-shampoo $(REFINE)
 	$(MUSO) transfer $(REPRO)/gpt-lr-shampoo transfer.widths=$(GPT_TRANSFER)
 	$(MUSO) report $(REPRO)/gpt-lr-shampoo
 	$(MUSO) sweep optimizer=adam $(GPT) study.params=[sp,mup] study.lr=log2:-9:-6 study.name=gpt-lr-adam
+	$(MUSO) refine $(REPRO)/gpt-lr-adam $(REFINE)
 	$(MUSO) transfer $(REPRO)/gpt-lr-adam transfer.widths=$(GPT_TRANSFER)
 	$(MUSO) report $(REPRO)/gpt-lr-adam
 

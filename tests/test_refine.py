@@ -150,3 +150,14 @@ def test_a_second_sweep_that_adds_a_parameterization_and_a_seed_is_refined_and_t
     before = (study.path / "study.yaml").read_bytes()
     assert main(["sweep", *common, "study.params=[somup]", "study.seeds=[1]", "--no-launch"]) == 0
     assert (study.path / "study.yaml").read_bytes() == before
+
+
+def test_an_optimum_at_the_grid_edge_is_extended_even_when_its_verdict_is_decided(tmp_path, capsys):
+    """transfer refuses an optimum at the grid's edge: refine adds the point beyond it whatever the verdict."""
+    def rising(p, w, lr, d, s):  # lowest at the largest lr tried, at both widths
+        return 1.0 - 0.1 * math.log2(lr) + 0.001 * s
+    study = make(tmp_path, rising, "study.lr=log2:-6:-3", "study.params=[sp]", "study.widths=[16,32]",
+                 "study.seeds=[0,1]")
+    assert main(["refine", str(study.path), "--no-launch"]) == 0
+    new = {(t.width, round(math.log2(t.lr), 6)) for t in study.trials() if t.phase == "refine"}
+    assert (16, -2.0) in new  # one step beyond the base grid's top

@@ -130,6 +130,9 @@ def plan_refine(study: Study, metric: str, judged: dict, refine_to: float, seeds
       fitted valleys); with lr and damping both swept, every combination of the optimum's lr and the new lrs with
       its damping and the new dampings.
 
+    And for every parameterization, decided or not, whose base-width optimum lies at the grid's edge (which
+    ``muso transfer`` refuses to carry), the point one step beyond it.
+
     Each setting, old and new, is planned for every seed in ``seeds``: finished trials keep their ids and are not
     rerun. What a round cannot do (more seeds; a cell without an optimum) becomes a note saying what to change.
     At the base width every parameterization is the same run: a point planned there for one is planned for every
@@ -150,8 +153,11 @@ def plan_refine(study: Study, metric: str, judged: dict, refine_to: float, seeds
     # grid near the optima, which tightens the fitted valleys
     targeted = {p for p in open_params for row in judged["params"][p]["regret"] if row["verdict"] == "undecided"
                 for need in row.get("needs", []) if need["kind"] in ("point", "verify")}
+    base = judged.get("base_width")
     for (param, width), cell in grid.items():
-        if param not in open_params or param in targeted or cell.n_settings < 2:
+        at_edge = (width == base and cell.best is not None
+                   and any(cell.axis(a)["edge"] for a in cell.swept))  # muso transfer refuses an edge optimum
+        if not at_edge and (param not in open_params or param in targeted or cell.n_settings < 2):
             continue
         if cell.best is None:
             e = cell.problem()
