@@ -28,7 +28,8 @@ def run_example(out: Path, *overrides: str, **env: str) -> subprocess.CompletedP
 
 
 def test_the_example_runs_sweep_transfer_and_report_through_its_own_script(tmp_path):
-    done = run_example(tmp_path, "study.lr=log2:-6:-3", "study.seeds=[0,1]")
+    done = run_example(tmp_path, "study.lr=log2:-6:-3", "study.seeds=[0,1]",
+                       TRANSFER="transfer.widths=[128,256] transfer.verify=3")
     assert done.returncode == 0, done.stderr[-3000:]
     study = Study(tmp_path / "chargpt-muon")
     trials = study.trials()
@@ -38,12 +39,13 @@ def test_the_example_runs_sweep_transfer_and_report_through_its_own_script(tmp_p
     assert some["trainer"] == "command" and "chargpt.py --width 64" in some["command"]
     saved = json.loads((study.path / "report" / "report.json").read_text())
     assert set(saved["params"]) == {"sp", "somup"}
-    assert all(pv["regret"] for pv in saved["params"].values())  # judged at 128 and 256 from its own runs
+    assert all(len(pv["regret"]) == 2 for pv in saved["params"].values())  # judged at 128 and 256 from its runs
     assert "verdict:" in done.stdout and "adjust_lr_fn=none" in done.stdout  # muso params showed the model
 
 
 def test_the_same_script_runs_each_trial_as_a_two_process_ddp_job(tmp_path):
-    done = run_example(tmp_path, "study.lr=[0.03]", "study.params=[somup]", "study.seeds=[0]", DDP="2")
+    done = run_example(tmp_path, "study.lr=[0.03]", "study.params=[somup]", "study.seeds=[0]", DDP="2",
+                       TRANSFER="transfer.widths=[128] transfer.verify=1")
     assert done.returncode == 0, done.stderr[-3000:]
     study = Study(tmp_path / "chargpt-muon")
     for t in study.trials():

@@ -3,7 +3,8 @@
 # tune Muon's lr at d_model 64 (sp and second-order µP), transfer the best to 128 and 256 with 3 verification
 # points each, report. Usage: bash examples/chargpt/run.sh [output folder] [extra muso overrides]
 #   MUSO=<command> picks the muso to run (default: muso), PYTHON the interpreter of the trials (default: the one
-#   beside muso); DDP=2 runs every trial as a 2-process DDP job on CPU (gloo, through torchrun).
+#   beside muso); DDP=2 runs every trial as a 2-process DDP job on CPU (gloo, through torchrun); TRANSFER the
+#   transfer's overrides (default: transfer.widths=[128,256]); STEPS the training steps (default 60).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT=${1:-$HERE/outputs}
@@ -22,5 +23,5 @@ RUN=(--config-dir "$HERE/conf" model=chargpt data=pystdlib data.context=64 optim
 
 $MUSO params "${RUN[@]:0:6}" param=somup model.width=256
 $MUSO sweep "${RUN[@]}" study.params=[sp,somup] study.lr=log2:-9:-3:0.5 study.seeds=[0,1] launcher=pool "$@"
-$MUSO transfer "$OUT/chargpt-muon" transfer.widths=[128,256]
+$MUSO transfer "$OUT/chargpt-muon" ${TRANSFER:-transfer.widths=[128,256]}
 $MUSO report "$OUT/chargpt-muon"
