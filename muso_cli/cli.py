@@ -11,13 +11,14 @@ import os
 import re
 import shlex
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import config, track
 from .config import CONF_DIR, ConfigShown, search_path_override
-from .errors import UsageError
+from .errors import UsageError, raise_all
 from .logs import to_console
 from .validate import compose_valid, validate
 
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return completion
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"muso: unknown command {command!r}. Fix: use one of {', '.join(COMMANDS)} (muso --help).",
+        print(f"muso: error: {command}: is not a muso command. Fix: use one of {', '.join(COMMANDS)} (muso --help).",
               file=sys.stderr)
         return 2
     if command != "run":  # muso run is a Hydra app: Hydra's job logging takes the muso logger
@@ -75,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # the machine, not the input: a full disk, a folder that vanished, a read-only mount
         if os.environ.get("MUSO_DEBUG"):
             traceback.print_exc()
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"muso {command}: error: {e.strerror or e}{where}. Fix: free space or choose a folder you can write "
-              "to; finished results are kept and a rerun of the same command goes on from them.", file=sys.stderr)
+        print(f"muso {command}: error: {e.filename or 'a file'}: {e.strerror or e}. Fix: free space or choose a folder "
+              "you can write to; finished results are kept and a rerun of the same command goes on from them.",
+              file=sys.stderr)
         return 2
 
 
@@ -145,9 +146,14 @@ _RUN_RESULTS: list[dict] = []
 
 
 def cmd_run(args: list[str]) -> int:
-    """Validate every job of the (multi)run first, then hand the command line to Hydra."""
+    """Validate every job of the (multi)run first (--yes: a model above setup.MAX_PARAMETERS or the device's
+    memory too), check the output folder it names, then hand the command line to Hydra."""
     from hydra._internal.utils import get_args_parser
 
+    from .setup import below_base_width, check_size, parse_output_folder
+    from .stop import Interrupted
+
+    yes, args = "--yes" in args, [a for a in args if a != "--yes"]
     ns = get_args_parser().parse_args(args)
     if not (ns.help or ns.hydra_help or ns.info or ns.shell_completion):
         dirs = [ns.config_dir] if ns.config_dir else []  # Hydra's own --config-dir, which runs the job
@@ -158,12 +164,26 @@ def cmd_run(args: list[str]) -> int:
                                  "muso run trains one run in this process and would ignore it.",
                                  "for a study use muso sweep launcher=...; to spread a multirun use Hydra's "
                                  "launchers: muso run -m hydra/launcher=submitit_slurm (or joblib) key=a,b.")
+            raise_all([check_size(cfg, cfg.model.width, "model.width", yes=yes)])
+            if below_base_width(cfg):
+                print(f"warning: {below_base_width(cfg)}", file=sys.stderr)
+        for key in ("hydra.sweep.dir" if ns.multirun else "hydra.run.dir",):  # Hydra's own error is a traceback
+            given = [o.split("=", 1)[1] for o in ns.overrides if o.split("=", 1)[0].lstrip("+") == key]
+            if given and "${" not in given[-1]:
+                parse_output_folder(key, given[-1])
     _RUN_RESULTS.clear()
-    argv0, sys.argv = sys.argv, ["muso-run", *args]
+    argv0, sys.argv, full_error = sys.argv, ["muso-run", *args], os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises what it would print as a traceback; main says it in a line
     try:
         _hydra_run()
+    except Interrupted:  # _run_task said where the checkpoint is
+        return 130
+    except OSError as e:  # Hydra's files or the run's: its folder
+        raise UsageError("hydra.run.dir", f"the run's files cannot be written ({e.filename or 'a file'}: "
+                         f"{e.strerror or e}).", "free space on its disk, or set hydra.run.dir=<a folder>.") from None
     finally:
         sys.argv = argv0
+        os.environ.pop("HYDRA_FULL_ERROR") if full_error is None else os.environ.update(HYDRA_FULL_ERROR=full_error)
     return 1 if any(r.get("status") == track.FAILED for r in _RUN_RESULTS) else 0
 
 
@@ -212,8 +232,10 @@ def cmd_params(args: list[str]) -> int:
                 lambda p: p.add_argument("--json", action="store_true", help="print JSON instead of a table"))
     cfg = compose_valid(ns.overrides, check_data=False)
     from . import data as data_mod, optim
-    from .setup import build_model_and_plan
+    from .setup import below_base_width, build_model_and_plan
 
+    if below_base_width(cfg):
+        print(f"warning: {below_base_width(cfg)}", file=sys.stderr)
     input_shape, num_classes = data_mod.spec(cfg.data)
     model, plan = build_model_and_plan(cfg, input_shape, num_classes, device="meta")
     lrs = optim.step_lrs(optim.build(cfg.optimizer, model, plan, cfg.train.loss))
@@ -239,21 +261,26 @@ def cmd_params(args: list[str]) -> int:
 def cmd_coord_check(args: list[str]) -> int:
     ns = _parse("coord-check", args, "Per-layer RMS of the feature update Δh (Δf at the readout) against width "
                 "after a few steps on one fixed batch; writes coord.csv, slopes.csv, verdict.csv, coord.png.",
-                lambda p: p.add_argument("--strict", action="store_true",
-                                         help="exit 1 unless every hidden Δh and the output Δf are flat"))
+                lambda p: (p.add_argument("--strict", action="store_true",
+                                          help="exit 1 unless every hidden Δh and the output Δf are flat"),
+                           p.add_argument("--yes", action="store_true", help="check a width above the size limit")))
     cfg = compose_valid(ns.overrides)
     from . import coord
+    from .setup import parse_output_folder
 
-    widths = coord.parse_coord(cfg)
+    widths = coord.parse_coord(cfg, yes=ns.yes)
     c = cfg.coord
-    out = Path(c.out or f"outputs/coord/{cfg.param.name}-{cfg.optimizer.name}-{_timestamp()}")
+    out = parse_output_folder("coord.out", c.out or f"outputs/coord/{cfg.param.name}-{cfg.optimizer.name}-"
+                              f"{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     print(f"coord-check: {cfg.model.name}, {cfg.optimizer.name} lr={cfg.optimizer.lr}, param={cfg.param.name}, "
           f"widths {widths}, {c.steps} steps, batch {c.batch_size}", file=sys.stderr)
     res = coord.run(cfg, out)
     verdicts = res["verdicts"]
     print(f"slopes of log2 RMS Δh vs log2 width at step {int(verdicts.step.max())}, fitted from width "
           f"{res['fit_from']:g} (slope_all: from the smallest width); tolerance {c.tolerance}")
-    print(verdicts.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
+    print(verdicts.to_string(index=False, float_format=lambda v: f"{v:+.3f}", na_rep="-"))
+    for row in res["unobserved"]:  # in verdict.csv as "not observed"
+        print(f"not observed: {row['layer']} ({row['role']}): {row['why']}")
     print(f"→ {out}/coord.png, coord.csv, slopes.csv, verdict.csv")
     judged = verdicts[verdicts.role.isin(["hidden", "output"])]
     return 1 if ns.strict and (judged.verdict != "flat").any() else 0
@@ -292,7 +319,8 @@ def _grid(values) -> str:
 
 def _plan_flags(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
     parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
-    parser.add_argument("--yes", action="store_true", help="run a grid larger than study.max_trials")
+    parser.add_argument("--yes", action="store_true", help="run a grid larger than study.max_trials, or widths whose "
+                        "model is above the size limit (setup.MAX_PARAMETERS or the device's memory)")
     parser.add_argument("--no-launch", action="store_true",
                         help="write the study's trial list and run nothing (for your own sbatch --array line)")
 
@@ -358,7 +386,7 @@ def cmd_transfer(args: list[str]) -> int:
                 positionals=[STUDY_ARG])
     from . import workflow
 
-    transfer = workflow.plan_transfer(ns.study, ns.overrides, allow_edge=ns.allow_edge, trust_it=ns.trust)
+    transfer = workflow.plan_transfer(ns.study, ns.overrides, allow_edge=ns.allow_edge, trust_it=ns.trust, yes=ns.yes)
     for warning in transfer.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     _print_best(transfer.best, transfer.cfg)
@@ -548,7 +576,7 @@ def cmd_report(args: list[str]) -> int:
         print(f"headline ({settings.study.metric} of the transferred setting per width):")
         print(headline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     transferred = res["tables"].get("transferred")
-    if transferred is not None and not transferred.empty:
+    if transferred is not None and not transferred.empty and transferred.test_acc.notna().any():
         acc = transferred.pivot_table(index="param", columns="width", values="test_acc", dropna=False)
         acc = acc.reindex(report.ordered(acc.index))
         acc.columns = [f"w{w}" for w in acc.columns]
@@ -556,11 +584,6 @@ def cmd_report(args: list[str]) -> int:
         print(acc.reset_index().to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
     print(f"report: {out / 'report.md'}")
     return 0
-
-
-def _timestamp() -> str:
-    from datetime import datetime
-    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

@@ -76,12 +76,14 @@ def compose(overrides: Sequence[str] = (), *, config_name: str = "config",
     adds them (a ``hydra.searchpath=[file://...]`` override does the same and may be given instead): your
     ``<dir>/model/mynet.yaml`` is then ``model=mynet``. An option that muso's conf/ has too is muso's (Hydra's
     rule: the first folder of the search path that has it). Raises UsageError for unknown groups/options/keys,
-    unparsable overrides and missing folders.
+    unparsable overrides, missing folders and config files of your own that are not plain YAML mappings.
     """
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import (ConfigCompositionException, MissingConfigException,
                               OverrideParseException)
+    from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides)
     if config_dirs:
@@ -89,7 +91,16 @@ def compose(overrides: Sequence[str] = (), *, config_name: str = "config",
             raise UsageError("hydra.searchpath", "is given twice: as an override and as config folders.",
                              "give the folders one way (--config-dir, or hydra.searchpath=[file://...]).")
         overrides.append(search_path_override(config_dirs))
+    for o in overrides:
+        if "=" in o and not o.partition("=")[0].strip("+~ "):
+            raise UsageError(o, "has no key before '='.", "write key=value or group=option, e.g. model.width=512.")
     dirs = _search_dirs(overrides)
+    missing = [d for d in dirs[1:] if not d.is_dir()]
+    if missing:
+        raise UsageError("hydra.searchpath", f"{missing[0]} is not a folder (the config search path names it).",
+                         "give folders that exist (--config-dir DIR); a study made elsewhere records the folders "
+                         "of that machine: copy them here, or run `muso report`, which needs none.")
+    _check_own_options(overrides, dirs)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="muso"):
         try:
             cfg = hydra_compose(config_name, overrides=overrides)
@@ -102,12 +113,43 @@ def compose(overrides: Sequence[str] = (), *, config_name: str = "config",
             failure: Exception = e
         except (OverrideParseException, ConfigCompositionException) as e:
             failure = e
+        except (ValueError, TypeError, OmegaConfBaseException, yaml.YAMLError) as e:  # Hydra's other refusals
+            raise UsageError("overrides", f"the config cannot be composed from {' '.join(overrides)}: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}.",
+                             "check the overrides and the config files of your own (`muso run --cfg job` "
+                             "prints the composed config).") from None
     # Build the message outside Hydra's global context: it may compose the defaults to list valid keys.
     if isinstance(failure, MissingConfigException):
         raise _missing_option_error(str(failure), dirs) from None
     if isinstance(failure, OverrideParseException):
         raise _syntax_error(failure, overrides) from None
     raise _composition_error(str(failure), dirs) from None
+
+
+def _check_own_options(overrides: Sequence[str], dirs: Sequence[Path]) -> None:
+    """UsageError naming the group when a ``group=option`` override picks a config file of your own (found in a
+    folder of the search path after muso's conf/) that is not a plain YAML mapping: malformed, a list, empty, or
+    tagged (``!!python/...``: muso reads plain YAML only, so a tag is an error, never code)."""
+    import yaml
+
+    for o in overrides:
+        group, _, option = o.lstrip("+~").partition("=")
+        if not option or "." in group or group.startswith("hydra") or (CONF_DIR / group / f"{option}.yaml").exists():
+            continue
+        path = next((Path(d) / group / f"{option}.yaml" for d in dirs[1:]
+                     if (Path(d) / group / f"{option}.yaml").is_file()), None)
+        if path is None:
+            continue
+        try:
+            node = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise UsageError(group, f"{path} cannot be read as YAML: {' '.join(str(e).split())[:300]}.",
+                             "fix the file: plain YAML of key: value lines (no !!python tags: muso runs no code "
+                             "from a config file).") from None
+        if not isinstance(node, dict):
+            raise UsageError(group, f"{path} holds {'nothing' if node is None else 'a ' + type(node).__name__}, not "
+                             "a config of key: value pairs.", f"write the {group}'s keys in it, e.g. `name: "
+                             f"{option}` (muso's conf/{group}/ has examples).")
 
 
 def _syntax_error(failure: Exception, overrides: list[str]) -> UsageError:

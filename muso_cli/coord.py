@@ -6,8 +6,12 @@ coordinates of its output h (a layer's pre-activation) and of its change Δh = h
 both measured on that batch. The readout's output is the network output f,
 so its Δh is Δf. Fit the slope of log2(RMS) against log2(width): a parameterization is right when every hidden
 Δh and the output Δf are flat (|slope| ≲ 0.15), docs/parameterization.md. Widths near the base width
-suffer finite-size effects, so slopes are fitted from ``fit_from`` (default 4 × base width) upward, and the
-slope from the base width is reported beside them.
+suffer finite-size effects, so slopes are fitted from ``fit_from`` (default 4 × base width) upward, over at least
+MIN_FIT_WIDTHS widths (a slope through two points has no residual to tell noise from trend: with one seed, two
+widths an octave apart read a flat layer as shrinking by −0.25 … −0.40), and the slope from the base width is
+reported beside them. Parameters with a role whose output the check cannot hook (a tensor read directly, such as a
+position embedding (1, T, d), or a layer whose forward never runs, such as nn.MultiheadAttention's out_proj) are
+listed as not observed (:func:`unobserved`), never silently dropped.
 """
 from __future__ import annotations
 
@@ -26,9 +30,11 @@ from .parametrize import LAYER_TYPES, Plan, WidthMultiplier
 from .plots import pyplot, save
 from .errors import UsageError, check_positive, parse_widths, raise_all
 from .losses import LOSSES
-from .setup import build_model_and_plan, resolve_device
+from .setup import build_model_and_plan, check_size, resolve_device
 
 COLUMNS = ["width", "layer", "role", "step", "metric", "value"]
+MIN_FIT_WIDTHS = 3
+NOT_OBSERVED = "not observed"
 
 
 def _roles(model: nn.Module, plan: Plan) -> dict[str, str]:
@@ -55,6 +61,31 @@ def _layer_outputs(model: nn.Module, x: torch.Tensor, names) -> dict[str, torch.
         for h in handles:
             h.remove()
     return captured
+
+
+def unobserved(model: nn.Module, plan: Plan, fired: set[str]) -> list[dict]:
+    """Rows (layer: the parameter, role, why) for each matrix with a role (input, hidden, output: ≥ 2 dimensions)
+    whose output the check does not see: no hooked module holds it, or the module's forward never ran (``fired``:
+    the modules whose hooks fired on a forward pass)."""
+    roles = _roles(model, plan)
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            holders.setdefault(id(p), []).append((name, module))
+    out = []
+    for name, p in model.named_parameters():
+        spec = plan.specs.get(name)
+        if spec is None or len(spec.shape) < 2 or spec.role == "fixed":
+            continue
+        held = holders.get(id(p), [])
+        if any(n in fired for n, _ in held):
+            continue
+        hooked = [n for n, _ in held if n in roles]
+        why = (f"the forward of {hooked[0]} never ran (its weight is read directly by the module around it)" if hooked
+               else f"held by {', '.join(sorted({type(m).__name__ for _, m in held}))}, read directly (the check "
+                    "hooks the outputs of Linear, Conv2d and Embedding layers)")
+        out.append(dict(layer=name, role=spec.role, why=why))
+    return out
 
 
 def _rms(t: torch.Tensor) -> float:
@@ -156,17 +187,24 @@ def plot(df: pd.DataFrame, path: Path, title: str, fit_from: float | None = None
     save(fig, path)
 
 
-def parse_coord(cfg: DictConfig) -> list[int]:
-    """The coordinate check's keys (``coord.*``); returns the widths, or raises UsageError naming the key."""
+def parse_coord(cfg: DictConfig, *, yes: bool = False) -> list[int]:
+    """The coordinate check's keys (``coord.*``); returns the widths, or raises UsageError naming the key: widths
+    from the base width up, MIN_FIT_WIDTHS of them from coord.fit_from, and the widest within the size limit
+    (muso_cli.setup.check_size) unless ``yes``."""
     c = cfg.coord
-    widths = parse_widths("coord.widths", c.widths, at_least=2)
+    widths = parse_widths("coord.widths", c.widths, cfg.model.base_width, at_least=2)
     raise_all([*(check_positive(f"coord.{key}", c[key], integer=True) for key in ("steps", "batch_size", "seeds")),
                check_positive("coord.tolerance", c.tolerance),
                check_positive("coord.fit_from", c.fit_from, optional=True)])
     fit_from = fit_from_width(cfg)
-    if sum(w >= fit_from for w in widths) < 2:
-        raise UsageError("coord.fit_from", f"leaves fewer than 2 widths ≥ {fit_from:g} to fit slopes "
-                         f"(widths {widths}).", "add wider widths, or set coord.fit_from to a smaller width.")
+    fitted = sorted({w for w in widths if w >= fit_from})
+    if len(fitted) < MIN_FIT_WIDTHS:
+        wider = [max(widths) * 2 ** k for k in range(1, MIN_FIT_WIDTHS - len(fitted) + 1)]
+        raise UsageError("coord.fit_from", f"leaves {len(fitted)} width(s) ≥ {fit_from:g} to fit slopes (widths "
+                         f"{widths}); a slope needs {MIN_FIT_WIDTHS} (through two it cannot tell noise from a trend).",
+                         f"add wider widths (e.g. coord.widths=[{','.join(map(str, sorted(set(widths)) + wider))}]), "
+                         f"or set coord.fit_from to a smaller width.")
+    raise_all([check_size(cfg, max(widths), "coord.widths", yes=yes)])
     return widths
 
 
@@ -174,21 +212,44 @@ def fit_from_width(cfg: DictConfig) -> float:
     return float(cfg.coord.fit_from or 4 * cfg.model.base_width)
 
 
+def unobserved_layers(cfg: DictConfig) -> list[dict]:
+    """:func:`unobserved` for the model at the smallest width of coord.widths, on one batch of the data."""
+    device = resolve_device(cfg.device)
+    data = data_mod.load(cfg.data, device)
+    model, plan = build_model_and_plan(cfg, data.input_shape, data.num_classes, min(cfg.coord.widths), device)
+    fired = _layer_outputs(model, data.x_train[:cfg.coord.batch_size], _roles(model, plan))
+    return unobserved(model, plan, set(fired))
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    """Measure, fit, plot and write coord.csv, slopes.csv, verdict.csv and coord.png into ``out_dir``."""
+    """Measure, fit, plot and write coord.csv, slopes.csv, verdict.csv (one row per observed layer, then one of
+    verdict "not observed" per parameter it cannot observe) and coord.png into ``out_dir``. An output that cannot be
+    written is a UsageError naming coord.out."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     df = measure(cfg)
     fit_from = fit_from_width(cfg)
     slope_df = slopes(df, fit_from)
     verdict_df = verdicts(slope_df, cfg.coord.tolerance)
-    df.to_csv(out_dir / "coord.csv", index=False)
-    slope_df.to_csv(out_dir / "slopes.csv", index=False)
-    verdict_df.to_csv(out_dir / "verdict.csv", index=False)
+    missed = unobserved_layers(cfg)
+    if missed:
+        step = int(verdict_df.step.max()) if len(verdict_df) else int(cfg.coord.steps)
+        verdict_df = pd.concat([verdict_df, pd.DataFrame([dict(layer=r["layer"], role=r["role"], step=step,
+                                                                slope=math.nan, slope_all=math.nan,
+                                                                verdict=NOT_OBSERVED) for r in missed])],
+                               ignore_index=True)
     title = (f"{cfg.model.name} · {cfg.optimizer.name} lr={cfg.optimizer.lr} · param={cfg.param.name} · "
              f"base width {cfg.model.base_width}")
-    plot(df, out_dir / "coord.png", title, fit_from)
-    with open_dict(cfg):
-        cfg.coord.out = str(out_dir)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return {"measurements": df, "slopes": slope_df, "verdicts": verdict_df, "fit_from": fit_from, "out": out_dir}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out_dir / "coord.csv", index=False)
+        slope_df.to_csv(out_dir / "slopes.csv", index=False)
+        verdict_df.to_csv(out_dir / "verdict.csv", index=False)
+        plot(df, out_dir / "coord.png", title, fit_from)
+        with open_dict(cfg):
+            cfg.coord.out = str(out_dir)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as e:
+        raise UsageError("coord.out", f"{e.filename or out_dir} cannot be written: {e.strerror or e}.",
+                         "free space on its disk, or give coord.out a folder you can write to.") from None
+    return {"measurements": df, "slopes": slope_df, "verdicts": verdict_df, "fit_from": fit_from, "out": out_dir,
+            "unobserved": missed}

@@ -2,11 +2,10 @@
 (``data._target_``) too, or streamed one batch at a time when it does not fit on the device (:class:`Streamed`);
 and a byte-level text corpus (``data=pystdlib``, :mod:`muso_cli.corpus`).
 
-File-backed datasets (Fashion-MNIST, MNIST: IDX files; CIFAR-10/100: the python pickle batches) are found in
-this order: an explicit ``data.root`` (the only place looked at when given); the system copy (Debian's
-``dataset-fashion-mnist`` installs Fashion-MNIST under /usr/share/datasets/fashion-mnist); muso's download
-cache; a torchvision download when torchvision imports. When none can provide them the error says how to get
-the files. CIFAR training batches can be augmented on the device (random crop with padding, horizontal flip).
+File-backed datasets (Fashion-MNIST, MNIST: IDX files; CIFAR-10/100: python pickle batches) are found in this
+order: an explicit ``data.root`` (then the only place looked at); the system copy (Debian's dataset-fashion-mnist);
+muso's download cache; a torchvision download; else the error says how to get them. CIFAR training batches can
+be augmented on the device (random crop with padding, horizontal flip).
 """
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import corpus, targets
-from .errors import UsageError, check_bool, check_one_of, check_positive
+from .errors import UsageError, check_bool, check_one_of, check_positive, is_int, is_number
 
 SYSTEM_ROOTS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 IDX_FILES = {
@@ -44,11 +43,10 @@ NORMALIZATION = {
 class Dataset:
     """A dataset held as tensors (or as :class:`Streamed` views, which index like them).
 
-    x_train: [N, *input_shape] inputs (float32 normalised images, int64 tokens, ...); y_train: [N] int64 class
-    indices, [N, T] int64 classes per position (a sequence: every position is one term of the loss), or float
-    targets [N, C] (for train.loss=mse); likewise x_test/y_test. num_classes: the model's output size C.
-    bytes_per_token: bytes of text per token for a text corpus (1 when byte-level; the loss per token in nats
-    divided by ln 2 · bytes_per_token is bits per byte), None for other data.
+    x_train: [N, *input_shape] inputs (float32 normalised images, int64 tokens, ...); y_train: [N] int64 classes,
+    [N, T] int64 classes per position (a sequence: each position one term of the loss), or float targets [N, C]
+    (train.loss=mse); likewise x_test/y_test. num_classes: the model's output size C. bytes_per_token: bytes of
+    text per token of a text corpus (loss in nats / (ln 2 · bytes_per_token) is bits per byte), else None.
     """
 
     name: str
@@ -79,8 +77,7 @@ class Dataset:
 # Streaming: data that stays off the device (host memory, or a torch Dataset) and comes one batch at a time.
 
 class _Split:
-    """The examples of one split: CPU tensors (x, y) or a map-style ``torch.utils.data.Dataset`` of (x, y) pairs.
-    Keeps the last batch fetched, so that the inputs and the targets of one batch are fetched once."""
+    """One split: CPU tensors (x, y) or a map-style torch Dataset of (x, y); keeps the last batch fetched (once)."""
 
     def __init__(self, data):
         self.data = data
@@ -109,9 +106,8 @@ class Streamed:
     ``view[idx]`` (int64 indices [B] on any device, or a slice) is that batch as a tensor on ``device``, so the
     training loop's ``data.x_train[idx]`` works unchanged. ``len(view)`` and ``view.shape`` are the split's.
 
-    Cost (README "Your own data"): per step, B examples are gathered on the CPU in the training process (a
-    Dataset's ``__getitem__`` B times, then collated; no worker processes) and copied to the device; every
-    evaluation streams the test split and train.eval_train_samples training examples the same way.
+    Cost: per step B examples gathered on the CPU in the training process (a Dataset's ``__getitem__`` B times,
+    collated; no workers), then copied to the device; evaluations stream the same way (README "Your own data").
     """
 
     def __init__(self, split: _Split, field: int, device: torch.device | str = "cpu", positions: Tensor | None = None):
@@ -163,10 +159,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _find_idx(root: Path, stem: str) -> Path | None:
-    for candidate in (root / stem, root / f"{stem}.gz", root / "raw" / stem, root / "raw" / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((c for c in (root / stem, root / f"{stem}.gz", root / "raw" / stem, root / "raw" / f"{stem}.gz")
+                 if c.is_file()), None)
 
 
 def _idx_holds(name: str, folder: Path) -> bool:
@@ -185,9 +179,8 @@ def _read_idx_dataset(name: str, folder: Path) -> Dataset:
 
 
 # ------------------------------------------------------------------------------------------------------
-# CIFAR python batches: Python 2 pickles of dicts with "data" (uint8 [N, 3072]: per image the 1024 red, then
-# green, then blue values of the 32×32 pixels in row-major order) and "labels" (CIFAR-10) or "fine_labels"
-# (CIFAR-100: 100 classes). Loaded with encoding="bytes" the keys read b"data", b"labels", b"fine_labels".
+# CIFAR python batches: Python 2 pickles of dicts with "data" (uint8 [N, 3072]: per image the 1024 red, green, then
+# blue values of the 32×32 pixels, row-major) and "labels" (CIFAR-10) or "fine_labels" (CIFAR-100: 100 classes).
 
 @dataclass(frozen=True)
 class CifarLayout:
@@ -221,14 +214,11 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [N, 3, 32, 32] and labels int64 [N] of one pickled CIFAR batch file."""
-    with open(path, "rb") as f:
-        # latin1 reads Python 2 str (keys, the array's raw bytes) as text, which numpy accepts; keys pickled as
-        # bytes stay bytes, so both spellings are folded to str
+    with open(path, "rb") as f:  # latin1 reads Python 2 str (keys, raw bytes) as text; bytes keys are folded below
         batch = _CifarUnpickler(f, encoding="latin1").load()
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if "data" not in batch or label_key not in batch:
-        raise ValueError(f"{path} is not a CIFAR batch: it lacks 'data' or {label_key!r} "
-                         f"(keys: {', '.join(map(str, batch))})")
+        raise ValueError(f"{path} is not a CIFAR batch: no 'data' or {label_key!r} ({', '.join(map(str, batch))})")
     images = np.asarray(batch["data"], dtype=np.uint8)
     labels = np.asarray(batch[label_key], dtype=np.int64)
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(labels) != len(images):
@@ -254,13 +244,9 @@ def _read_cifar_dataset(name: str, folder: Path) -> Dataset:
 
 
 def random_crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
-    """CIFAR augmentation of a whole batch on its device: random crop with padding, random horizontal flip.
-
-    x: [B, C, H, W], normalised (so the zero padding is the mean colour) → [B, C, H, W]. Each image is the
-    H×W crop at a uniform offset in [0, 2·pad]² of the image zero-padded by ``pad``, i.e. shifted by up to
-    ±pad pixels, then mirrored left–right with probability 1/2. One gather for the batch, no loop over images;
-    ``generator`` lives on x's device and makes the draw reproducible.
-    """
+    """CIFAR augmentation of a batch on its device, x: [B, C, H, W] normalised (zero padding = the mean colour) →
+    [B, C, H, W]: each image shifted by up to ±pad pixels (the H×W crop at a uniform offset of the image padded by
+    ``pad``), then mirrored left–right with probability 1/2; one gather, ``generator`` on x's device."""
     b, c, h, w = x.shape
     dev = x.device
     offsets = torch.randint(0, 2 * pad + 1, (2, b, 1), generator=generator, device=dev)  # (rows, cols)
@@ -279,12 +265,9 @@ def random_crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Ten
 
 @dataclass(frozen=True)
 class Files:
-    """How one file-backed dataset is found, read and obtained.
-
-    torchvision: its class in torchvision.datasets. folder: where the files sit below a data root in
-    torchvision's layout (what a download creates; also muso's download cache). holds(name, folder): whether
-    ``folder`` has every file. read(name, folder) → Dataset. get: how to obtain the files (for the error).
-    """
+    """How one file-backed dataset is found, read and obtained. torchvision: its class in torchvision.datasets.
+    folder: where its files sit below a data root in torchvision's layout (a download's; muso's cache too).
+    holds(name, folder): whether ``folder`` has every file. read(name, folder) → Dataset. get: how to obtain them."""
 
     torchvision: str
     folder: str
@@ -324,21 +307,16 @@ def _torchvision_download(name: str, root: Path) -> Path:
         import torchvision.datasets as tvd
     except Exception as e:  # not installed, or a broken build (e.g. the CUDA wheel on a CPU machine)
         raise RuntimeError(f"torchvision does not import ({type(e).__name__}: {e})") from None
-    cls = getattr(tvd, FILES[name].torchvision)
     for train in (True, False):
-        cls(str(root), train=train, download=True)
+        getattr(tvd, FILES[name].torchvision)(str(root), train=train, download=True)
     return root / FILES[name].folder
 
 
-# ------------------------------------------------------------------------------------------------------
-# Dataset registry: each entry locates its files (raising UsageError when it cannot) and loads them.
+# Each file-backed dataset locates its files (a UsageError when it cannot) and loads them.
 
 def _locate(cfg) -> Path | None:
-    """The folder holding ``cfg.name``'s files, or None when only a download could provide them.
-
-    An explicit data.root is the only place looked at (the files' folder itself, or a root in torchvision's
-    layout above it); otherwise the system copy, then muso's download cache.
-    """
+    """The folder holding ``cfg.name``'s files, or None when only a download could provide them: data.root alone
+    when given (the files' folder, or a root in torchvision's layout), else the system copy, then muso's cache."""
     files = FILES[cfg.name]
     if cfg.root:
         root = Path(os.path.expanduser(str(cfg.root)))
@@ -379,6 +357,16 @@ def _load_files(cfg) -> Dataset:
     return FILES[cfg.name].read(cfg.name, folder)
 
 
+DIGITS = 1797  # images in scikit-learn's digits
+
+
+def _digits_keys(cfg) -> list[UsageError | None]:
+    tf = cfg.get("test_fraction")  # both splits need an image
+    return [] if is_number(tf) and 1 <= round(tf * DIGITS) < DIGITS else [UsageError(
+        "data.test_fraction", f"must leave at least one of the {DIGITS} images in each split (a number in (0, 1)), "
+        f"got {tf!r}.", "e.g. data.test_fraction=0.2.")]
+
+
 def _load_digits(cfg) -> Dataset:
     from sklearn.datasets import load_digits
 
@@ -386,14 +374,15 @@ def _load_digits(cfg) -> Dataset:
     x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # [1797, 1, 8, 8]
     y = torch.from_numpy(digits.target.astype(np.int64))
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    n_test = int(round(cfg.test_fraction * len(y)))
+    n_test = round(cfg.test_fraction * len(y))
     te, tr = perm[:n_test], perm[n_test:]
     return _normalised("digits", x[tr], y[tr], x[te], y[te], 10, source="sklearn.datasets.load_digits")
 
 
 def _synthetic_keys(cfg) -> list[UsageError | None]:
-    return [check_positive(f"data.{k}", cfg[k], integer=True)
-            for k in ("n_train", "n_test", "dim", "num_classes", "teacher_width")]
+    return [None if is_int(cfg.num_classes) and cfg.num_classes >= 2 else UsageError("data.num_classes", f"must be an "
+            f"integer ≥ 2 (a label is an argmax over them), got {cfg.num_classes!r}.", "e.g. data.num_classes=10."),
+            *(check_positive(f"data.{k}", cfg[k], integer=True) for k in ("n_train", "n_test", "dim", "teacher_width"))]
 
 
 def _load_synthetic(cfg) -> Dataset:
@@ -410,10 +399,6 @@ def _load_synthetic(cfg) -> Dataset:
 
 # ------------------------------------------------------------------------------------------------------
 # The byte-level text corpus (muso_cli.corpus): sequences of data.context bytes and the next byte of each.
-
-def _check_corpus(cfg) -> None:
-    corpus.locate(cfg.root, cfg.verify)
-
 
 def _load_corpus(cfg) -> Dataset:
     folder = corpus.locate(cfg.root, cfg.verify)
@@ -475,8 +460,8 @@ def _num_classes(cfg, y_train: Tensor, y_test: Tensor | None) -> int:
     if y_train.is_floating_point():
         return int(y_train.shape[-1])
     if y_test is None:
-        raise UsageError("data.num_classes", "is needed for streamed data: muso does not read the whole dataset "
-                         "to find the largest class.", "set data.num_classes=<the model's number of outputs>.")
+        raise UsageError("data.num_classes", "is needed for streamed data (muso does not read it all to find the "
+                         "largest class).", "set data.num_classes=<the model's number of outputs>.")
     return int(max(y_train.max(), y_test.max())) + 1
 
 
@@ -497,6 +482,8 @@ def _load_user(cfg) -> Dataset:
 
 
 def _user_keys(cfg) -> list[UsageError | None]:
+    if targets.missing("data", cfg):
+        return [targets.missing("data", cfg)]
     problems = [check_positive("data.num_classes", cfg.get("num_classes"), integer=True, optional=True),
                 check_bool("data.stream", cfg.get("stream")),
                 None if isinstance(cfg.get("name"), str) and cfg.get("name") else UsageError(
@@ -509,16 +496,11 @@ def _user_keys(cfg) -> list[UsageError | None]:
 
 
 def _user_spec(cfg) -> tuple[tuple[int, ...], int]:
-    data = load(cfg)  # the target has to run to tell its shapes; load keeps the result for the run
-    return data.input_shape, data.num_classes
+    return load(cfg).input_shape, load(cfg).num_classes  # the target runs to tell; load keeps it for the run
 
 
 def _always_available(cfg) -> None:
     return None
-
-
-def _no_keys(cfg) -> list[UsageError | None]:
-    return []
 
 
 @dataclass(frozen=True)
@@ -528,33 +510,38 @@ class Source:
     check(cfg): raises UsageError when the data cannot be loaded (files missing). keys(cfg): problems with the
     dataset's own keys. spec(cfg) → (input_shape, num_classes), without loading where the facts are known.
     augment (optional): training-batch augmentation on the device, (x [B, *input_shape], generator on x's
-    device) → x; used when data.augment=true.
+    device) → x; used when data.augment=true. size: its training examples (None: known only from its files).
+    tokens: whether its inputs are integer tokens (a text corpus) rather than float features.
     """
 
     check: Callable[[Any], None]
     load: Callable[[Any], Dataset]
     spec: Callable[[Any], tuple[tuple[int, ...], int]]
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
-    keys: Callable[[Any], list[UsageError | None]] = _no_keys
+    keys: Callable[[Any], list[UsageError | None]] = lambda cfg: []
+    size: Callable[[Any], int | None] = lambda cfg: None
+    tokens: bool = False
 
 
 REGISTRY: dict[str, Source] = {
-    "fashion_mnist": Source(_check_files, _load_files, lambda cfg: ((1, 28, 28), 10)),
-    "mnist": Source(_check_files, _load_files, lambda cfg: ((1, 28, 28), 10)),
-    "cifar10": Source(_check_files, _load_files, lambda cfg: ((3, 32, 32), 10), augment=random_crop_flip),
-    "cifar100": Source(_check_files, _load_files, lambda cfg: ((3, 32, 32), 100), augment=random_crop_flip),
-    "digits": Source(_always_available, _load_digits, lambda cfg: ((1, 8, 8), 10)),
+    **{name: Source(_check_files, _load_files, lambda cfg, s=shape: s, augment=augment, size=lambda cfg, n=n: n)
+       for name, shape, n, augment in [("fashion_mnist", ((1, 28, 28), 10), 60000, None),
+                                       ("mnist", ((1, 28, 28), 10), 60000, None),
+                                       ("cifar10", ((3, 32, 32), 10), 50000, random_crop_flip),
+                                       ("cifar100", ((3, 32, 32), 100), 50000, random_crop_flip)]},
+    "digits": Source(_always_available, _load_digits, lambda cfg: ((1, 8, 8), 10), keys=_digits_keys,
+                     size=lambda cfg: DIGITS - round(cfg.test_fraction * DIGITS)),
     "synthetic": Source(_always_available, _load_synthetic, lambda cfg: ((int(cfg.dim),), int(cfg.num_classes)),
-                         keys=_synthetic_keys),
-    "pystdlib": Source(_check_corpus, _load_corpus, lambda cfg: ((int(cfg.context),), corpus.VOCAB),
-                       keys=_corpus_keys),
+                         keys=_synthetic_keys, size=lambda cfg: int(cfg.n_train)),
+    "pystdlib": Source(lambda cfg: corpus.locate(cfg.root, cfg.verify), _load_corpus,
+                       lambda cfg: ((int(cfg.context),), corpus.VOCAB), keys=_corpus_keys, tokens=True),
 }
-USER = Source(_always_available, _load_user, _user_spec, keys=_user_keys)
+USER = Source(_always_available, _load_user, _user_spec, keys=_user_keys, size=lambda cfg: len(load(cfg).x_train))
 
 
 def is_user_data(cfg) -> bool:
     """Whether the data node names its own loader (``data._target_``) instead of one of muso's datasets."""
-    return "_target_" in cfg
+    return targets.has_target(cfg)
 
 
 def _source(cfg) -> Source:
@@ -583,6 +570,18 @@ def spec(cfg) -> tuple[tuple[int, ...], int]:
     """(input shape, number of classes) of the dataset of ``cfg``; without loading it, except for your own data
     (``data._target_``), whose loader has to run (once per process: :func:`load` keeps its result)."""
     return _source(cfg).spec(cfg)
+
+
+def train_size(cfg) -> int | None:
+    """Training examples a run draws its batches from (data.n_train when fewer), without loading where the facts
+    are known (your own data: its loader has run for :func:`spec`); None where only the files know (the corpus)."""
+    size, n = _source(cfg).size(cfg), cfg.get("n_train")
+    return n if size is None else size if n is None else min(size, n)
+
+
+def token_inputs(cfg) -> bool:
+    """Whether the inputs are integer tokens (a text corpus; your own data when its x is an integer tensor)."""
+    return not load(cfg).x_train[:1].is_floating_point() if is_user_data(cfg) else _source(cfg).tokens
 
 
 def augmenter(cfg) -> Callable[[Tensor, torch.Generator], Tensor] | None:

@@ -17,9 +17,11 @@ Three calls::
 Roles come from shapes alone (never from module names), as in microsoft/mup's ``set_base_shapes``: a weight
 whose fan-in and fan-out both differ between the base model and a *delta* model (the same architecture at
 another width) is *hidden*, one whose fan-out alone differs is *input*, fan-in alone *output*; a 1-D tensor
-that differs is a *vector*; nothing differs: *fixed* (treated as SP). Without a delta model the target model
-plays its part, which cannot tell roles apart when the target has the base width. The width multiplier ``m``
-is target size / base size of the scaling dimension.
+that differs is a *vector*; nothing differs: *fixed* (treated as SP). A tensor of three or more dimensions whose
+last dimension alone differs holds rows of features, as an embedding does: a position embedding (1, T, d) or a
+class token (1, 1, d) in the timm/ViT layout is *input* with fan-in 1, the role of an ``nn.Embedding``'s rows.
+Without a delta model the target model plays its part, which cannot tell roles apart when the target has the base
+width. The width multiplier ``m`` is target size / base size of the scaling dimension.
 Every multiplier is ``m ** exponent`` with exponents from the tables below, so at ``m = 1`` all
 parameterizations coincide (except for the damping rule). A width-dependent constant of the forward pass (the
 attention logits' scale, a tied embedding's scale) is a :class:`WidthMultiplier` module in the model, whose
@@ -262,6 +264,9 @@ class ParamSpec:
     fan_in: inputs per output unit in the target model (in_features · kernel area; 1 for an embedding).
     layer: the name of the Linear/Conv2d module whose weight or bias this is (None otherwise).
     holders: the types of the modules that hold it (several for a tied weight).
+    layout: how its dimensions read: out_first ([out, in, *kernel]: Linear, Conv, and the first-dimension rule for
+    any other matrix), in_first ([rows, dim]: Embedding), rows ([..., d]: only the last dimension scales, each
+    d-vector a row of features added to the network's, e.g. a position embedding (1, T, d) or a class token).
     """
 
     name: str
@@ -273,6 +278,7 @@ class ParamSpec:
     layer: str | None = None
     is_bias: bool = False
     holders: tuple[type, ...] = ()
+    layout: str = "out_first"
 
 
 def updated_like(optimizer: str, spec: ParamSpec) -> str:
@@ -292,9 +298,16 @@ def splits_tensors(optimizer: str) -> bool:
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
-def _layout(module: nn.Module | None) -> str:
-    """'in_first' for embeddings (weight is [num_embeddings, dim]: fan-in first), else 'out_first'."""
-    return "in_first" if isinstance(module, nn.Embedding) else "out_first"
+def _layout(module: nn.Module | None, shape: tuple[int, ...], bshape: tuple[int, ...],
+            dshape: tuple[int, ...]) -> str:
+    """'in_first' for embeddings (weight is [num_embeddings, dim]: fan-in first); 'rows' for a tensor of 3 or more
+    dimensions outside a layer whose last dimension alone scales (ParamSpec.layout); else 'out_first'."""
+    if isinstance(module, nn.Embedding):
+        return "in_first"
+    last_alone = shape[:-1] == bshape[:-1] == dshape[:-1] and dshape[-1] != bshape[-1]
+    if len(shape) >= 3 and last_alone and not isinstance(module, LAYER_TYPES):
+        return "rows"
+    return "out_first"
 
 
 def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
@@ -330,11 +343,12 @@ def infer_roles(model: nn.Module, base: nn.Module, delta: nn.Module | None = Non
         layer_owner = next(((n, m, a) for n, m, a in held if isinstance(m, LAYER_TYPES)), None)
         owner = layer_owner or (held[0] if held else None)
         module = owner[1] if owner else None
-        role, mult, fan_in = _classify(name, shape, bshape, dshape, _layout(module))
+        layout = _layout(module, shape, bshape, dshape)
+        role, mult, fan_in = _classify(name, shape, bshape, dshape, layout)
         specs[name] = ParamSpec(name=name, shape=shape, base_shape=bshape, role=role, width_mult=mult,
                                 fan_in=fan_in, layer=layer_owner[0] if layer_owner else None,
                                 is_bias=bool(layer_owner and layer_owner[2] == "bias"),
-                                holders=tuple(type(m) for _, m, _ in held))
+                                holders=tuple(type(m) for _, m, _ in held), layout=layout)
     return specs
 
 
@@ -344,9 +358,12 @@ def _classify(name: str, shape: tuple[int, ...], bshape: tuple[int, ...], dshape
         if dshape == bshape:
             return "fixed", 1.0, 1
         return "vector", shape[0] / bshape[0], 1
+    if layout == "rows":  # rows of features, as an embedding's: the input role, fan-in 1 (one-hot rows)
+        return "input", shape[-1] / bshape[-1], 1
     if shape[2:] != bshape[2:] or dshape[2:] != bshape[2:]:
-        raise ValueError(f"parameter {name!r}: only the first two dimensions may change with width, got "
-                         f"{shape} vs base {bshape}")
+        raise ValueError(f"parameter {name!r}: only the first two dimensions (a matrix's out and in, a kernel's "
+                         f"channels), or the last one alone (rows of features such as a position embedding "
+                         f"(1, T, d)), may change with width, got {shape} vs base {bshape}")
     d_out, d_in = (1, 0) if layout == "in_first" else (0, 1)
     g_out, g_in = dshape[d_out] != bshape[d_out], dshape[d_in] != bshape[d_in]
     fan_in = 1 if layout == "in_first" else shape[1] * math.prod(shape[2:])

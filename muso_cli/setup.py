@@ -1,12 +1,16 @@
 """Run set-up: what a training run, the coordinate check and validation need before the first step.
 
-The device, the model at its width with its parameterization plan (initialised from ``cfg.seed``), and the
-checks of the run's own keys (seed, device, ``train.*``). The training loop (train.py) is imported by the
-commands that train only; everything else that needs a model and its plan comes here.
+The device, the model at its width with its parameterization plan (initialised from ``cfg.seed``), the checks of
+the run's own keys (seed, device, ``train.*``), and the size of a model at a width before anything is built for real
+(:func:`estimate_size`, :func:`check_size`). The training loop (train.py) is imported by the commands that train
+only; everything else that needs a model and its plan comes here.
 """
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,10 +40,17 @@ def build_model_and_plan(cfg: DictConfig, input_shape, num_classes: int, width: 
     model, base, delta = models.build_with_shapes(cfg.model, input_shape, num_classes, width,
                                                   device="meta" if meta else None)
     opt, param = cfg.optimizer, cfg.param
-    plan = make_plan(model, base, param.name, opt.name, delta=delta, damping_rule=opt.get("damping_rule", "auto"),
-                     weight_decay_rule=param.weight_decay_rule, decay_vectors=param.decay_vectors,
-                     sigma=param.sigma, readout_zero_init=param.readout_zero_init, power=optim.power(opt),
-                     grafting=opt.get("grafting"))
+    try:
+        plan = make_plan(model, base, param.name, opt.name, delta=delta, damping_rule=opt.get("damping_rule", "auto"),
+                         weight_decay_rule=param.weight_decay_rule, decay_vectors=param.decay_vectors,
+                         sigma=param.sigma, readout_zero_init=param.readout_zero_init, power=optim.power(opt),
+                         grafting=opt.get("grafting"))
+    except ValueError as e:  # shapes the roles cannot be read from (a model of your own)
+        named = re.match(r"parameter '([^']+)'", str(e))
+        raise UsageError(named.group(1) if named else "model", str(e).removeprefix(named.group(0) if named else "")
+                         .lstrip(": ") + ".", "build the model with the same parameters at every width, each "
+                         "scaling in a matrix's out / in dimensions (a kernel's channels) or, for rows of features "
+                         "such as a position embedding (1, T, d), in the last dimension alone.") from None
     raise_all(models.check_plan(cfg.model, plan))
     if meta:
         return model, plan
@@ -77,3 +88,82 @@ def _check_device(device: Any) -> UsageError | None:
         return UsageError("device", f"{device} was asked for but CUDA is not available here.",
                           "use device=auto or device=cpu.")
     return None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Size: how large a model is at a width, before it is built for real.
+
+MAX_PARAMETERS = 10**9  # above this (or above the memory of the device) a command asks for --yes
+
+
+@dataclass(frozen=True)
+class Size:
+    """A model at one width: its parameters, and the bytes of float32 parameters, gradients and the optimizer's
+    state (muso_cli.optim.state_elements). Activations are not counted: the estimate is a lower bound."""
+
+    width: int
+    parameters: int
+    bytes: int
+
+
+def estimate_size(cfg: DictConfig, width: int) -> Size:
+    """The size of ``cfg``'s model at ``width``, from the model built on the meta device (free: shapes only)."""
+    from . import data
+
+    model, plan = build_model_and_plan(cfg, *data.spec(cfg.data), width=width, device="meta")
+    n = sum(p.numel() for p in model.parameters())
+    return Size(width, n, 4 * (2 * n + optim.state_elements(cfg.optimizer, plan)))
+
+
+def device_memory(device: str) -> int | None:
+    """Bytes of memory of the device a run would use (the GPU's, or this machine's RAM); None when unknown."""
+    try:
+        resolved = resolve_device(device)
+        if resolved.type == "cuda":
+            return torch.cuda.get_device_properties(resolved).total_memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, RuntimeError, AssertionError):
+        return None
+
+
+def check_size(cfg: DictConfig, width: int, key: str, *, yes: bool = False) -> UsageError | None:
+    """The UsageError naming ``key`` when the model at ``width`` has more than MAX_PARAMETERS parameters or needs
+    more memory than the device has (:func:`estimate_size`), unless ``yes`` (the command's --yes); else None."""
+    if yes:
+        return None
+    size, memory = estimate_size(cfg, width), device_memory(cfg.device)
+    if size.parameters <= MAX_PARAMETERS and (memory is None or size.bytes <= memory):
+        return None
+    has = f"; the {resolve_device(cfg.device).type} here has {memory / 2**30:.3g} GiB" if memory else ""
+    return UsageError(key, f"width {width} builds a model of {size.parameters:.3g} parameters, at least "
+                      f"{size.bytes / 2**30:.3g} GiB with its gradients and optimizer={cfg.optimizer.name}'s state "
+                      f"(activations not counted){has}.", f"use a smaller width (the limit is {MAX_PARAMETERS:.0e} "
+                      "parameters and the device's memory), or pass --yes to build it anyway.")
+
+
+def parse_output_folder(key: str, folder: str | os.PathLike, fix: str = "") -> Path:
+    """``folder`` (created when missing) when files can be written there, else a UsageError naming ``key``: a file
+    in its place, a parent that cannot be created, no write permission, no room."""
+    folder = Path(folder).expanduser()
+    fix = fix or f"give {key} a folder you can write to, e.g. {key}=/tmp/out."
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(key, f"{folder} is a file, not a folder.", fix)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".muso-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(key, f"{folder} cannot be written: {e.strerror or e}.", fix) from None
+    return folder
+
+
+def below_base_width(cfg: DictConfig) -> str | None:
+    """The warning for model.width below model.base_width under µP or second-order µP (for the commands that use
+    model.width itself: run, params), else None. Under SP every multiplier is 1 whatever the widths."""
+    w, base = cfg.model.get("width"), cfg.model.get("base_width")
+    if cfg.param.name == "sp" or not (is_int(w) and is_int(base)) or w >= base:
+        return None
+    return (f"model.width={w} is below model.base_width={base}, the width the hyperparameters are tuned at: "
+            f"param={cfg.param.name}'s multipliers extrapolate downwards from it (m = {w / base:.3g}). If you tune at "
+            f"this width, set model.base_width={w}.")

@@ -17,6 +17,23 @@ IMPORTABLE = ("make your package importable where muso runs (and where its launc
               "`pip install -e <your project>`, or PYTHONPATH=<its folder>.")
 
 
+def has_target(cfg) -> bool:
+    """Whether a config node names a target of its own: ``_target_`` set, or still the mandatory ``???`` of
+    model=custom / data=custom (:func:`missing` then says so)."""
+    return "_target_" in cfg.keys()
+
+
+def missing(section: str, cfg) -> UsageError | None:
+    """The UsageError for a ``_target_`` left at ``???`` (model=custom or data=custom without one), else None."""
+    if not OmegaConf.is_missing(cfg, "_target_"):
+        return None
+    what = "class or function that builds your model" if section == "model" else "function that loads your data"
+    example = "mypkg.nets.MyNet" if section == "model" else "mypkg.data.load"
+    return UsageError(f"{section}._target_", f"is not set: {section}=custom needs the {what}.",
+                      f"e.g. {section}._target_={example} (importable where muso runs), or a {section} config of "
+                      "your own (--config-dir).")
+
+
 def arguments(cfg, own_keys: Iterable[str]) -> dict[str, Any]:
     """The named arguments ``cfg`` gives its target: every key but ``own_keys`` and Hydra's."""
     skip = set(own_keys) | set(HYDRA_KEYS)

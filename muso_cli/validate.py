@@ -36,17 +36,44 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> DictConfig:
     """
     raise_all([*setup.check(cfg), *models.check(cfg.model), *data.check(cfg.data, files=False),
                *track.check(cfg.logger), *_check_param(cfg), *trainers.check(cfg)])
-    n_train = cfg.data.get("n_train")
-    if n_train is not None and n_train < cfg.train.batch_size:
-        raise UsageError("data.n_train", f"{n_train} training examples cannot fill a batch of train.batch_size="
-                         f"{cfg.train.batch_size}.", "use more examples or a smaller train.batch_size.")
-    # the model must fit the data (a CNN needs images) and the optimizer its hyperparameters: build both on meta
+    raise_all(_check_data_fits(cfg))
+    # the model must fit the data (a CNN needs images, the GPT tokens) and the optimizer its hyperparameters: build
+    # both on meta
     model, plan = setup.build_model_and_plan(cfg, *data.spec(cfg.data), device="meta")
-    raise_all(optim.check(cfg.optimizer, model, plan, cfg.train.loss))
+    raise_all([_check_inputs(cfg), *optim.check(cfg.optimizer, model, plan, cfg.train.loss)])
     if check_data:
         raise_all(data.check(cfg.data))
-    _warn_known_pitfalls(cfg)
+    _warn_known_pitfalls(cfg, plan)
     return cfg
+
+
+def _check_data_fits(cfg: DictConfig) -> list[UsageError | None]:
+    """The data against the run: enough examples for a batch, classes for cross-entropy."""
+    n_train, size, batch = cfg.data.get("n_train"), data.train_size(cfg.data), cfg.train.batch_size
+    if n_train is not None and n_train < batch:
+        return [UsageError("data.n_train", f"{n_train} training examples cannot fill a batch of train.batch_size="
+                           f"{batch}.", "use more examples or a smaller train.batch_size.")]
+    if size is not None and size < batch:
+        return [UsageError("train.batch_size", f"{batch} is more than the {size} training examples of "
+                           f"data={cfg.data.name}: no batch could be drawn.", f"use train.batch_size ≤ {size}.")]
+    _, classes = data.spec(cfg.data)
+    if classes < 2 and cfg.train.loss == "xent":
+        return [UsageError("data.num_classes", f"{classes} class leaves cross-entropy nothing to learn (its loss is 0 "
+                           "whatever the model does).", "use data with 2 or more classes, or train.loss=mse for a "
+                           "single output.")]
+    return []
+
+
+def _check_inputs(cfg: DictConfig) -> UsageError | None:
+    """The kind of inputs the model reads (token sequences or float features) against the data's, where shapes
+    alone cannot tell (the GPT on vectors, an MLP on text)."""
+    wants = models.takes_tokens(cfg.model)
+    if wants is None or wants == data.token_inputs(cfg.data):
+        return None
+    kinds = ("token sequences (integers)", "float features")
+    return UsageError("data.name", f"model={cfg.model.name} reads {kinds[not wants]}, and data={cfg.data.name} gives "
+                      f"{kinds[wants]}.", "use data=pystdlib (text) with model=gpt, and images or vectors with the "
+                      "other models.")
 
 
 def check_added_keys(cfg: DictConfig, overrides) -> None:
@@ -93,7 +120,8 @@ def _check_param(cfg: DictConfig) -> list[UsageError | None]:
     return problems
 
 
-def _warn_known_pitfalls(cfg: DictConfig) -> None:
-    """The optimizer's known pitfalls for this config (its registry entry's), as warnings."""
-    for message in optim.pitfalls(cfg):
+def _warn_known_pitfalls(cfg: DictConfig, plan) -> None:
+    """The optimizer's known pitfalls for this config (its registry entry's) and the model's (what the plan gets
+    wrong in silence: muso_cli.models.pitfalls), as warnings."""
+    for message in [*optim.pitfalls(cfg), *models.pitfalls(plan)]:
         warnings.warn(message, UserWarning, stacklevel=3)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import launch, track, verdict
 from .config import compose, to_container
 from .errors import UsageError, check_one_of, check_positive, parse_widths, raise_all
+from .setup import check_size
 from .study import plan, trust
 from .study.results import points
 from .study.spec import StudySpec, parse_metric, parse_spec
@@ -163,7 +165,8 @@ class SweepPlan:
 
 
 def plan_sweep(overrides: list[str], *, yes: bool = False) -> SweepPlan:
-    """Compose, check and plan a sweep (nothing is written)."""
+    """Compose, check and plan a sweep (nothing is written). ``yes`` (--yes): a grid above study.max_trials, and
+    widths whose model is above the size limit (muso_cli.setup.check_size), are planned anyway."""
     overrides = study_overrides(overrides, "sweep")
     cfg = compose_valid(overrides)
     spec = parse_spec(cfg)
@@ -178,6 +181,7 @@ def plan_sweep(overrides: list[str], *, yes: bool = False) -> SweepPlan:
         raise UsageError("study.max_trials", f"the grid has {len(grid)} trials, more than study.max_trials="
                          f"{spec.max_trials}.", "check study.lr / study.damping / study.seeds / study.widths; "
                          "to run it anyway pass --yes (or raise study.max_trials).")
+    raise_all([check_size(cfg, max(grid.widths), "study.widths", yes=yes)])
     param_configs = {p: to_container(compose_valid([*overrides, f"param={p}"])) for p in grid.params}
     return SweepPlan(cfg, spec, folder, plan.plan_sweep(grid, param_configs), overrides)
 
@@ -188,8 +192,20 @@ def write_sweep(sweep: SweepPlan) -> tuple[Study, list[Trial], list[str]]:
     existed = Study(sweep.folder).manifest() is not None
     grid = sweep.spec.grid
     study = open_or_create(sweep.cfg, sweep.overrides, grid.params, grid.seeds)
-    added = study.widen(grid.params, grid.seeds) if existed else []
-    return study, study.add(sweep.trials), added
+    with _writing(study, "study.root"):
+        added = study.widen(grid.params, grid.seeds) if existed else []
+        return study, study.add(sweep.trials), added
+
+
+@contextmanager
+def _writing(study: Study, key: str):
+    """Planning writes into the study folder: an OSError there (read-only, full) is a UsageError naming ``key``."""
+    try:
+        yield
+    except OSError as e:
+        raise UsageError(key, f"the study folder {study.path} cannot be written ({e.filename or 'a file'}: "
+                         f"{e.strerror or e}).", "free space on its disk or fix its permissions; or copy the study "
+                         "to a folder you can write to and run the command on the copy.") from None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -209,13 +225,15 @@ class TransferPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan_transfer(path: str, overrides: list[str], *, allow_edge: bool = False, trust_it: bool = False
-                  ) -> TransferPlan:
+def plan_transfer(path: str, overrides: list[str], *, allow_edge: bool = False, trust_it: bool = False,
+                  yes: bool = False) -> TransferPlan:
     """Choose each parameterization's best base-width setting and plan it at ``transfer.widths``; refuses (one
     UsageError per problem, before anything is written) a parameterization without a finite optimum at the base
-    width, and an optimum at the grid edge unless ``allow_edge``."""
+    width, an optimum at the grid edge unless ``allow_edge``, and a width whose model is above the size limit
+    (muso_cli.setup.check_size) unless ``yes``."""
     study, cfg, spec = open_for_planning(path, overrides, "transfer", trust_it=trust_it)
     widths, rule, verify, step = parse_transfer(cfg)
+    raise_all([check_size(cfg, max(widths), "transfer.widths", yes=yes)])
     params, base = spec.grid.params, cfg.model.base_width
     best = plan.select_best(study, spec.metric, base, spec.settings)
     usable = [p for p in params if best.get(p, {}).get("lr") is not None]
@@ -284,8 +302,9 @@ def _law_choices(study: Study, spec: StudySpec, base: int, best: dict, widths: l
 
 def write_transfer(transfer: TransferPlan) -> list[Trial]:
     """Add a planned transfer's trials to the study and record the choice (transfer.json)."""
-    trials = transfer.study.add(transfer.trials)
-    transfer.study.record_transfers(transfer.best, trials, transfer.widths)
+    with _writing(transfer.study, "study"):
+        trials = transfer.study.add(transfer.trials)
+        transfer.study.record_transfers(transfer.best, trials, transfer.widths)
     return trials
 
 
@@ -343,7 +362,8 @@ class Refinement:
 
     def write(self, rnd: Round) -> list[Trial]:
         """Add a round's trials to the study (the caller launches them, then asks for the next round)."""
-        trials = self.study.add(rnd.planned)
+        with _writing(self.study, "study"):
+            trials = self.study.add(rnd.planned)
         self.used += len(rnd.to_run)
         self.rounds += 1
         return trials
@@ -425,17 +445,10 @@ def report(path: str, overrides: list[str], out: str | None = None) -> tuple[dic
 
 def check_report_folder(folder: Path) -> Path:
     """``folder`` when a report can be written there (created when missing); UsageError naming --out otherwise."""
-    if folder.exists() and not folder.is_dir():
-        raise UsageError("--out", f"{folder} is a file, not a folder.", "give --out a folder (it is created).")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".muso-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError("--out", f"the report folder {folder} cannot be written: {e.strerror or e}.",
-                         "give --out a folder you can write to, e.g. --out /tmp/report.") from None
-    return folder
+    from .setup import parse_output_folder
+
+    return parse_output_folder("--out", folder, "give --out a folder you can write to (it is created), e.g. "
+                               "--out /tmp/report.")
 
 
 __all__ = ["GRID_KEYS", "Refinement", "Round", "SweepPlan", "TransferPlan", "open_for_planning", "plan_sweep",

@@ -1,6 +1,14 @@
-"""Bad input exits 2 before any work, naming the key and the fix; nothing is written."""
+"""Bad input exits 2 before any work, naming the key and the fix; nothing is written.
+
+The battery of scripts/bad_inputs.py (every config section, grids, study names and roots, outputs, --config-dir
+files, models of your own, crafted shared studies, edited trials.jsonl entries, faults) is asserted case by case:
+a bad input exits 2, names its key, says the fix, shows no traceback, writes nothing and runs no code of a study
+someone else made; a case that should go through does what it says. The faults (a subprocess each) and the cases
+that train are slow.
+"""
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -13,6 +21,11 @@ import pytest
 from muso_cli.study import claims
 from muso_cli.cli import main
 from muso_cli.study.store import Study
+
+_spec = importlib.util.spec_from_file_location("bad_inputs", Path(__file__).resolve().parents[1] / "scripts" /
+                                               "bad_inputs.py")
+battery = sys.modules["bad_inputs"] = importlib.util.module_from_spec(_spec)  # registered first: dataclasses
+_spec.loader.exec_module(battery)
 
 FAST = ["data=synthetic", "data.n_train=512", "data.n_test=256", "model.base_width=16", "train.steps=30",
         "train.eval_every=10", "train.progress=false"]
@@ -149,3 +162,36 @@ def test_pool_workers_exit_when_their_launcher_is_killed(tmp_path):
     study = Study(root / "s")
     assert all((study.trial_dir(t) / "checkpoint.pt").exists() for t in study.trials())
     assert not any(claims.is_running(study.trial_dir(t)) for t in study.trials())  # claims released
+
+
+def _case_id(case) -> str:
+    return case.id.encode("unicode_escape").decode()[:120]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=_case_id(c), marks=[pytest.mark.slow] if c.slow else [])
+                                  for c in battery.CASES])
+def test_the_battery(case, tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    outcome = battery.run_case(case, ws)
+    shown = f"{battery.argv_of(case, ws, None)}\n{outcome.output[-3000:]}"
+    assert "Traceback" not in outcome.output and outcome.code is not None, shown
+    if case.key is not None:  # a bad input: refused, the key named, the fix said, nothing written, no code run
+        assert outcome.code == 2, shown
+        assert battery.names_key(case, outcome, ws), shown
+        assert "Fix:" in outcome.output, shown
+        assert case.may_write or not outcome.written, (outcome.written, shown)
+        assert not outcome.marker, shown
+    else:  # valid input near the edge, or a shared study read as data: as the case says
+        assert outcome.code == case.expect, shown
+        assert case.words in outcome.output and not (case.absent and case.absent in outcome.output), shown
+        assert outcome.marker == case.marker, shown
+    assert battery.judge(case, outcome, ws)[0] in (battery.CLEAN, battery.GOOD), shown
+
+
+def test_the_battery_covers_every_part_of_issue_27():
+    groups = {c.group for c in battery.CASES}
+    assert groups >= {"train", "model", "data", "optimizer", "param", "study", "launcher", "overrides",
+                      "config-dir", "outputs", "coord", "transfer", "own-model", "shared-study", "edited", "faults"}
+    assert sum(c.key is not None for c in battery.CASES) >= 250
+    assert {c.fault.split(":")[0] for c in battery.CASES if c.fault} == {"readonly", "fsize"}

@@ -63,14 +63,15 @@ def test_mup_and_sp_coincide_at_the_base_width():
 
 def test_cli_writes_tables_plot_and_verdict(tmp_path, capsys):
     out = tmp_path / "cc"
-    args = ["coord-check", "data=synthetic", "model.base_width=16", "coord.widths=[16,32,64,128]",
+    args = ["coord-check", "data=synthetic", "model.base_width=16", "coord.widths=[16,32,64,128,256]",
             "coord.steps=2", "param=mup", f"coord.out={out}"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "verdict" in printed and "layers.1" in printed and "coord.png" in printed
+    assert "not observed" not in printed  # the MLP's every layer is seen
     df = pd.read_csv(out / "coord.csv")
     assert list(df.columns) == ["width", "layer", "role", "step", "metric", "value"]
-    assert sorted(df.width.unique()) == [16, 32, 64, 128] and sorted(df.step.unique()) == [0, 1, 2]
+    assert sorted(df.width.unique()) == [16, 32, 64, 128, 256] and sorted(df.step.unique()) == [0, 1, 2]
     assert set(df[df.step == 0].metric) == {"h"} and set(df[df.step > 0].metric) == {"h", "dh"}
     slopes = pd.read_csv(out / "slopes.csv")
     assert len(slopes) == 3 * (2 * 2 + 1)  # 3 layers × (h and dh at steps 1–2, h at step 0)
@@ -93,7 +94,28 @@ def test_strict_mode_fails_sp_and_passes_mup(tmp_path):
     ("coord.steps=0", "coord.steps"),
     ("coord.widths=[64,128]", "coord.fit_from"),  # nothing left to fit from 4 × base width
     ("coord.tolerance=-1", "coord.tolerance"),
+    ("coord.widths=[32,64,128,256,512]", "coord.widths"),      # below the base width 64
+    ("coord.widths=[64,128,256,512]", "coord.fit_from"),       # two widths from 256: a slope needs three
+    ("coord.widths=[64,128,256,512,1024,2048,1048576]", "coord.widths"),  # 10^12 parameters: needs --yes
 ])
 def test_bad_coord_input_exits_2(capsys, override, key):
     assert main(["coord-check", "data=synthetic", override]) == 2
     assert f"error: {key}" in capsys.readouterr().err
+
+
+def test_slopes_through_two_widths_read_noise_as_a_trend():
+    """Why a slope is fitted through three widths or more: a flat layer whose RMS Δh scatters by ±10 % (one seed)
+    reads as shrinking or growing by up to ±0.3 from two widths an octave apart, and within tolerance from five."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    two, five = [], []
+    for _ in range(200):
+        widths = np.array([64, 128, 256, 512, 1024], float)
+        values = 1.0 * (1 + 0.1 * rng.standard_normal(len(widths)))
+        df = pd.DataFrame({"width": widths, "layer": "l", "role": "hidden", "step": 1, "metric": "dh",
+                           "value": values})
+        two.append(coord.slopes(df, 512).slope[0])
+        five.append(coord.slopes(df, 64).slope[0])
+    assert np.mean(np.abs(two) > 0.15) > 0.25      # two widths: a flat layer is called not flat often
+    assert np.mean(np.abs(five) > 0.15) < 0.05     # five: rarely

@@ -109,3 +109,29 @@ def test_subsets_and_spec_without_loading():
     assert len(ds.y_train) == 100 and len(ds.y_test) == 30
     assert data.spec(cfg) == ((1, 8, 8), 10)
     assert data.spec(compose(["data=synthetic", "data.dim=5"]).data) == ((5,), 10)
+
+
+@pytest.mark.parametrize("fraction", [0, 1.5, -0.1, 0.0001, "abc"])
+def test_the_digits_split_must_leave_an_image_on_each_side(fraction):
+    problems = [p for p in data.check(OmegaConf.merge(compose(["data=digits"]).data, {"test_fraction": fraction}))
+                if p]
+    assert [p.key for p in problems] == ["data.test_fraction"]
+
+
+@pytest.mark.parametrize("classes", [0, 1, 1.5])
+def test_synthetic_data_need_two_classes_or_more(classes):
+    problems = [p for p in data.check(compose(["data=synthetic", f"data.num_classes={classes}"]).data) if p]
+    assert [p.key for p in problems] == ["data.num_classes"]
+
+
+def test_the_training_examples_and_the_kind_of_inputs_are_known_without_loading(monkeypatch):
+    """What validation compares train.batch_size with, and whether the inputs are tokens: from the facts of each
+    dataset (its files are never opened: the loaders are replaced by ones that fail)."""
+    monkeypatch.setattr(data, "_load_files", lambda cfg: pytest.fail("loaded"))
+    assert data.train_size(compose(["data=fashion_mnist"]).data) == 60000
+    assert data.train_size(compose(["data=cifar10", "data.n_train=100"]).data) == 100
+    assert data.train_size(compose(["data=digits"]).data) == 1797 - round(0.2 * 1797)
+    assert data.train_size(compose(["data=synthetic", "data.n_train=300"]).data) == 300
+    assert data.train_size(compose(["data=pystdlib"]).data) is None  # its files decide
+    assert data.token_inputs(compose(["data=pystdlib"]).data)
+    assert not data.token_inputs(compose(["data=fashion_mnist"]).data)

@@ -180,3 +180,61 @@ def test_cnn_readout_pool_must_be_a_positive_integer(value):
     with pytest.raises(UsageError) as e:
         validate(compose(["model=cnn", f"model.readout_pool={value}"]), check_data=False)
     assert e.value.key == "model.readout_pool"
+
+
+def test_a_vit_patch_must_divide_the_images():
+    """A patch that does not divide the image would drop its last rows and columns (the Conv2d's stride)."""
+    with pytest.raises(UsageError) as e:
+        validate(compose(["model=vit", "data=digits", "model.patch=5"]), check_data=False)
+    assert e.value.key == "model.patch" and "3 rows and 3 columns" in e.value.problem and "model.patch=4" in e.value.fix
+    validate(compose(["model=vit", "data=digits", "model.patch=4"]), check_data=False)
+
+
+@pytest.mark.parametrize("overrides", [["model=gpt", "data=synthetic", "model.base_width=16"],
+                                       ["model=mlp", "data=pystdlib"]])
+def test_token_models_and_feature_data_do_not_mix_where_shapes_cannot_tell(overrides):
+    """The GPT on vectors (an input of shape (32,) is a sequence's shape too) and an MLP on text: refused, not an
+    embedding lookup of floats (or a Linear of integers) failing in the first step."""
+    with pytest.raises(UsageError) as e:
+        validate(compose(overrides), check_data=False)
+    assert e.value.key == "data.name" and "token sequences" in e.value.problem
+
+
+def test_a_width_below_the_base_width_is_said_under_mup_and_silent_under_sp(capsys):
+    """Below the base width µP's multipliers extrapolate downwards (m < 1): said, with the fix if that is the
+    width you tune at. Under SP every multiplier is 1 whatever the widths: nothing to say."""
+    args = ["params", "data=synthetic", "model.base_width=16", "model.width=8"]
+    assert main([*args, "param=mup"]) == 0
+    assert "warning: model.width=8 is below model.base_width=16" in capsys.readouterr().err
+    assert main([*args, "param=sp"]) == 0
+    assert "below model.base_width" not in capsys.readouterr().err
+
+
+def test_the_size_estimate_counts_parameters_gradients_and_the_optimizers_state():
+    """An MLP 32 → w → w → 10 (biases everywhere) on the synthetic data: its parameters exactly; float32
+    parameters and gradients, plus Adam's two moments, or K-FAC's factors and their inverses per layer,
+    (d_in + 1)² + d_out² each (the bias as a column)."""
+    from muso_cli.setup import estimate_size
+
+    w = 1000
+    n = 32 * w + w + w * w + w + w * 10 + 10
+    adam = estimate_size(compose(["data=synthetic", "optimizer=adam"]), w)
+    assert adam.parameters == n and adam.bytes == 4 * (2 * n + 2 * n)
+    factors = sum(a ** 2 + b ** 2 for a, b in [(33, w), (w + 1, w), (w + 1, 10)])
+    kfac = estimate_size(compose(["data=synthetic", "optimizer=kfac"]), w)
+    assert kfac.bytes == 4 * (2 * n + 2 * factors)
+    sgd = estimate_size(compose(["data=synthetic", "optimizer=sgd"]), w)
+    assert sgd.bytes == 4 * 2 * n  # no momentum, no state
+
+
+def test_a_model_above_the_size_limit_needs_yes(tmp_path, capsys):
+    """Width 100000: 10^10 parameters. Refused, with its size, before anything is built for real or written."""
+    args = ["data=synthetic", "model.base_width=16"]
+    assert main(["sweep", *args, "study.widths=[100000]", f"study.root={tmp_path}", "--no-launch"]) == 2
+    err = capsys.readouterr().err
+    assert "error: study.widths: width 100000 builds a model of 1e+10 parameters" in err and "--yes" in err
+    assert not any(tmp_path.iterdir())
+    assert main(["sweep", *args, "study.widths=[100000]", f"study.root={tmp_path}", "study.params=[sp]",
+                 "study.lr=[0.1]", "--no-launch", "--yes"]) == 0
+    assert main(["run", *args, "model.width=100000", f"hydra.run.dir={tmp_path / 'r'}"]) == 2
+    assert "error: model.width: width 100000" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -89,6 +89,35 @@ def test_embedding_layout_is_fan_in_first():
     assert specs["e.weight"].role == IN and specs["e.weight"].fan_in == 1 and specs["e.weight"].width_mult == 2
 
 
+def test_rows_of_features_whose_last_dimension_alone_scales_are_input_like_an_embeddings_rows():
+    """A position embedding (1, T, d) or a class token (1, 1, d), the timm/ViT layout: one d-vector per row, added
+    to the features, as an nn.Embedding(T, d)'s rows are. Input role, fan-in 1. A 3-D tensor scaling elsewhere is
+    refused; a Conv1d's 3-D weight keeps the layer's reading."""
+    class Tokens(nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.pos_embed = nn.Parameter(torch.zeros(1, 5, 8 * k))
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 8 * k))
+            self.conv = nn.Conv1d(8 * k, 8 * k, 3)
+            self.out = nn.Linear(8 * k, 3)
+
+    specs = P.infer_roles(Tokens(4), Tokens(1).to("meta"), Tokens(2).to("meta"))
+    for name in ("pos_embed", "cls_token"):
+        s = specs[name]
+        assert (s.role, s.width_mult, s.fan_in, s.layout) == (IN, 4.0, 1, "rows")
+    assert (specs["conv.weight"].role, specs["conv.weight"].layout) == (HID, "out_first")
+    plan = P.make_plan(Tokens(4), Tokens(1).to("meta"), "mup", "sgd", delta=Tokens(2).to("meta"))
+    assert plan.lr_mult["pos_embed"] == 4.0 and plan.init_std["pos_embed"] == 1.0  # SGD-µP's input cell, σ/√1
+
+    class Odd(nn.Module):
+        def __init__(self, k):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(8 * k, 3, 8 * k))
+
+    with pytest.raises(ValueError, match="or the last one alone"):
+        P.infer_roles(Odd(2), Odd(1).to("meta"))
+
+
 def test_mismatched_base_model_is_refused():
     with pytest.raises(ValueError, match="not in the base"):
         P.infer_roles(MLP((784,), 10, 64, depth=4), mlp(64, "meta"))

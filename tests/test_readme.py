@@ -46,15 +46,19 @@ def dry_run_sweep(sweep: list[str], root: Path) -> int:
 
 
 def test_the_demo_plans_what_the_readme_says(tmp_path, capsys):
-    """`make demo`'s commands as make would run them (make -n), planned in a temporary root: the sweep is valid
-    and has the two widths and two seeds the README describes, and transfer and report take its folder."""
+    """`make demo`'s commands as make would run them (make -n), planned in a temporary root: the coordinate
+    checks of sp and somup, then a sweep at the base width with the half-octave grid and 3 seeds the README
+    describes, and transfer, refine and report on its folder, in that order."""
     commands = make_commands("demo")
-    sweep = next(c for c in commands if c[1] == "sweep")
+    assert [c[1] for c in commands] == ["coord-check", "coord-check", "sweep", "transfer", "refine", "report"]
+    assert {c[-2] for c in commands[:2]} == {"param=sp", "param=somup"}
+    sweep = commands[2]
     assert dry_run_sweep(sweep, tmp_path) == 0
     out = capsys.readouterr().out
-    assert "40 trials (30 runs: a base-width run serves every parameterization)" in out
-    assert "sp width   256: 5 lr" in out and "× 2 seeds" in out
-    assert ["transfer", "outputs/demo/mlp-kfac", "transfer.widths=[512]"] in [c[1:] for c in commands]
+    assert "54 trials (27 runs: a base-width run serves every parameterization)" in out
+    assert "sp width    64: 9 lr" in out and "× 3 seeds" in out
+    assert ["transfer", "outputs/demo/mlp-kfac", "transfer.widths=[256,1024]"] in [c[1:] for c in commands]
+    assert all(c[2] == "outputs/demo/mlp-kfac" for c in commands[3:])
 
 
 MATRIX_TARGETS = {  # target: (study name, optimizer, trials in the sweep's plan)

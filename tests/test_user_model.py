@@ -211,6 +211,102 @@ def test_a_matrix_the_optimizer_cannot_precondition_is_refused_by_name(optimizer
     validate(own("TorchAttention", "optimizer=adam"), check_data=False)  # Adam needs no layer structure
 
 
+def test_torchs_attention_is_warned_about_where_the_plan_gets_it_wrong():
+    """nn.MultiheadAttention keeps SP's 1/√d_head logits: a warning under µP and second-order µP, whatever the
+    optimizer; under Muon its packed q|k|v matrix gets AdamW's step, not Muon's: a warning under every param. SP
+    with SGD or Adam gets it right: no warning. (K-FAC, Shampoo and SOAP refuse it: the test above.)"""
+    for param, optimizer, words in [("mup", "adam", "1/d_head"), ("somup", "sgd", "1/d_head"),
+                                    ("sp", "muon", "packed q|k|v"), ("mup", "muon", "packed q|k|v")]:
+        with pytest.warns(UserWarning, match="MultiheadAttention") as caught:
+            validate(own("TorchAttention", f"param={param}", f"optimizer={optimizer}"), check_data=False)
+        message = " ".join(str(w.message) for w in caught)
+        assert words in message and "WidthMultiplier('attention', d_head)" in message, (param, optimizer, message)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        validate(own("TorchAttention", "param=sp", "optimizer=adam"), check_data=False)
+
+
+class PositionsAndClassToken(nn.Module):
+    """The timm/ViT layout: a class token (1, 1, d) and a position embedding (1, T, d), bare parameters."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.embed = nn.Linear(16, width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, width))
+        self.readout = nn.Linear(width, 10)
+
+    def forward(self, x):
+        tokens = self.embed(x.view(len(x), 4, 16))
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], 1) + self.pos_embed
+        return self.readout(tokens.relu()[:, 0])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "kfac", "muon"])
+def test_a_position_embedding_and_class_token_are_rows_of_features_with_the_input_role(optimizer):
+    """(1, T, d) and (1, 1, d), whose last dimension alone scales, are an embedding's rows in another layout: input
+    role, fan-in 1 (init σ, as nn.Embedding's), the input cell of the lr table (K-FAC: SGD's, as for embeddings)."""
+    cfg = validate(own("PositionsAndClassToken", "model.width=64", "param=mup", f"optimizer={optimizer}"),
+                   check_data=False)
+    _, plan = build_model_and_plan(cfg, *data.spec(cfg.data), device="meta")
+    for name in ("pos_embed", "cls_token"):
+        s = plan.specs[name]
+        assert (s.role, s.width_mult, s.fan_in, s.layout) == ("input", 4.0, 1, "rows")
+        assert plan.init_std[name] == 1.0
+    expected = {"adam": 1.0, "kfac": 4.0, "muon": 1.0}[optimizer]  # mup.adam input: m^0; mup.sgd input: m^1
+    assert plan.lr_mult["pos_embed"] == expected and plan.lr_mult["cls_token"] == expected
+
+
+class OddTensor(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.embed = nn.Linear(64, width)
+        self.w = nn.Parameter(torch.zeros(width, 3, width))
+        self.readout = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.readout(self.embed(x))
+
+
+class DepthFromWidth(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(64, 64) for _ in range(width // 16))
+        self.readout = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.readout(x)
+
+
+def test_shapes_whose_roles_cannot_be_read_are_refused_by_name():
+    e = usage_error(own("OddTensor"))
+    assert e.key == "w" and "the last one alone" in e.problem and "position embedding" in e.fix
+    e = usage_error(own("DepthFromWidth", "model.width=32"))
+    assert e.key == "layers.1.weight" and "not in the base" in e.problem
+
+
+def test_the_coordinate_check_lists_what_it_cannot_observe(tmp_path, capsys):
+    """Parameters with a role whose output no hook sees are listed (printed and in verdict.csv), never dropped:
+    MultiheadAttention's packed q|k|v (held by no Linear) and its out_proj (a Linear whose forward never runs: its
+    weight is read directly), a position embedding and a class token (bare tensors)."""
+    import pandas as pd
+
+    common = [*PROJECT, "model=custom", "model.base_width=16", "coord.widths=[16,32,64]", "coord.fit_from=16",
+              "coord.steps=1", "param=mup", "optimizer=adam", "optimizer.lr=0.001"]
+    for target, missed in [("TorchAttention", {"attn.in_proj_weight", "attn.out_proj.weight"}),
+                           ("PositionsAndClassToken", {"pos_embed", "cls_token"})]:
+        out = tmp_path / target
+        args = ["coord-check", "--config-dir", str(EXAMPLES / "conf"), *common,
+                f"model._target_={__name__}.{target}", f"coord.out={out}"]
+        assert main(args) == 0
+        printed = capsys.readouterr().out
+        verdict = pd.read_csv(out / "verdict.csv")
+        assert set(verdict[verdict.verdict == "not observed"].layer) == missed
+        assert all(f"not observed: {name}" in printed for name in missed)
+        assert (verdict[verdict.verdict != "not observed"].verdict.isin(["flat", "grows", "shrinks"])).all()
+
+
 def test_a_zero_readout_tied_to_the_embedding_is_refused():
     e = usage_error(compose(["model=gpt", "data=pystdlib", "model.tie=true", "param=mup",
                              "param.readout_zero_init=true"]))

@@ -12,8 +12,9 @@ import importlib
 import torch
 from torch import nn
 
+from .. import targets
 from ..errors import UsageError, check_one_of, check_positive
-from ..parametrize import LAYERWISE, Plan
+from ..parametrize import LAYERWISE, Plan, splits_tensors
 from . import user
 
 # model name → module implementing build(cfg, input_shape, num_classes, width) and check(cfg)
@@ -33,12 +34,19 @@ KNOWN_LAYOUTS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
 def is_user_model(cfg) -> bool:
-    """Whether the model node names its own target (``model._target_``) instead of one of muso's models."""
-    return "_target_" in cfg
+    """Whether the model node names its own target (``model._target_``, set or still ``???``) instead of one of
+    muso's models."""
+    return targets.has_target(cfg)
 
 
 def _module(name: str):
     return importlib.import_module(REGISTRY[name])
+
+
+def takes_tokens(cfg) -> bool | None:
+    """Whether the model of ``cfg`` reads integer tokens (the GPT) rather than float features; None for a model of
+    your own (muso cannot tell)."""
+    return None if is_user_model(cfg) else getattr(_module(cfg.name), "TOKENS", False)
 
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, width: int | None = None,
@@ -80,7 +88,8 @@ def check_plan(cfg, plan: Plan) -> list[UsageError]:
     - no parameter scales with the width (the width argument does not size any layer);
     - a width-scaling matrix outside the modules whose layout muso knows (KNOWN_LAYOUTS): its role is ambiguous;
     - with K-FAC or Shampoo, a width-scaling matrix outside the layers they precondition (nn.Linear, nn.Conv2d),
-      other than an embedding (the table gives embeddings SGD's rule, parametrize.UPDATED_LIKE);
+      other than an embedding or rows of features such as a position embedding (1, T, d) (the table gives them
+      SGD's rule, parametrize.UPDATED_LIKE);
     - a zero-initialised readout that is also the token embedding (tied).
     """
     specs = plan.specs.values()
@@ -92,7 +101,7 @@ def check_plan(cfg, plan: Plan) -> list[UsageError]:
                            "(hidden units, channels, d_model).")]
     problems = []
     for s in specs:
-        if len(s.shape) < 2 or s.role == "fixed":
+        if len(s.shape) < 2 or s.role == "fixed" or s.layout == "rows":  # rows: an embedding's role, unambiguous
             continue
         held_by = ", ".join(sorted({t.__name__ for t in s.holders})) or "no module"
         if s.role in ("input", "output") and not any(issubclass(t, KNOWN_LAYOUTS) for t in s.holders):
@@ -114,3 +123,25 @@ def check_plan(cfg, plan: Plan) -> list[UsageError]:
                                        "set param.readout_zero_init=false, or untie the embedding "
                                        "(model.tie=false)."))
     return problems
+
+
+def pitfalls(plan: Plan) -> list[str]:
+    """Warnings for what the plan gets wrong in silence, one paragraph each: torch's ``nn.MultiheadAttention``
+    (which K-FAC, Shampoo and SOAP refuse: :func:`check_plan`) keeps SP's logit scale 1/√d_head under µP and
+    second-order µP, and under Muon its packed q|k|v projection is not a layer Muon orthogonalises."""
+    held = sorted({s.name.rpartition(".")[0] or s.name for s in plan.specs.values()
+                   if any(issubclass(t, nn.MultiheadAttention) for t in s.holders)})
+    if not held or plan.optimizer in LAYERWISE:
+        return []
+    fix = ("use muso_cli.models.transformer.Attention, or separate nn.Linear q, k, v projections with the logits "
+           "passed through muso_cli.parametrize.WidthMultiplier('attention', d_head) (README \"Your own model\")")
+    out = []
+    if plan.param != "sp":
+        out.append(f"{', '.join(held)}: torch's nn.MultiheadAttention scales its logits by 1/√d_head, SP's scale: "
+                   f"under param={plan.param} the logits need 1/d_head when the head size grows with the width, so "
+                   f"this attention is SP inside a {plan.param} model. Fix: {fix}.")
+    if splits_tensors(plan.optimizer):
+        out.append(f"{', '.join(held)}: under optimizer={plan.optimizer}, nn.MultiheadAttention's packed q|k|v "
+                   f"weight (in_proj_weight) is not a layer {plan.optimizer} orthogonalises: it gets the AdamW "
+                   f"step of the rest, where the recipe orthogonalises q, k and v each. Fix: {fix}.")
+    return out

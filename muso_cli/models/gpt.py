@@ -21,6 +21,9 @@ from ..parametrize import WidthMultiplier
 from .transformer import blocks, problems
 
 
+TOKENS = True  # its inputs are integer tokens (muso_cli.models.takes_tokens); every other model of muso's: features
+
+
 class GPT(nn.Module):
     """tokens [N, T] → embedding (+ learned positions) → ``layers`` causal blocks → LayerNorm → logits [N, T, vocab]."""
 

@@ -56,6 +56,9 @@ def check(cfg) -> list[UsageError | None]:
     """Problems with a ``_target_`` model node, found without building the model: muso's keys, the target
     imports, and every argument the config gives (and the width, input-shape and class-count arguments) is one
     it takes."""
+    unset = targets.missing("model", cfg)
+    if unset:
+        return [unset]
     problems: list[UsageError | None] = []
     if not isinstance(cfg.get("name"), str) or not cfg.get("name"):
         problems.append(UsageError("model.name", "a model with _target_ needs a short name (used in study names "

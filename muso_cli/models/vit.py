@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from .cnn import image_shape
 from .transformer import blocks, problems
 
@@ -40,6 +41,13 @@ class ViT(nn.Module):
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, width: int) -> ViT:
     shape = image_shape("vit", input_shape, min_size=cfg.patch)
+    _, h, w = shape
+    p = cfg.patch
+    if h % p or w % p:  # the Conv2d's stride would drop the rest of every image
+        fits = max(d for d in range(1, p) if h % d == 0 and w % d == 0)
+        raise UsageError("model.patch", f"{p} does not divide the {h}×{w} images: the last {h % p} rows and {w % p} "
+                         f"columns of every image would be dropped.", f"use a patch side that divides both, e.g. "
+                         f"model.patch={fits}.")
     return ViT(shape, num_classes, width, cfg)
 
 

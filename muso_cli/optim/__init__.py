@@ -13,6 +13,7 @@ conf/optimizer/, and its tests.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,8 +21,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import HyperparameterError, UsageError, check_positive
+from ..errors import HyperparameterError, UsageError, check_bool, check_positive, check_unit_interval
 from ..parametrize import Plan
+from .checks import Check, check_hyperparameters, decay, non_negative
 from .kfac import KFAC
 from .muon import Muon
 from .shampoo import Shampoo
@@ -78,7 +80,9 @@ class Entry:
     params_note(cfg) → a note for `muso params`' header line, "key=value" of a width rule of the optimizer outside
     the table ('' for none). pitfalls(cfg) → a warning for each known pitfall of the whole composed config
     (``cfg.optimizer`` with ``cfg.param``, ``cfg.model``, …), one paragraph each. ``cfg`` is the optimizer config
-    node except in pitfalls.
+    node except in pitfalls. checks: the config keys' checks (muso_cli.optim.checks) for an optimizer whose
+    constructor does not check them all (torch's: SGD and AdamW check only the defaults, not the groups the plan
+    makes). state(cfg, plan) → the elements of the optimizer's state (its size: muso_cli.setup.estimate_size).
     """
 
     build: Callable[..., torch.optim.Optimizer]
@@ -86,6 +90,8 @@ class Entry:
     torch_errors: dict[str, str] = field(default_factory=dict)
     params_note: Callable[..., str] = lambda cfg: ""
     pitfalls: Callable[..., list[str]] = lambda cfg: []
+    checks: dict[str, Check] = field(default_factory=dict)
+    state: Callable[..., int] = lambda cfg, plan: 2 * _elements(plan)
 
 
 _TORCH_ERRORS = {"learning rate": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
@@ -102,15 +108,48 @@ def _kfac_pitfalls(cfg) -> list[str]:
             "Prefer the µP readout init (readout_zero_init=false)."]
 
 
+def _elements(plan: Plan, layers_only: bool = False) -> int:
+    """Elements of the model's parameters (tied ones once), or of its layers' weights only."""
+    return sum(math.prod(s.shape) for s in plan.specs.values() if not layers_only or (s.layer and not s.is_bias))
+
+
+def _factors(plan: Plan) -> int:
+    """Σ over layers of d_out² + d_in² (d_in with the bias column): the elements of one pair of Kronecker factors
+    per layer (K-FAC's A and B, Shampoo's and SOAP's L and R)."""
+    dims: dict[str, list[int]] = {}
+    for s in plan.specs.values():
+        if s.layer is not None:
+            d = dims.setdefault(s.layer, [0, 0])
+            if s.is_bias:
+                d[1] += 1
+            else:
+                d[0], d[1] = s.shape[0], d[1] + math.prod(s.shape[1:])
+    return sum(d_out ** 2 + d_in ** 2 for d_out, d_in in dims.values())
+
+
+def _momentum(cfg, plan: Plan) -> int:
+    return _elements(plan) if cfg.get("momentum") else 0
+
+
+_GRAFTED_STATE = {"adam": 2, "adagrad": 1}  # Shampoo's grafting: moments per parameter
+_SGD_CHECKS = {"momentum": lambda key, value: check_unit_interval(key, value, 0.9), "nesterov": check_bool,
+               "weight_decay": non_negative}
+_ADAM_CHECKS = {"beta1": decay, "beta2": decay, "eps": non_negative, "weight_decay": non_negative}
+
 REGISTRY: dict[str, Entry] = {
-    "sgd": Entry(_sgd, torch_errors=_TORCH_ERRORS),
-    "adam": Entry(_adamw, torch_errors=_TORCH_ERRORS),
-    "kfac": Entry(_generic(KFAC, takes_loss=True), pitfalls=_kfac_pitfalls),
-    "shampoo": Entry(_generic(Shampoo), power=lambda cfg: 2.0 * cfg.exponent),
+    "sgd": Entry(_sgd, torch_errors=_TORCH_ERRORS, checks=_SGD_CHECKS, state=_momentum),
+    "adam": Entry(_adamw, torch_errors=_TORCH_ERRORS, checks=_ADAM_CHECKS),
+    # factors and their inverses (or inverse roots, or eigenbases), then what the rest of the state holds
+    "kfac": Entry(_generic(KFAC, takes_loss=True), pitfalls=_kfac_pitfalls,
+                  state=lambda cfg, plan: 2 * _factors(plan) + _momentum(cfg, plan)),
+    "shampoo": Entry(_generic(Shampoo), power=lambda cfg: 2.0 * cfg.exponent,
+                     state=lambda cfg, plan: 2 * _factors(plan) + _momentum(cfg, plan)
+                     + _GRAFTED_STATE.get(cfg.get("grafting"), 0) * _elements(plan)),
     # adjust_lr_fn is a shape rule outside the table: say whether it is neutralised (none) or in the lr column
     "muon": Entry(_generic(Muon, takes_model=False, rest_lr="adamw_lr"),
-                  params_note=lambda cfg: f"adjust_lr_fn={cfg.get('adjust_lr_fn', 'none')}"),
-    "soap": Entry(_generic(SOAP)),
+                  params_note=lambda cfg: f"adjust_lr_fn={cfg.get('adjust_lr_fn', 'none')}",
+                  state=lambda cfg, plan: 2 * _elements(plan) - _elements(plan, layers_only=True)),
+    "soap": Entry(_generic(SOAP), state=lambda cfg, plan: 2 * _factors(plan) + 2 * _elements(plan)),
 }
 
 
@@ -125,6 +164,11 @@ def step_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     step_lr = getattr(optimizer, "step_lr", lambda group, p: group["lr"])
     return {name: step_lr(group, p) for group in optimizer.param_groups
             for name, p in zip(group["param_names"], group["params"])}
+
+
+def state_elements(cfg, plan: Plan) -> int:
+    """Elements of the state optimizer ``cfg`` keeps for the plan's model (moments, factors, their inverses)."""
+    return REGISTRY[cfg.name].state(cfg, plan)
 
 
 def power(cfg) -> float | None:
@@ -149,10 +193,19 @@ def check(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> list[UsageEr
     """Build the optimizer on ``model`` (the meta model costs nothing) and report what its constructor refuses,
     as UsageErrors naming ``optimizer.<key>``. Unknown keys (``+optimizer.foo=1``) are refused too.
 
-    The base learning rate must be > 0 for every optimizer (torch accepts 0; a study of lr 0 learns nothing)."""
+    The base learning rate must be > 0 for every optimizer (torch accepts 0; a study of lr 0 learns nothing), the
+    entry's ``checks`` hold, and Nesterov needs momentum."""
     bad_lr = check_positive("optimizer.lr", cfg.get("lr"))
     if bad_lr:
         return [bad_lr]
+    problems = check_hyperparameters({k: v for k, v in cfg.items() if k in REGISTRY[cfg.name].checks},
+                                     REGISTRY[cfg.name].checks)
+    if problems:
+        return [UsageError(f"optimizer.{e.key}", e.problem, e.fix) for e in problems]
+    if cfg.get("nesterov") is True and cfg.get("momentum") == 0:
+        return [UsageError("optimizer.nesterov", "is true with optimizer.momentum=0: Nesterov's look-ahead needs "
+                           "momentum, so it would change nothing.", "set optimizer.momentum > 0 (e.g. 0.9), or "
+                           "optimizer.nesterov=false.")]
     try:
         build(cfg, model, plan, loss)
     except HyperparameterError as e:
@@ -170,4 +223,4 @@ def check(cfg, model: nn.Module, plan: Plan, loss: str = "xent") -> list[UsageEr
 
 
 __all__ = ["KFAC", "REGISTRY", "Entry", "Muon", "SOAP", "Shampoo", "build", "check", "params_note", "pitfalls",
-           "power", "step_lrs"]
+           "power", "state_elements", "step_lrs"]

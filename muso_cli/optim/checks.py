@@ -57,10 +57,13 @@ def damping_checks(optimizer: str) -> dict[str, Check]:
 
 
 def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
-    """The value of argument ``new``, or of its deprecated alias ``old`` when that was given (FutureWarning)."""
+    """The value of argument ``new``, or of its deprecated alias ``old`` when that was given (a FutureWarning,
+    which says so when the two differ: the alias wins)."""
     if old_value is None:
         return new_value
-    warnings.warn(f"{old} is deprecated: it was renamed {new} (same meaning)", FutureWarning, stacklevel=3)
+    wins = "" if old_value == new_value else f"; {old}={old_value} is used, over {new}={new_value}"
+    warnings.warn(f"{old} is deprecated: it was renamed {new} (same meaning){wins}. Fix: remove {old} and set "
+                  f"{new}={old_value}", FutureWarning, stacklevel=3)
     return old_value
 
 
