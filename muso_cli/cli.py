@@ -413,7 +413,7 @@ def cmd_refine(args: list[str]) -> int:
                 "(one step beyond a grid edge), run them, and repeat until the step near every optimum is at most "
                 "study.refine_to octaves or every verdict is decided, within study.refine_budget trials.",
                 lambda p: (_plan_flags(p, "print the next round's plan"), _trust_flag(p)), positionals=[STUDY_ARG])
-    from . import report, workflow
+    from . import workflow
 
     refinement = workflow.Refinement(ns.study, ns.overrides, trust_it=ns.trust)
     study, budget = refinement.study, refinement.spec.refine_budget
@@ -429,9 +429,8 @@ def cmd_refine(args: list[str]) -> int:
     print(f"refine: {refinement.stopped}")
     for note in refinement.notes:
         print(f"  {note}")
-    print("verdict:")
-    for line in report.verdict_lines(refinement.judged):
-        print(f"  {line}")
+    verdicts = ", ".join(f"{p} {pv['verdict']}" for p, pv in refinement.judged["params"].items())
+    print(f"verdicts now: {verdicts} (muso report {shlex.quote(str(study.path))} says why)")
     return 0
 
 
@@ -533,55 +532,37 @@ def cmd_run_trial(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    ns = _parse("report", args, "The verdict per parameterization (transfers / drifts / undecided, with intervals "
-                "over seeds), then tables and plots: report.json, report.md, results.parquet/csv, loss_vs_lr.png, "
-                "drift.png, heatmap_<param>.png, curves.png.",
-                lambda p: p.add_argument("--out", help="report folder (default: <study>/report)"),
-                positionals=[STUDY_ARG])
-    from . import report, workflow
+    ns = _parse("report", args, "The verdict per parameterization (transfers / fails / undecided: the transferred "
+                "setting's regret against δ), then tables and plots: report.json, report.md, results.parquet/csv, "
+                "loss_vs_lr.png, drift.png, heatmap_<param>.png, curves.png. With --from, of runs made elsewhere.",
+                lambda p: (p.add_argument("--out", help="report folder (default: <study>/report)"),
+                           p.add_argument("--from", dest="source", metavar="SOURCE",
+                                          help="runs made elsewhere: a CSV file (param,width,lr,seed,<metric>[,damping,"
+                                               "status,phase]) or wandb:<folder of offline runs | entity/project>"),
+                           p.add_argument("--map", action="append", default=[], metavar="FIELD=KEY",
+                                          help="with --from wandb:…, where a field is (e.g. width=config.d_model)")),
+                positionals=[("study", {"nargs": "?", "help": "the study folder (printed by muso sweep)"})])
+    from . import external, report, workflow
 
-    res, settings, out = workflow.report(ns.study, ns.overrides, ns.out)
+    if ns.study is not None and "=" in ns.study:  # an override, taken for the optional study folder
+        ns.overrides.insert(0, ns.study)
+        ns.study = None
+    if (ns.study is None) == (ns.source is None):
+        raise UsageError("study", "muso report takes a study folder or --from SOURCE (one of them).",
+                         "e.g. muso report studies/<name>, or muso report --from runs.csv --out report/.")
+    if ns.source is None:
+        res, settings, out = workflow.report(ns.study, ns.overrides, ns.out)
+    else:
+        res, settings, out = external.report(ns.source, ns.overrides, ns.out, ns.map)
     print("verdict:")
     for line in report.verdict_lines(res["verdict"]):
         print(f"  {line}")
-    tables = res["tables"]
-    for key, title, columns in (("regret", "regret of the transferred setting per width (δ: what it may cost)",
-                                 ["param", "width", "lr", "regret", "interval", "delta", "verdict"]),
-                                ("drift", "drift of the fitted optimum from the base width (octaves)",
-                                 ["param", "axis", "width", "drift_octaves", "interval"]),
-                                ("law", "width law of the optimum: log2 lr* = a + β·log2 width",
-                                 ["param", "axis", "widths", "beta", "interval", "contains 0", "held out",
-                                  "predicted", "fitted"])):
-        table = tables.get(key)
-        if table is not None and not table.empty:
-            print(f"{title}:")
-            print(table[[c for c in columns if c in table]].to_string(index=False, na_rep="",
-                                                                      float_format=lambda v: f"{v:.4g}"))
-    compute = tables.get("compute")
-    if compute is not None and len(compute) > 1:
-        wider = compute[compute.width != compute.width.iloc[0]]
-        spent, estimate = wider["trial-seconds"].sum(), wider["tuning estimate"].sum()
-        print(f"compute: {compute['trial-seconds'].sum():.0f} trial-seconds in all, {spent:.0f} above the base width; "
-              f"tuning the base grid at widths {', '.join(map(str, wider.width))} instead would take ≈ {estimate:.0f} "
-              f"(measured trial times): the transfer cost {spent / estimate:.2f} of that." if estimate else
-              f"compute: {compute['trial-seconds'].sum():.0f} trial-seconds in all.")
-    skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
-    print(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
+    for line in report.summary_lines(res, settings.study.metric):
+        print(line)
     if res["unreadable"]:
         shown = ", ".join(res["unreadable"][:3]) + (" …" if len(res["unreadable"]) > 3 else "")
         print(f"unreadable (a result or metrics file that is not whole, or not numbers): {shown}; delete such a "
               "folder and run the sweep again to retrain it", file=sys.stderr)
-    headline = res["tables"].get("headline")
-    if headline is not None and not headline.empty:
-        print(f"headline ({settings.study.metric} of the transferred setting per width):")
-        print(headline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    transferred = res["tables"].get("transferred")
-    if transferred is not None and not transferred.empty and transferred.test_acc.notna().any():
-        acc = transferred.pivot_table(index="param", columns="width", values="test_acc", dropna=False)
-        acc = acc.reindex(report.ordered(acc.index))
-        acc.columns = [f"w{w}" for w in acc.columns]
-        print("test accuracy of the transferred setting per width (blank: diverged):")
-        print(acc.reset_index().to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
     print(f"report: {out / 'report.md'}")
     return 0
 

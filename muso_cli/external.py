@@ -195,3 +195,36 @@ def _online(path: str) -> list[dict]:
         raise UsageError("--from", f"cannot read the W&B project {path}: {type(e).__name__}: {str(e)[:200]}.",
                          "check the path (entity/project), WANDB_API_KEY and the network, or export the runs to "
                          "CSV.") from None
+
+
+def report(source: str, overrides: list[str], out: str | None, mapping: list[str]) -> tuple[dict, object, Path]:
+    """``muso report --from SOURCE``: the report of runs made elsewhere, with muso's verdict settings (conf/config.yaml's
+    study section) and ``overrides`` (study.* keys) on top; the base width is the smallest. Returns what
+    muso_cli.workflow.report returns: (what report.build returns, the settings, the report folder)."""
+    from omegaconf import OmegaConf
+
+    from . import report as report_mod, verdict
+    from .config import compose
+    from .study.spec import parse_metric
+    from .workflow import check_report_folder
+
+    bad = [o for o in overrides if not o.partition("=")[0].lstrip("+~").startswith("study.")]
+    if bad:
+        raise UsageError(bad[0].partition("=")[0], "muso report --from takes study.* keys only.",
+                         "e.g. study.metric=test_loss or study.delta=0.01.")
+    settings = OmegaConf.create({"study": OmegaConf.to_container(compose(overrides).study, resolve=True)})
+    metric = parse_metric(settings.study.metric)
+    keys = {}
+    for pair in mapping:
+        field, _, key = pair.partition("=")
+        if field not in (*DEFAULT_KEYS, metric) or not key.startswith(("config.", "summary.")):
+            raise UsageError("--map", f"cannot read {pair!r}.", f"write FIELD=config.<key> or FIELD=summary.<key>, FIELD "
+                             f"one of {', '.join((*DEFAULT_KEYS, metric))}.")
+        keys[field] = key
+    runs = (read_wandb(source.removeprefix("wandb:"), metric, keys) if source.startswith("wandb:")
+            else read_csv(source, metric))
+    folder = check_report_folder(Path(out) if out else Path(f"report-{runs.name}"))
+    base = int(runs.rows.width.min())
+    res = report_mod.build(runs, folder, metric, base, verdict.parse_settings(settings.study),
+                           f"{runs.name} (runs made elsewhere)")
+    return res, settings, folder

@@ -304,6 +304,46 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def summary_lines(res: dict, metric: str) -> list[str]:
+    """What ``muso report`` prints after the verdict: the regret, drift and law tables, the compute the transfer
+    saved, the count of results read, the headline and the transferred setting's test accuracy per width."""
+    lines, tables = [], res["tables"]
+    number = lambda v: f"{v:.4g}"  # noqa: E731
+    for key, title, columns in (("regret", "regret of the transferred setting per width (δ: what it may cost)",
+                                 ["param", "width", "lr", "regret", "interval", "delta", "verdict"]),
+                                ("drift", "drift of the fitted optimum from the base width (octaves)",
+                                 ["param", "axis", "width", "drift_octaves", "interval"]),
+                                ("law", "width law of the optimum: log2 lr* = a + β·log2 width",
+                                 ["param", "axis", "widths", "beta", "interval", "contains 0", "held out",
+                                  "predicted", "fitted"])):
+        table = tables.get(key)
+        if table is not None and not table.empty:
+            lines += [f"{title}:", table[[c for c in columns if c in table]].to_string(
+                index=False, na_rep="", float_format=number)]
+    compute = tables.get("compute")
+    if compute is not None and len(compute) > 1:
+        wider = compute[compute.width != compute.width.iloc[0]]
+        spent, estimate = wider["trial-seconds"].sum(), wider["tuning estimate"].sum()
+        lines.append(f"compute: {compute['trial-seconds'].sum():.0f} trial-seconds in all, {spent:.0f} above the base "
+                     f"width; tuning the base grid at widths {', '.join(map(str, wider.width))} instead would take ≈ "
+                     f"{estimate:.0f} (measured trial times): the transfer cost {spent / estimate:.2f} of that."
+                     if estimate else f"compute: {compute['trial-seconds'].sum():.0f} trial-seconds in all.")
+    skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
+    lines.append(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
+    headline = tables.get("headline")
+    if headline is not None and not headline.empty:
+        lines += [f"headline ({metric} of the transferred setting per width):",
+                  headline.to_string(index=False, float_format=number)]
+    transferred = tables.get("transferred")
+    if transferred is not None and not transferred.empty and transferred.test_acc.notna().any():
+        acc = transferred.pivot_table(index="param", columns="width", values="test_acc", dropna=False)
+        acc = acc.reindex(ordered(acc.index))
+        acc.columns = [f"w{w}" for w in acc.columns]
+        lines += ["test accuracy of the transferred setting per width (blank: diverged):",
+                  acc.reset_index().to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}")]
+    return lines
+
+
 def verdict_lines(v: dict) -> list[str]:
     """The verdict sentences, one per parameterization, and how the intervals were made."""
     return [pv["sentence"] for pv in v["params"].values()] + [v["interval"]]

@@ -66,3 +66,16 @@ def test_a_csv_that_cannot_be_read_names_its_row_and_column(tmp_path, text, prob
     with pytest.raises(UsageError) as e:
         external.read_csv(tmp_path / "runs.csv", "train_loss")
     assert e.value.key == "--from" and problem in e.value.problem
+
+
+def test_muso_report_from_a_csv_prints_the_verdict_and_writes_the_report(tmp_path, capsys):
+    study = make(tmp_path, outcome, "study.lr=log2:-6:0:0.5", "study.widths=[16,32,64]", "study.seeds=[0,1,2]")
+    as_csv(study, tmp_path / "runs.csv")
+    capsys.readouterr()
+    assert main(["report", "--from", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "r"),
+                 "study.delta=0.002"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("verdict:\n  somup: transfers") and "  sp: fails" in out
+    assert "δ = 0.002" in out and (tmp_path / "r" / "report.json").exists()
+    assert main(["report", "--from", str(tmp_path / "runs.csv"), "train.steps=3"]) == 2
+    assert main(["report"]) == 2 and "a study folder or --from" in capsys.readouterr().err

@@ -119,7 +119,7 @@ def test_refine_runs_its_rounds_through_the_launcher(tmp_path, capsys):
     assert "refine: done after 2 round(s), 4 trials run" in out
     assert log2_lrs(study, "refine") == [-3.5, -3.25, -2.75, -2.5]
     assert all(study.status(t) in track.FINAL_STATUSES for t in study.trials())
-    assert "sp: undecided" in out  # one seed: no interval
+    assert "verdicts now: sp undecided" in out  # one seed: no interval
 
 
 def test_a_second_sweep_that_adds_a_parameterization_and_a_seed_is_refined_and_transferred_too(tmp_path, capsys):
