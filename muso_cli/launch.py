@@ -198,13 +198,20 @@ def pool_slots(lcfg: DictConfig, n_gpus: int, n_cpus: int) -> tuple[list[int | N
     return slots, threads
 
 
+def physical_gpu(slot: int, visible: str | None) -> str:
+    """The device a worker of GPU slot ``slot`` (0, 1, … over the GPUs torch sees) is pinned to: the slot-th entry of
+    the launcher's own CUDA_VISIBLE_DEVICES when it has one (``3,5``: slot 1 is GPU 5), else the slot itself."""
+    entries = [e.strip() for e in visible.split(",") if e.strip()] if visible else []
+    return entries[slot] if slot < len(entries) else str(slot)
+
+
 def _worker_init(slots, threads: int) -> None:
     """In each new worker: take a GPU slot (before CUDA starts), set torch threads, and make stop signals set
     the stop flag only. Ctrl-C goes to the parent, which passes the stop on as SIGTERM; a worker must never
     die of it, since one killed while writing to the pool's result queue holds its lock and deadlocks the rest."""
     gpu = slots.get()
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpu(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, stop.request_stop)

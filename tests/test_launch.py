@@ -119,3 +119,11 @@ def test_a_killed_worker_fails_its_trial_only(tmp_path):
     assert "worker process" in study.result(failed)["error"]
     assert main(["sweep", *args, "study.lr=log2:-3:0", "train.steps=3000", "train.eval_every=100"]) == 0
     assert all(study.status(t) == "ok" for t in study.trials())
+
+
+def test_a_pool_worker_is_pinned_to_the_gpu_its_launcher_sees_not_to_the_slot_number():
+    from muso_cli.launch import physical_gpu
+
+    assert physical_gpu(1, "3,5") == "5" and physical_gpu(0, "3,5") == "3"
+    assert physical_gpu(1, None) == "1" and physical_gpu(0, "") == "0"
+    assert physical_gpu(0, "GPU-8a1b,GPU-77ff") == "GPU-8a1b"  # UUIDs pass through
