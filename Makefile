@@ -41,7 +41,7 @@ data:
 # The demo: K-FAC on Fashion-MNIST with MSE, SP against second-order µP (docs/results.md, "The demo"). First the
 # mechanism: the coordinate check, Δh per layer against width (SP's hidden features freeze, somup's stay flat).
 # Then the workflow: tune lr at width 64 (a half-octave grid, 3 seeds, 50 steps), carry each parameterization's
-# optimum to widths 256 and 1024 with 3 verification points each, add the points the verdicts ask for (refine),
+# optimum to widths 256 and 1024 with 5 verification points each, add the points the verdicts ask for (refine),
 # and report: transfers / fails, the regret per width, the drift and what the transfer saved.
 DEMO := outputs/demo/mlp-kfac
 DEMO_RUN := optimizer=kfac train.loss=mse data.n_train=20000 data.n_test=2000 train.steps=50 train.eval_every=50 \

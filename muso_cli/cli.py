@@ -31,7 +31,7 @@ commands:
   sweep        tune learning rate × damping at the base width (a study)
   refine       add grid points near each optimum of a study until it is resolved (study.refine_to)
   transfer     train a study's best setting at larger widths
-  report       the verdict per parameterization (transfers / drifts / undecided), tables and plots
+  report       the verdict per parameterization (transfers / fails / undecided), tables and plots
   status       trial counts of a study (ok / diverged / failed / running / pending)
   run-trial    run trial i of a study (what launchers and `sbatch --array` call)
 

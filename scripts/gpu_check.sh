@@ -35,8 +35,8 @@
 #   MUSO_PYTHON            an interpreter to use instead of .venv/bin/python (one with a CUDA build of torch and
 #                          muso's requirements, e.g. a machine's own environment; run from this checkout)
 #   CUDA_VISIBLE_DEVICES   default 0: the figures are per GPU (the pool packs launcher.per_gpu runs on each GPU it
-#                          sees). Another GPU: CUDA_VISIBLE_DEVICES=N, but the pool's workers then run on GPU 0, since
-#                          launcher=pool writes its slot index (0, 1, …) into their CUDA_VISIBLE_DEVICES.
+#                          sees). Another GPU: CUDA_VISIBLE_DEVICES=N (the pool's workers map their slot through it:
+#                          slot 0 under N is GPU N).
 # Exit status: 0 every part ran and every optimizer passed, 1 otherwise (gpu_check.md says why), 2 CUDA asked for
 # and not available (a CPU-only torch: its message says how to install a CUDA build).
 set -euo pipefail

@@ -8,23 +8,24 @@ when the group has one, as an extra column, as in K-FAC: see :mod:`muso_cli.opti
 
 updated every ``statistics_interval`` steps, and the update direction ``D = (L + ε_L I)^-e G (R + ε_R I)^-e``
 with e = ``exponent`` per side (1/4 by default: total power 1/2, which the plan's lr table reads as
-2·exponent). The inverse roots come from ``torch.linalg.eigh`` in float64 (``eigh_dtype="float32"``: float32,
-about 1.7× faster on CPU, float64 when it fails) with the eigenvalues clamped at 0, recomputed every
+2·exponent). The inverse roots come from ``torch.linalg.eigh`` in float32 (the default ``eigh_dtype``: about
+1.7× faster on CPU than float64; float64 when float32 fails; ``eigh_dtype="float64"``: float64 only) with the eigenvalues clamped at 0, recomputed every
 ``inverse_interval`` steps. ε per group from ``damping_rule`` (ε = group ``damping``,
 m = group ``damping_eps``: the plan's width multiplier, 1 without a plan; docs/parameterization.md)::
 
     constant, somup   ε_L = ε_R = ε·m          (absolute; somup's m scales it as 1/m, 1, m for in / hid / out)
     relative          ε_L = ε·λ_max(L)·m, ε_R = ε·λ_max(R)·m  (width-free; an all-zero factor falls back to ε·m)
 
-Grafting (off by default): ``sgd`` or ``adagrad`` keeps Shampoo's direction and takes the per-layer Frobenius
-norm of the grafted update (the gradient G, or G / (√H + graft_eps) with H the running Σ G⊙G, kept like L).
+Grafting (off by default): ``sgd``, ``adagrad`` or ``adam`` keeps Shampoo's direction and takes the per-layer
+Frobenius norm of the grafted update (the gradient G; G / (√H + graft_eps) with H the running Σ G⊙G; or Adam's
+bias-corrected G / (√V̂ + graft_eps) with V the EMA of G⊙G at ``graft_beta2``, without first moment).
 Then SGD's momentum and weight decay (added to D after preconditioning and grafting). When the batch is small
 compared with the layer, G Gᵀ = Δᵀ (X Xᵀ) Δ, Gᵀ G = Xᵀ (Δ Δᵀ) X and D = (L^-e Δᵀ)(X R^-e) are formed from the
 captured rows (exact; see :mod:`~muso_cli.optim.layer`), which needs hooks, hence the model. Parameters in
 groups without ``layer`` get SGD. Every hyperparameter is a group key.
 
-State per layer (``self.state[weight]``): ``L``, ``R``, ``L_root``, ``R_root``, ``graft_sq`` (AdaGrad grafting
-only; tensors), ``damping`` ({"L": ε_L, "R": ε_R}) and ``step``; the momentum buffers as torch.optim.SGD keeps
+State per layer (``self.state[weight]``): ``L``, ``R``, ``L_root``, ``R_root``, ``graft_sq`` (AdaGrad and Adam
+grafting only; tensors), ``damping`` ({"L": ε_L, "R": ε_R}) and ``step``; the momentum buffers as torch.optim.SGD keeps
 them.
 """
 from __future__ import annotations
@@ -168,7 +169,7 @@ class Shampoo(DampedOptimizer):
         damping: ε (> 0). damping_rule: constant | somup | relative. exponent: e per side (> 0).
         statistics: ema | sum. ema_decay: weight of the old statistic in the running average, in [0, 1).
         statistics_interval, inverse_interval: steps between statistics and between inverse-root updates.
-        grafting: none | sgd | adagrad; graft_eps: AdaGrad's ε (≥ 0). eigh_dtype: float64 | float32 (inverse roots).
+        grafting: none | sgd | adagrad | adam; graft_eps: their ε (≥ 0). eigh_dtype: float32 | float64 (inverse roots).
         factored: allow the exact factored forms (needs capture every step). lowrank: deprecated alias.
     """
 

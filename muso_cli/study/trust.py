@@ -13,8 +13,9 @@ can copy a token only from a study of yours it has seen. The file owner cannot t
 the reader the owner).
 
 ``muso report`` never composes or instantiates a study's config, so it needs no trust; ``muso transfer``,
-``muso refine``, ``muso sweep`` into an existing folder and ``muso run-trial`` refuse to run what :func:`code_in`
-finds in someone else's study unless ``--trust`` is given.
+``muso refine`` and ``muso run-trial`` refuse to run what :func:`code_in` finds in someone else's study unless
+``--trust`` is given. ``muso sweep`` into an existing folder needs none: it composes your own command line and
+runs only the trials that composition plans (a trial already in the folder under the same id has the same config).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from ..errors import UsageError, check_one_of
 @dataclass(frozen=True)
 class RunIdentity:
     """How a run is named where it is mirrored (W&B): its id (a trial's id, so that a resumed trial continues its
-    W&B run), a name a person can read, the group (the study), the job type (sweep | refine | transfer) and tags."""
+    W&B run), a name a person can read, the group (the study), the job type (the trial's phase: sweep | refine | transfer | verify) and tags."""
 
     run_id: str | None = None
     name: str | None = None

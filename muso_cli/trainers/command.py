@@ -8,8 +8,8 @@ The contract:
   per trial, after the study set the trial's lr, width, damping and seed).
 - The environment: ``MUSO_TRIAL_DIR`` (the trial's folder, also the working directory), ``MUSO_TRIAL_CONFIG``
   (the trial's resolved config, a YAML file: read it with :func:`muso_cli.api.trial_config`), ``MUSO_TRIAL_ID``,
-  ``MUSO_RESUME`` ("1" when an earlier attempt of this trial was stopped: resume from your own checkpoint in
-  the folder, and keep appending metrics), and ``trainer.env``.
+  ``MUSO_RESUME`` ("1" when an earlier attempt of this trial left a ``metrics.jsonl`` in the folder,
+  stopped or not: resume from your own checkpoint there if you keep one, and keep appending metrics), and ``trainer.env``.
 - The command reports by appending JSON lines to ``metrics.jsonl`` in the trial folder, the format muso's own
   loop writes: ``{"step": N, "train_loss": x, "test_loss": ..., "test_acc": ...}`` (by hand, or with
   :class:`muso_cli.api.Metrics`).
