@@ -9,10 +9,19 @@ Public API for your own models::
 """
 __version__ = "0.1.0"
 
-from . import parametrize  # noqa: E402
-from .optim.kfac import KFAC  # noqa: E402
-from .optim.muon import Muon  # noqa: E402
-from .optim.shampoo import Shampoo  # noqa: E402
-from .optim.soap import SOAP  # noqa: E402
+# Imported on first use (PEP 562): ``import muso_cli.<module>`` for the CLI, or trainer=python's subprocess
+# (muso_cli.trainers.entry), should not pay torch's import (about 1 s) unless it uses the optimizers.
+_PUBLIC = {"parametrize": ".parametrize", "KFAC": ".optim.kfac", "Muon": ".optim.muon", "Shampoo": ".optim.shampoo",
+           "SOAP": ".optim.soap"}
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'muso_cli' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(_PUBLIC[name], __name__)
+    return module if name == "parametrize" else getattr(module, name)
+
 
 __all__ = ["KFAC", "Muon", "SOAP", "Shampoo", "parametrize", "__version__"]

@@ -22,15 +22,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from . import optim
 from .config import compose
-from .parametrize import Plan, make_plan
+
+if TYPE_CHECKING:  # torch is imported where it is used: a script that only reports metrics starts without it
+    import torch
+    from torch import nn
+
+    from .parametrize import Plan
 
 
 def trial_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -51,6 +53,11 @@ def plan(make_model: Callable[[int], nn.Module], cfg: DictConfig, model: nn.Modu
     """The parameterization plan of ``cfg`` for the model ``make_model(width)`` builds: the base model (at
     model.base_width) and a delta model (at twice it) are built on the meta device (free) to find each
     parameter's role from its shape; ``model``: the model at model.width when already built."""
+    import torch
+
+    from . import optim
+    from .parametrize import make_plan
+
     with torch.device("meta"):
         base, delta = make_model(int(cfg.model.base_width)), make_model(2 * int(cfg.model.base_width))
         target = model if model is not None else make_model(int(cfg.model.width))
@@ -67,6 +74,10 @@ def build(make_model: Callable[[int], nn.Module], cfg: DictConfig, *, device: st
     the optimizer ``cfg.optimizer`` over it with the plan's param groups). ``make_model(width)`` builds your model
     at any width (one argument sets the size of its layers). ``loss``: the training loss K-FAC's Fisher samples
     from (default cfg.train.loss: xent | mse)."""
+    import torch
+
+    from . import optim
+
     model = make_model(int(cfg.model.width))
     the_plan = plan(make_model, cfg, model)
     the_plan.init_(model, torch.Generator().manual_seed(int(cfg.seed)))

@@ -116,6 +116,16 @@ def judge_metrics(rows: list[dict], factor: float) -> str | None:
     return None
 
 
+def _exited(process: subprocess.Popen, seconds: float) -> bool:
+    """Whether the command has exited, waiting up to ``seconds`` for it (returns as soon as it exits: a short
+    trial is not held to the polling interval)."""
+    try:
+        process.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _stop(process: subprocess.Popen, grace: float) -> None:
     """SIGTERM the command's process group, then SIGKILL after ``grace`` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
@@ -164,7 +174,7 @@ def run(cfg: DictConfig, folder: Path, identity, *, quiet: bool = True, argv: li
         process = subprocess.Popen(argv or ["/bin/sh", "-c", line], cwd=folder, env=env, stdout=out, stderr=err,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         timed_out = False
-        while process.poll() is None:
+        while not _exited(process, POLL_S):
             if STOP.signum is not None:
                 _stop(process, grace)
                 recorder.close()
@@ -173,7 +183,6 @@ def run(cfg: DictConfig, folder: Path, identity, *, quiet: bool = True, argv: li
                 _stop(process, grace)
                 timed_out = True
                 break
-            time.sleep(POLL_S)
     code = process.returncode
     rows, malformed = read_metrics(folder / track.METRICS)
     for row in rows:
