@@ -91,7 +91,11 @@ class _ArgumentParser(argparse.ArgumentParser):
             names = [n for n in missing.group(1).split(", ") if n != "overrides"] or ["overrides"]
             raise UsageError(names[0], f"is missing: `{self.prog}` needs {', '.join(names)}.",
                              f"usage: {self.format_usage().strip().removeprefix('usage: ')}")
-        raise UsageError(self.prog, f"{message}.", f"see `{self.prog} --help`.")
+        unknown = re.search(r"unrecognized arguments: (.+)", message)
+        if unknown:
+            raise UsageError(unknown.group(1).split()[0], f"is not an option of `{self.prog}` (unrecognized: "
+                             f"{unknown.group(1)}).", f"see `{self.prog} --help` for its options.")
+        raise UsageError(self.prog.split()[-1], f"{message}.", f"see `{self.prog} --help`.")
 
 
 def _help_epilog() -> str:
@@ -317,10 +321,13 @@ def _grid(values) -> str:
         f"[{values[0]:.3g} … {values[-1]:.3g}]"
 
 
-def _plan_flags(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
+def _plan_flags(parser: argparse.ArgumentParser, dry_run_help: str, *, sized: bool = True) -> None:
+    """--dry-run and --no-launch; --yes where the command plans new sizes (``sized``: sweep and transfer; refine
+    adds settings at widths the study has already trained, within study.refine_budget)."""
     parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
-    parser.add_argument("--yes", action="store_true", help="run a grid larger than study.max_trials, or widths whose "
-                        "model is above the size limit (setup.MAX_PARAMETERS or the device's memory)")
+    if sized:
+        parser.add_argument("--yes", action="store_true", help="run a grid larger than study.max_trials, or widths "
+                            "whose model is above the size limit (setup.MAX_PARAMETERS or the device's memory)")
     parser.add_argument("--no-launch", action="store_true",
                         help="write the study's trial list and run nothing (for your own sbatch --array line)")
 
@@ -412,7 +419,7 @@ def cmd_refine(args: list[str]) -> int:
     ns = _parse("refine", args, "Add grid points at half the current step on both sides of each cell's optimum "
                 "(one step beyond a grid edge), run them, and repeat until the step near every optimum is at most "
                 "study.refine_to octaves or every verdict is decided, within study.refine_budget trials.",
-                lambda p: (_plan_flags(p, "print the next round's plan"), _trust_flag(p)), positionals=[STUDY_ARG])
+                lambda p: (_plan_flags(p, "print the next round's plan", sized=False), _trust_flag(p)), positionals=[STUDY_ARG])
     from . import workflow
 
     refinement = workflow.Refinement(ns.study, ns.overrides, trust_it=ns.trust)

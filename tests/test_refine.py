@@ -161,3 +161,12 @@ def test_an_optimum_at_the_grid_edge_is_extended_even_when_its_verdict_is_decide
     assert main(["refine", str(study.path), "--no-launch"]) == 0
     new = {(t.width, round(math.log2(t.lr), 6)) for t in study.trials() if t.phase == "refine"}
     assert (16, -2.0) in new  # one step beyond the base grid's top
+
+
+@pytest.mark.parametrize("command", [["refine", "studies/x", "--yes"], ["sweep", "--bogus"], ["report", "s", "--nope"]])
+def test_an_option_a_command_does_not_take_is_named_with_exit_2(command, capsys):
+    """refine plans no new sizes, so it takes no --yes; any unknown option is named as the key, with the fix."""
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"error: {command[-1]}: is not an option of `muso {command[0]}`" in err and "--help" in err
+    assert "Traceback" not in err
