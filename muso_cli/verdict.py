@@ -22,9 +22,11 @@ The rules, in order:
   R_w = f̂_w(x_t) − min f̂_w, from the valley at w (plus, when x_t lies outside the fitted window, the paired
   difference of the seeds' losses at x_t and at the grid optimum), summed over the swept axes, with its interval.
 - **The verdict**, per parameterization, against δ (``study.delta``: auto = max(``study.delta_relative`` × the
-  best loss at w, the base optimum's SD over seeds); the loss a transfer may cost): *fails* when the transferred
-  setting diverged on any seed at some scale, or some scale's regret interval lies wholly above δ;
-  *transfers* when every scale tried has its regret interval's upper end ≤ δ; else *undecided*, saying what
+  fitted minimum at w, the SD of the base valley's fitted seed levels); the loss a transfer may cost): *fails*
+  when the transferred setting diverged on any seed at some scale, or some scale's regret interval lies wholly
+  above δ; *transfers* when every scale tried has its regret interval's upper end ≤ δ; either only when the
+  points' own regret (the seeds' paired difference at x_t, where it was tried) is on the same side of δ; else
+  *undecided*, saying what
   would decide it (how many more seeds, which points). The drift x̂_w − x̂_base (octaves, with its interval)
   describes how the optimum moved; it does not decide.
 - *The scale law*: with fitted optima at ≥ 3 scales, log2 x̂_w = a + β·log2(w / base) by weighted least squares,
@@ -67,11 +69,13 @@ class Settings:
     def describe(self, seeds: int) -> str:
         """What the intervals rest on, in words (printed under the verdicts)."""
         delta = f"δ = {self.delta:g}" if self.delta is not None else (
-            f"δ = max({self.delta_relative:g} × the best loss at each width, the base optimum's SD over seeds)")
+            f"δ = max({self.delta_relative:g} × the fitted minimum at each width, the SD of the base valley's "
+            f"seed levels)")
         return (f"Intervals: {self.level:.0%} parametric-bootstrap intervals of the fitted valleys ({self.resamples} "
                 f"draws, numpy default_rng({self.seed})), resting on {seeds} seed{'s' if seeds != 1 else ''} and the "
                 f"points near each optimum: each seed an offset, the rest Gaussian noise of the residuals' SD "
-                f"(coverage measured on known valleys: docs/verdicts.md). {delta}.")
+                f"(coverage measured on known valleys: docs/verdicts.md). A fitted regret decides only where the "
+                f"seeds' paired difference at the transferred lr is on the same side of δ. {delta}.")
 
 
 def parse_settings(study) -> Settings:
