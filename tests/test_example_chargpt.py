@@ -29,11 +29,11 @@ def run_example(out: Path, *overrides: str, **env: str) -> subprocess.CompletedP
 
 def test_the_example_runs_sweep_transfer_and_report_through_its_own_script(tmp_path):
     done = run_example(tmp_path, "study.lr=log2:-6:-3", "study.seeds=[0,1]",
-                       TRANSFER="transfer.widths=[128,256] transfer.verify=3")
+                       TRANSFER="transfer.widths=[128,256] transfer.verify=3", REFINE="study.refine_to=1")
     assert done.returncode == 0, done.stderr[-3000:]
     study = Study(tmp_path / "chargpt-muon")
     trials = study.trials()
-    assert {t.phase for t in trials} == {"sweep", "transfer", "verify"}
+    assert {"sweep", "transfer", "verify"} <= {t.phase for t in trials} <= {"sweep", "refine", "transfer", "verify"}
     assert all(study.status(t) in track.FINAL_STATUSES for t in trials)
     some = study.result(trials[0])
     assert some["trainer"] == "command" and "chargpt.py --width 64" in some["command"]

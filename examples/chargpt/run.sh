@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The character-level GPT of chargpt.py, trained by its own loop, driven by muso through the trainer contract:
-# tune Muon's lr at d_model 64 (sp and second-order µP), transfer the best to 128 and 256 with 3 verification
+# tune Muon's lr at d_model 64 (sp and second-order µP), refine it (one step past an optimum at the grid's edge),
+# transfer the best to 128 and 256 with 3 verification
 # points each, report. Usage: bash examples/chargpt/run.sh [output folder] [extra muso overrides]
 #   MUSO=<command> picks the muso to run (default: muso), PYTHON the interpreter of the trials (default: the one
 #   beside muso); DDP=2 runs every trial as a 2-process DDP job on CPU (gloo, through torchrun); TRANSFER the
-#   transfer's overrides (default: transfer.widths=[128,256]); STEPS the training steps (default 60).
+#   transfer's overrides (default: transfer.widths=[128,256]); REFINE the refinement's (default:
+#   study.refine_to=0.5, which on the half-octave grid only extends an edge); STEPS the training steps (default 60).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT=${1:-$HERE/outputs}
@@ -23,5 +25,6 @@ RUN=(--config-dir "$HERE/conf" model=chargpt data=pystdlib data.context=64 optim
 
 $MUSO params "${RUN[@]:0:6}" param=somup model.width=256
 $MUSO sweep "${RUN[@]}" study.params=[sp,somup] study.lr=log2:-9:-3:0.5 study.seeds=[0,1] launcher=pool "$@"
+$MUSO refine "$OUT/chargpt-muon" ${REFINE:-study.refine_to=0.5}
 $MUSO transfer "$OUT/chargpt-muon" ${TRANSFER:-transfer.widths=[128,256]}
 $MUSO report "$OUT/chargpt-muon"
