@@ -9,7 +9,7 @@ MUSO := $(BIN)/muso
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export WANDB_SILENT := true
 
-.PHONY: help setup data demo test test-slow test-all lock clean repro repro-coord repro-mlp-lr repro-mlp-lr-muon repro-mlp-lr-soap repro-cnn-damping repro-nngp repro-resnet repro-transformer
+.PHONY: help setup data demo test test-slow test-all lock clean repro repro-coord repro-mlp-lr repro-mlp-lr-muon repro-mlp-lr-soap repro-cnn-damping repro-nngp repro-resnet repro-transformer repro-depth
 
 help:
 	@echo "make demo       set up, then run the demo on Fashion-MNIST (CPU, a few minutes)"
@@ -43,16 +43,17 @@ data:
 # Then the workflow: tune lr at width 64 (a half-octave grid, 3 seeds, 50 steps), carry each parameterization's
 # optimum to widths 256 and 1024 with 5 verification points each, add the points the verdicts ask for (refine),
 # and report: transfers / fails, the regret per width, the drift and what the transfer saved.
-DEMO := outputs/demo/mlp-kfac
+DEMO_ROOT ?= outputs/demo
+DEMO := $(DEMO_ROOT)/mlp-kfac
 DEMO_RUN := optimizer=kfac train.loss=mse data.n_train=20000 data.n_test=2000 train.steps=50 train.eval_every=50 \
 	train.eval_train_samples=2000 train.threads=1
 DEMO_ARGS := $(DEMO_RUN) launcher=pool launcher.workers=2 study.params=[sp,somup] study.lr=log2:-4:0:0.5 \
-	study.seeds=[0,1,2] study.root=outputs/demo study.name=mlp-kfac
+	study.seeds=[0,1,2] study.root=$(DEMO_ROOT) study.name=mlp-kfac
 DEMO_COORD := optimizer=kfac train.loss=mse coord.widths=[64,128,256,512,1024]
 
 demo: setup
-	$(MUSO) coord-check $(DEMO_COORD) param=sp coord.out=outputs/demo/coord-sp
-	$(MUSO) coord-check $(DEMO_COORD) param=somup coord.out=outputs/demo/coord-somup
+	$(MUSO) coord-check $(DEMO_COORD) param=sp coord.out=$(DEMO_ROOT)/coord-sp
+	$(MUSO) coord-check $(DEMO_COORD) param=somup coord.out=$(DEMO_ROOT)/coord-somup
 	$(MUSO) sweep $(DEMO_ARGS)
 	$(MUSO) transfer $(DEMO) transfer.widths=[256,1024]
 	$(MUSO) refine $(DEMO)
@@ -139,14 +140,15 @@ repro-mlp-lr-muon: setup
 
 # Learning-rate transfer with SOAP (ε = 1e-4 relative, eigenbasis every 10 steps): the same MLP and budget as Muon's,
 # widths 64 → 512 (SOAP's eigh costs less than Newton–Schulz: 18 s for a width-256 trial on one thread), an lr grid
-# around Adam's optimum of 2^-8, 2 seeds, refined to a quarter octave near each optimum; sp / somup, and mup (Adam's µP
-# rules) because SOAP's update is Adam's in a rotated basis: the study says which width rule its lr follows.
+# around Adam's optimum of 2^-8, 2 seeds, refined to a quarter octave near each optimum; sp / somup (SOAP's somup column
+# is Adam's µP since issue 29, so mup is the same rule). SOAP_WIDTHS=[64] runs the advertised loop instead: the grid at
+# the base width only, then transfer with verification points.
 SOAP_WIDTHS ?= [64,128,256,512]
 SOAP_TRANSFER ?= [128,256,512]
 repro-mlp-lr-soap: SEEDS = [0,1]
 repro-mlp-lr-soap: REFINE_BUDGET ?= 80
 repro-mlp-lr-soap: setup
-	$(MUSO) sweep optimizer=soap $(MATRIX_LR) study.params=[sp,mup,somup] study.lr=log2:-12:-4 $(COMMON) \
+	$(MUSO) sweep optimizer=soap $(MATRIX_LR) study.params=[sp,somup] study.lr=log2:-12:-4 $(COMMON) \
 		study.widths=$(SOAP_WIDTHS) study.name=mlp-lr-soap
 	$(MUSO) refine $(REPRO)/mlp-lr-soap $(REFINE)
 	$(MUSO) transfer $(REPRO)/mlp-lr-soap transfer.widths=$(SOAP_TRANSFER)
@@ -213,6 +215,26 @@ repro-transformer: setup
 	$(MUSO) refine $(REPRO)/gpt-lr-adam $(REFINE)
 	$(MUSO) transfer $(REPRO)/gpt-lr-adam transfer.widths=$(GPT_TRANSFER)
 	$(MUSO) report $(REPRO)/gpt-lr-adam
+
+# Depth transfer (docs/results.md, "Depth"): the residual MLP (model=resmlp: pre-LayerNorm blocks, width 128) on
+# Fashion-MNIST, an lr grid at the base depth 2, the base optimum trained at depths 8 and 32 with 4 verification
+# points each, then refined where the verdicts ask; sp (α = 0: no branch multiplier and no depth rule, the control of
+# standard practice) against somup (α = 1: branches × (L/2)^-1 and the depth rules of parametrize.DEPTH_LR /
+# DEPTH_DAMPING). Adam under α = 1 is CompleteP, the published control; K-FAC, Shampoo and Muon carry the derived rules.
+# 2 seeds, 200 steps of batch 128 on 10 000 images, one thread per trial. A depth-32 trial takes ~15 s of CPU.
+DEPTH_RUN = model=resmlp model.width=128 model.base_width=128 data.n_train=10000 train.steps=200 train.eval_every=100 \
+	train.eval_train_samples=5000 train.threads=1 study.params=[sp,somup] study.depths=[2]
+DEPTH_TRANSFER ?= [8,32]
+DEPTH_OPTIMIZERS ?= adam:log2:-13:-4 kfac:log2:-7:1 shampoo:log2:-10:-2 muon:log2:-10:-1
+repro-depth: SEEDS = [0,1]
+repro-depth: REFINE_TO = 0.5
+repro-depth: REFINE_BUDGET ?= 40
+repro-depth: setup
+	@for spec in $(DEPTH_OPTIMIZERS); do opt=$${spec%%:*}; grid=$${spec#*:}; study=$(REPRO)/depth-$$opt; \
+	  $(MUSO) sweep optimizer=$$opt $(DEPTH_RUN) study.lr=$$grid $(COMMON) study.name=depth-$$opt && \
+	  $(MUSO) transfer $$study transfer.depths=$(DEPTH_TRANSFER) && \
+	  $(MUSO) refine $$study $(REFINE) && \
+	  $(MUSO) report $$study || exit 1; done
 
 lock: $(STAMP)
 	@{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -vi '^muso' | sed 's/+cpu$$//'; echo "torchvision==0.28.0"; } > constraints.new && mv constraints.new constraints.txt

@@ -7,8 +7,8 @@ cd "$(dirname "$0")"
 OUT=${1:-outputs}
 MUSO=${MUSO:-muso}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the project's package, tinyproj, is importable
-CONF="--config-dir conf"                                # its configs: conf/model/resmlp.yaml, conf/data/digits_vec.yaml
-RUN="$CONF model=resmlp data=digits_vec optimizer=kfac optimizer.damping=0.1 device=cpu"
+CONF="--config-dir conf"                                # its configs: conf/model/tinyresmlp.yaml, conf/data/digits_vec.yaml
+RUN="$CONF model=tinyresmlp data=digits_vec optimizer=kfac optimizer.damping=0.1 device=cpu"
 
 # what second-order µP does to each parameter of the project's model at width 256 (base width 32)
 $MUSO params $RUN param=somup model.width=256

@@ -299,12 +299,13 @@ STUDY_ARG = ("study", {"help": "the study folder (printed by muso sweep)"})
 def _print_plan(study_path, trials) -> None:
     import pandas as pd
 
-    df = pd.DataFrame([{"param": t.param, "width": t.width, "lr": t.lr, "damping": t.damping, "seed": t.seed}
-                       for t in trials])
+    df = pd.DataFrame([{"param": t.param, "width": t.width, "depth": t.depth or 0, "lr": t.lr, "damping": t.damping,
+                        "seed": t.seed} for t in trials])
     print(f"study {study_path}: {_entries_and_runs(trials)}")
-    for (param, width), g in df.groupby(["param", "width"]):
+    for (param, width, depth), g in df.groupby(["param", "width", "depth"]):
         damp = sorted(g.damping.dropna().unique())
-        print(f"  {param:>6} width {width:>5}: {g.lr.nunique()} lr {_grid(sorted(g.lr.unique()))}"
+        at = f"width {width:>5}" + (f" depth {depth:>3}" if depth else "")  # depth 0: a model without depth
+        print(f"  {param:>6} {at}: {g.lr.nunique()} lr {_grid(sorted(g.lr.unique()))}"
               + (f" × {len(damp)} damping {_grid(damp)}" if damp else "") + f" × {g.seed.nunique()} seeds")
 
 
@@ -406,7 +407,10 @@ def cmd_transfer(args: list[str]) -> int:
 
 
 def _print_best(best: dict, cfg) -> None:
-    print(f"best setting at base width {cfg.model.base_width} by final {cfg.study.metric}:")
+    from .workflow import study_scale
+
+    scale, base = study_scale(cfg)
+    print(f"best setting at base {scale} {base} by final {cfg.study.metric}:")
     for param, b in best.items():
         damping = "" if b["damping"] is None else f" damping={b['damping']:.3g}"
         partial = "" if b["finished"] == b["planned"] else f" (from {b['finished']}/{b['planned']} finished trials)"

@@ -56,7 +56,8 @@ def _curve(cell: Cell, axis: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _transferred_points(ax, cells: list, axis: str, sign: float, colors: dict) -> tuple[list[float], list[str]]:
+def _transferred_points(ax, cells: list, axis: str, sign: float, colors: dict,
+                        scale: str = "width") -> tuple[list[float], list[str]]:
     """A transfer width's one setting as ◆ at its value of ``axis``; returns the x drawn and notes for diverged
     ones."""
     xs, notes = [], []
@@ -67,19 +68,20 @@ def _transferred_points(ax, cells: list, axis: str, sign: float, colors: dict) -
         xs.append(x)
         if np.isfinite(y):
             ax.scatter(x, y, marker="D", s=30, color=colors[c.scale], edgecolor="k", zorder=6,
-                       label=f"{c.param}, width {c.scale} (transferred)")
+                       label=f"{c.param}, {scale} {c.scale} (transferred)")
         else:
-            notes.append(f"width {c.scale}: the transferred setting diverged")
+            notes.append(f"{scale} {c.scale}: the transferred setting diverged")
     return xs, notes
 
 
-def _grid_curve(ax, c: Cell, k: int, axis: str, sign: float, color, band: float, notes: list) -> list[float]:
+def _grid_curve(ax, c: Cell, k: int, axis: str, sign: float, color, band: float, notes: list,
+                scale: str = "width") -> list[float]:
     """One swept width's curve: mean and seed band, diverged × in the k-th row of the top ``band``, the optimum ★
     with its flags (labels stacked by k, so that widths do not overprint), the fitted valley dashed over its
     window; a cell with no optimum adds a note. Returns the x drawn."""
-    label = f"{c.param}, width {c.scale}"
+    label = f"{c.param}, {scale} {c.scale}"
     if c.best is None:
-        notes.append(f"width {c.scale}: no optimum ({c.problem().problem.split(' at width')[0]})")
+        notes.append(f"{scale} {c.scale}: no optimum ({c.problem().problem.split(' at width')[0]})")
     if axis not in c.swept:
         return []
     curve = _curve(c, axis)
@@ -107,12 +109,12 @@ def _grid_curve(ax, c: Cell, k: int, axis: str, sign: float, color, band: float,
     return list(curve.x)
 
 
-def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr", title: str = "") -> None:
+def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr", title: str = "", scale: str = "width") -> None:
     """One panel per parameterization (sp first): the score against log2 ``axis`` (best over the other axis), one
     curve per swept width with a band over seeds (min–max), the optimum ★ (flagged "edge" at the grid edge,
     "cliff" when stability-bound), a transfer width's single setting ◆ at its value, diverged settings × in one
     row per width above the curves, and a cell with no optimum named in the panel. ``title``: the study and its
-    optimizer, completed with what the other axis holds."""
+    optimizer, completed with what the other axis holds. ``scale``: the study's axis (width or depth), in the labels."""
     plt = pyplot()
     sign = -1 if METRICS[metric] == "max" else 1
     params = ordered({p for p, _ in grid})
@@ -129,9 +131,9 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr", title: s
     fig, axes = plt.subplots(1, len(params), figsize=(4.6 * len(params), 4.0), squeeze=False, sharey=True)
     for ax, param in zip(axes[0], params):
         mine = sorted((c for (p, _), c in grid.items() if p == param), key=lambda c: c.scale)
-        xs, notes = _transferred_points(ax, [c for c in mine if c.n_settings == 1], axis, sign, colors)
+        xs, notes = _transferred_points(ax, [c for c in mine if c.n_settings == 1], axis, sign, colors, scale)
         for k, c in enumerate(c for c in mine if c.n_settings >= 2):
-            xs += _grid_curve(ax, c, k, axis, sign, colors[c.scale], band, notes)
+            xs += _grid_curve(ax, c, k, axis, sign, colors[c.scale], band, notes, scale)
         for i, note in enumerate(notes):
             ax.text(0.02, 0.03 + 0.055 * i, note, transform=ax.transAxes, fontsize=7, color="crimson")
         if xs:  # autoscaling ignores the × rows (drawn in axes fraction): set the x range from every point
@@ -153,8 +155,8 @@ def plot_loss_vs(grid: dict, path: Path, metric: str, axis: str = "lr", title: s
     axes[0][0].set_ylabel(f"{METRIC_LABEL[metric]} (mean over seeds{', log scale' if log else ''})")
     fig.suptitle(" · ".join(t for t in (title, _other_axis_note(grid, axis)) if t), fontsize=10)
     fig.text(0.5, 0.005, "★ grid optimum (edge: at the grid edge, the optimum may lie beyond; cliff: stability-bound) · "
-             "dashed: fitted valley, tick: its optimum\n◆ transferred setting at a wider width · × diverged, one row "
-             "per width · band: min–max over seeds", ha="center", fontsize=7)
+             f"dashed: fitted valley, tick: its optimum\n◆ transferred setting at a larger {scale} · × diverged, one row "
+             f"per {scale} · band: min–max over seeds", ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     save(fig, path, tight=False)
 
@@ -166,6 +168,7 @@ def plot_drift(v: dict, path: Path) -> bool:
     optimum. Only widths with something drawn are on the axis. False (nothing drawn) when no parameterization has
     a fitted optimum above the base width."""
     cells = {(c["param"], c["width"]): c for c in v["cells"]}
+    scale = v.get("scale", "width")  # the study's axis, in the labels
     axes_used = [a for a in AXES if any(pv.get("drift", {}).get(a) for pv in v["params"].values())]
     if not axes_used:
         return False
@@ -209,20 +212,20 @@ def plot_drift(v: dict, path: Path) -> bool:
                 ax.scatter(math.log2(w), ax.get_ylim()[0], marker="X", s=60, color="crimson", zorder=5)
         widths = sorted(drawn)
         ax.set_xticks([math.log2(w) for w in widths], [str(w) for w in widths])
-        ax.set_xlabel("width (log2 scale)")
+        ax.set_xlabel(f"{scale} (log2 scale)")
         ax.set_ylabel(f"fitted {axis}*: {AXIS_LABEL[axis]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        ax.set_title(f"{axis}* against width", fontsize=9)
+        ax.set_title(f"{axis}* against {scale}", fontsize=9)
     fig.text(0.5, 0.005, f"bars: {v['settings']['level']:.0%} interval of the fitted optimum (parametric bootstrap) · "
-             "open marker: not bracketed, the optimum may lie beyond · ▲▼: unbounded · dashed: the width law",
+             f"open marker: not bracketed, the optimum may lie beyond · ▲▼: unbounded · dashed: the {scale} law",
              ha="center", fontsize=7)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     save(fig, path, tight=False)
     return True
 
 
-def plot_heatmaps(grid: dict, path_for, metric: str) -> list[Path]:
+def plot_heatmaps(grid: dict, path_for, metric: str, scale: str = "width") -> list[Path]:
     """Per parameterization with an lr × damping grid: heatmaps of the score, one panel per width (× diverged,
     blank: not tried, ★ optimum)."""
     plt = pyplot()
@@ -252,7 +255,7 @@ def plot_heatmaps(grid: dict, path_for, metric: str) -> list[Path]:
             ax.set_yticks(range(len(dampings)), [f"{v:.3g}" for v in dampings], fontsize=7)
             ax.set_xlabel("log2 base learning rate (octaves)")
             ax.set_ylabel("base damping")
-            ax.set_title(f"{param}, width {c.width}", fontsize=9)
+            ax.set_title(f"{param}, {scale} {c.width}", fontsize=9)
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"{METRIC_LABEL[metric]} (mean over seeds)")
         fig.text(0.01, 0.01, "× diverged · blank: not tried · ★ optimum", fontsize=7)
         path = path_for(param)
@@ -272,7 +275,8 @@ def setting_rows(df: pd.DataFrame, param: str, choice: dict) -> pd.DataFrame:
     return df[(df.param == param) & same].drop_duplicates("trial_id")
 
 
-def plot_curves(runs, df: pd.DataFrame, transfers: dict, path: Path, base_width: int, title: str = "") -> bool:
+def plot_curves(runs, df: pd.DataFrame, transfers: dict, path: Path, base_width: int, title: str = "",
+                scale: str = "width") -> bool:
     """Training curves (train loss on the eval subset vs step; ``runs.metrics(trial_id)``) at the transferred
     setting, one panel per param
     (sp first), one colour per width from the base width up; the points are the evaluations (train.eval_every)."""
@@ -290,7 +294,7 @@ def plot_curves(runs, df: pd.DataFrame, transfers: dict, path: Path, base_width:
                 metrics = [m for m in runs.metrics(trial_id) or [] if m.get("train_loss") is not None]
                 evaluations = max(evaluations, len(metrics))
                 ax.plot([m["step"] for m in metrics], [m["train_loss"] for m in metrics], color=colors[width], lw=1,
-                        marker="o", ms=2, label=f"{param}, width {width}" + (" (base)" if width == base_width else "")
+                        marker="o", ms=2, label=f"{param}, {scale} {width}" + (" (base)" if width == base_width else "")
                         if k == 0 else None)
         ax.set_yscale("log")
         damping = transfers[param].get("damping")

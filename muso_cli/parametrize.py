@@ -93,10 +93,14 @@ LR: dict[str, dict[str, dict[str, float] | str | Preconditioned]] = {
         "kfac": Preconditioned(1.0),
         "shampoo": Preconditioned(0.5),
         # Muon's update is G's orthogonal factor U Vᵀ = (G Gᵀ)^-¼ G (Gᵀ G)^-¼: Shampoo's form without
-        # accumulation, total power ½. SOAP's first step is the same U Vᵀ (Adam in the eigenbasis of G Gᵀ and
-        # Gᵀ G normalises each singular value to 1): Shampoo-like, not Adam-like (docs/parameterization.md).
+        # accumulation, total power ½.
         "muon": Preconditioned(0.5),
-        "soap": Preconditioned(0.5),
+        # SOAP in its steady state is Adam in a rotated basis: once the current gradient is no longer diagonal in the
+        # eigenbasis of past statistics (a new batch, a moved network, a stale basis), Adam gives each of the
+        # d_out·d_in rotated coordinates a Θ(1) step, as Adam does in W's own basis, and the step's effect on h grows
+        # with fan-in as Adam's: Adam's µP rules. Only its first step (statistics of G₁ alone: G₁ diagonal in its own
+        # eigenbasis) is U Vᵀ, Shampoo-like (docs/parameterization.md, "SOAP's steady state").
+        "soap": "mup.adam",
     },
 }
 OPTIMIZERS = tuple(LR["sp"])
@@ -124,18 +128,22 @@ DAMPING: dict[str, dict[str, dict[str, dict[str, float]]]] = {
         "somup": {"A": _row(0, 1, 1), "B": _row(-1, -1, 0)},
         "trace": {"A": _Z, "B": _Z},   # ρ·tr(A), ρ·tr(B): adapts per layer at run time
         "pi": {"A": _Z, "B": _Z},      # Martens–Grosse factored damping: √ρ·π, √ρ/π at run time
+        # ρ_A ∝ fan-in, ρ_B constant: the factors' eigenvalue scales under SP (|x|² = Θ(fan-in), |δ|² = Θ(1)), the SP
+        # baseline of the paper's code (classmup's set_damping with dB = 2·b_output − 1 = 0; docs/parameterization.md)
+        "fanin": {"A": _row(0, 1, 1), "B": _Z},
     },
     "shampoo": {
         "constant": {"eps": _Z},
         "somup": {"eps": _row(-1, 0, 1)},
         "relative": {"eps": _Z},       # ε·λ_max of each factor: width-free by construction
     },
-    # SOAP: Adam's ε, added to √v of the gradient rotated into the eigenbasis of L and R, whose entries are of
-    # the order of G's singular values √(|x|²|δ|²) = Θ(M^-½) / Θ(1) / Θ(M^½): the square root of Shampoo's.
+    # SOAP: Adam's ε, added to √v of the gradient rotated into the eigenbasis of L and R. In the steady state
+    # (Adam-like) the rotated gradient spreads ‖G‖_F = |x||δ| over the d_out·d_in coordinates, entries of
+    # ‖G‖_F/√(d_out·d_in) = Θ(M⁻¹) / Θ(M⁻¹) / Θ(1): Adam's µP ε.
     "soap": {
         "constant": {"eps": _Z},
-        "somup": {"eps": _row(-0.5, 0, 0.5)},
-        "relative": {"eps": _Z},       # ε·√λ_max(L), the largest singular value's scale: width-free
+        "somup": {"eps": _row(-1, -1, 0)},
+        "relative": {"eps": _Z},       # ε·√λ_max(L): G's largest singular value's scale (step 1's entries)
     },
 }
 DAMPING_RULES = {opt: tuple(rules) for opt, rules in DAMPING.items()}
@@ -190,6 +198,44 @@ FORWARD: dict[str, dict[str, float]] = {
 #    setattr(weight, ZERO_INIT, True) and it starts at 0 under every parameterization (µP's zero-initialised
 #    queries, Tensor Programs V: the attention is uniform at init, whatever the width).
 ZERO_INIT = "muso_zero_init"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Depth (docs/parameterization.md, "Depth"): the table's second axis. A model with residual blocks puts a
+# DepthMultiplier on each residual branch, h ← h + (L/L₀)^-α · F(h), and the parameters inside the blocks take the
+# exponents below of the depth multiplier L/L₀ (blocks in the model / blocks at model.base_depth), on top of their
+# width rule. Outside the blocks (embedding, readout, final norm) nothing depends on depth. Each row is keyed by
+# α = param.depth_alpha: 0 is the control (no branch multiplier and no depth rule: standard practice), ½ depth-µP,
+# 1 CompleteP. The rows follow from one fact: the branch multiplier scales a block's gradient by (L/L₀)^-α, and a
+# block's contribution to the residual stream must move by Θ(1/L) per step (L of them, correlated, move it by Θ(1)).
+DEPTH_ALPHAS = (0.0, 0.5, 1.0)
+
+# lr: η_block = η · (L/L₀)**DEPTH_LR[column][α], column = the table's column whose update the parameter gets
+# (updated_like: K-FAC's and Shampoo's norm gains are SGD's, SOAP's and Muon's Adam's). A string points at another row.
+DEPTH_LR: dict[str, dict[float, float] | str] = {
+    "sgd": {0.0: 0.0, 0.5: 0.0, 1.0: 1.0},     # 2α − 1: the step ∝ the gradient ∝ L^-α, its effect × L^-α again
+    "adam": {0.0: 0.0, 0.5: -0.5, 1.0: 0.0},   # α − 1 (CompleteP): the step does not see the gradient's scale
+    "kfac": {0.0: 0.0, 0.5: -1.0, 1.0: -1.0},  # −1 whatever α: B⁻¹ undoes the multiplier (with ρ_B ∝ B, below)
+    "shampoo": "adam",                         # L^-¼ G R^-¼, U Vᵀ and SOAP's Adam are scale-free too: Adam's row
+    "muon": "adam",
+    "soap": "adam",
+}
+# Shampoo grafted onto another optimizer steps with that optimizer's norm (GRAFTED), so with its row.
+DEPTH_GRAFTED: dict[str, str] = {"sgd": "sgd", "adagrad": "adam", "adam": "adam"}
+
+# Damping of the layers inside blocks: ρ_F · (L/L₀)**DEPTH_DAMPING[optimizer][F][α] on top of the width rule, for the
+# absolute rules (ADAPTIVE_RULES follow the factors by themselves). K-FAC's B = E[δδᵀ] and Shampoo's L, R (∝ G Gᵀ)
+# scale as the gradient squared, L^-2α; SOAP's ε meets √v, as the gradient, L^-α; K-FAC's A (the block's inputs,
+# behind a norm) does not change.
+DEPTH_DAMPING: dict[str, dict[str, dict[float, float]]] = {
+    "kfac": {"A": {0.0: 0.0, 0.5: 0.0, 1.0: 0.0}, "B": {0.0: 0.0, 0.5: -1.0, 1.0: -2.0}},
+    "shampoo": {"eps": {0.0: 0.0, 0.5: -1.0, 1.0: -2.0}},
+    "soap": {"eps": {0.0: 0.0, 0.5: -0.5, 1.0: -1.0}},
+}
+
+# Init of the weights inside blocks: std × (L/L₀)**DEPTH_INIT[α]. The branch multiplier alone keeps the residual
+# stream Θ(1) at initialisation (L branches of L^-α each: Θ(L^(½−α)) ≤ Θ(1) for α ≥ ½), so the blocks keep their init.
+DEPTH_INIT: dict[float, float] = {0.0: 0.0, 0.5: 0.0, 1.0: 0.0}
 
 
 def is_damped(optimizer: str) -> bool:
@@ -379,7 +425,18 @@ def _classify(name: str, shape: tuple[int, ...], bshape: tuple[int, ...], dshape
 # ------------------------------------------------------------------------------------------------------
 # Forward multipliers (FORWARD).
 
-class WidthMultiplier(nn.Module):
+class _Multiplier(nn.Module):
+    """y = x · value (any shape, no parameters); ``value`` is 1.0 until a plan's ``init_`` sets it."""
+
+    def __init__(self):
+        super().__init__()
+        self.value = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.value == 1.0 else x * self.value
+
+
+class WidthMultiplier(_Multiplier):
     """y = x · value, the forward multiplier of kind ``kind`` (a row of FORWARD) for a dimension of ``size``
     (attention: d_head; tied_embedding: d_model). Any shape; no parameters.
 
@@ -392,13 +449,22 @@ class WidthMultiplier(nn.Module):
         super().__init__()
         if kind not in FORWARD:
             raise ValueError(f"unknown forward multiplier {kind!r}; use one of {', '.join(FORWARD)}")
-        self.kind, self.size, self.value = kind, int(size), 1.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.value == 1.0 else x * self.value
+        self.kind, self.size = kind, int(size)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, size={self.size}, value={self.value:.4g}"
+
+
+class DepthMultiplier(_Multiplier):
+    """The residual branch multiplier: y = x · (L/L₀)^-α (kind ``branch``), set by a plan's ``init_`` from the number
+    of blocks L of the model, L₀ at model.base_depth, and α = param.depth_alpha (1.0 at the base depth and under
+    α = 0). A model puts one on each residual branch, inside the block: ``h = h + self.branch(self.mlp(self.norm(h)))``.
+    Any shape; no parameters."""
+
+    kind = "branch"
+
+    def extra_repr(self) -> str:
+        return f"value={self.value:.4g}"
 
 
 def forward_multipliers(model: nn.Module, base: nn.Module, param: str) -> dict[str, tuple[str, float, float]]:
@@ -417,6 +483,94 @@ def forward_multipliers(model: nn.Module, base: nn.Module, param: str) -> dict[s
 
 
 # ------------------------------------------------------------------------------------------------------
+# Residual blocks from structure (DEPTH).
+
+@dataclass(frozen=True)
+class Depth:
+    """Where a model's residual blocks are, and how many relative to the base depth.
+
+    containers: the module paths whose numbered children are the blocks (``blocks`` for ``blocks.0``, ``blocks.1``,
+    …). blocks / base_blocks: L and L₀, the number of blocks of the model and of the model at model.base_depth.
+    alpha: the branch multiplier's exponent (DEPTH_ALPHAS). A parameter is inside a block when its name is
+    ``<container>.<index>.…``; every other parameter (embedding, readout, final norm) is outside.
+    """
+
+    containers: tuple[str, ...]
+    blocks: int
+    base_blocks: int
+    alpha: float
+
+    @property
+    def mult(self) -> float:
+        """The depth multiplier L/L₀."""
+        return self.blocks / self.base_blocks
+
+    def block_of(self, name: str) -> tuple[str, int] | None:
+        """(container, index) of the block that holds parameter (or module) ``name``; None outside the blocks."""
+        for container in self.containers:
+            prefix = f"{container}." if container else ""
+            index = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else ""
+            if index.isdigit():
+                return container, int(index)
+        return None
+
+
+def _count_blocks(names, containers: tuple[str, ...]) -> int:
+    probe = Depth(containers, 1, 1, 0.0)
+    return len({probe.block_of(n) for n in names} - {None})
+
+
+class DepthStructureError(ValueError):
+    """The residual blocks cannot be found from the models at two depths (infer_depth)."""
+
+
+def infer_depth(model: nn.Module, base: nn.Module, deeper: nn.Module, alpha: float) -> Depth:
+    """The residual blocks of ``model`` from two models built like it at other depths (on the meta device: free):
+    ``base`` at the base depth and ``deeper`` one block deeper (or any depth above the base).
+
+    The rule is structural, as width's roles are: the parameters that ``deeper`` has and ``base`` lacks belong to the
+    blocks added; each such name has a numbered component (``blocks.2.fc1.weight``) whose siblings exist in ``base``
+    (``blocks.0.fc1.weight``): the path before it is a block container. Raises DepthStructureError when the depth adds
+    no parameter, or adds one that no numbered container holds.
+    """
+    base_names = [n for n, _ in base.named_parameters()]
+    known = set(base_names)
+    added = [n for n, _ in deeper.named_parameters() if n not in known]
+    if not added:
+        raise DepthStructureError("the model has the same parameters at its base depth and one block deeper: the "
+                                  "depth argument does not add residual blocks")
+    split_base = [b.split(".") for b in base_names]
+    containers: list[str] = []
+    for name in added:
+        parts = name.split(".")
+        found = next((".".join(parts[:i]) for i, part in enumerate(parts) if part.isdigit()
+                      and any(len(b) == len(parts) and b[:i] == parts[:i] and b[i].isdigit() and b[i + 1:] == parts[i + 1:]
+                              for b in split_base)), None)
+        if found is None:
+            raise DepthStructureError(f"parameter {name!r} appears when the depth grows but is not held by a numbered "
+                                      f"block (a ModuleList or Sequential of blocks) that the base-depth model has too")
+        if found not in containers:
+            containers.append(found)
+    containers_t = tuple(containers)
+    blocks = _count_blocks([n for n, _ in model.named_parameters()], containers_t)
+    return Depth(containers_t, blocks, _count_blocks(base_names, containers_t), float(alpha))
+
+
+def depth_column(column: str, grafting: str | None = None) -> str:
+    """The row of DEPTH_LR for a parameter updated like ``column`` (Shampoo grafted: the grafted optimizer's)."""
+    if column == "shampoo" and grafting in DEPTH_GRAFTED:
+        column = DEPTH_GRAFTED[grafting]
+    while isinstance(DEPTH_LR[column], str):
+        column = DEPTH_LR[column]
+    return column
+
+
+def depth_lr_exponent(column: str, alpha: float, grafting: str | None = None) -> float:
+    """Exponent of L/L₀ in the lr of a block parameter updated like ``column`` (a column of LR) under ``alpha``."""
+    return DEPTH_LR[depth_column(column, grafting)][float(alpha)]
+
+
+# ------------------------------------------------------------------------------------------------------
 # The plan: everything the parameterization decides for one model.
 
 @dataclass
@@ -427,7 +581,9 @@ class Plan:
     init_std[name]: the init standard deviation (absolute; 0.0 for a zero-initialised readout; None: the
     module's own init, e.g. norm gains). lr_mult[name]: a layerwise optimizer's bias carries its weight's.
     weight_decay_mult[name]: 0.0 for a parameter that is not decayed. damping_mult[layer]: {"A", "B"} for
-    K-FAC, {"eps"} for Shampoo. forward_mult[module]: (kind, m, value) of each WidthMultiplier (FORWARD).
+    K-FAC, {"eps"} for Shampoo. forward_mult[module]: (kind, m, value) of each WidthMultiplier (FORWARD) and each
+    DepthMultiplier (kind ``branch``, m = L/L₀). depth: the residual blocks (None for a model without depth); the
+    multipliers of the parameters inside them include the depth rules (DEPTH_LR, DEPTH_DAMPING, DEPTH_INIT).
     """
 
     param: str
@@ -442,6 +598,7 @@ class Plan:
     weight_decay_mult: dict[str, float] = field(default_factory=dict)
     damping_mult: dict[str, dict[str, float]] = field(default_factory=dict)
     forward_mult: dict[str, tuple[str, float, float]] = field(default_factory=dict)
+    depth: Depth | None = None
 
     def init_(self, model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
         """Initialise ``model`` in place: weights N(0, init_std²), Linear/Conv biases 0, others untouched
@@ -514,7 +671,8 @@ class Plan:
 
     def rows(self) -> list[dict]:
         """One row per parameter, for `muso params`: name, shape, role, m, init std, lr, weight-decay and
-        damping multipliers; then one per forward multiplier: its module, role = its kind, m, forward_mult.
+        damping multipliers (with depth: ``block`` in | out and ``depth_mult`` L/L₀ inside the blocks, whose rules
+        the multipliers include); then one per forward multiplier: its module, role = its kind, m, forward_mult.
         Optimizers whose groups are tensors (Muon) add ``algorithm`` (which column's update each gets)."""
         out = []
         for name, s in self.specs.items():
@@ -528,16 +686,22 @@ class Plan:
                 row["damping_rule"] = self.damping_rule
                 for k in DAMPING[self.optimizer][self.damping_rule]:
                     row[f"damping_{k}_mult"] = damping.get(k)
+            if self.depth is not None:
+                inside = self.depth.block_of(name) is not None
+                row["block"] = "in" if inside else "out"
+                row["depth_mult"] = self.depth.mult if inside else 1.0
             out.append(row)
         for name, (kind, m, value) in self.forward_mult.items():
-            out.append({"name": name, "shape": [], "role": kind, "width_mult": m, "forward_mult": value})
+            scale = "depth_mult" if kind == DepthMultiplier.kind else "width_mult"  # a branch's m is L/L₀
+            out.append({"name": name, "shape": [], "role": kind, "width_mult": 1.0, scale: m, "forward_mult": value})
         return out
 
 
 def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, delta: nn.Module | None = None,
               damping_rule: str = "auto", weight_decay_rule: str = "decoupled", decay_vectors: bool = False,
               sigma: float = 1.0, readout_zero_init: bool = False, power: float | None = None,
-              grafting: str | None = None) -> Plan:
+              grafting: str | None = None, depth_base: nn.Module | None = None, depth_delta: nn.Module | None = None,
+              depth_alpha: float = 0.0) -> Plan:
     """Apply the table to ``model`` given the base-width ``base`` and a ``delta`` model (see infer_roles).
 
     param: sp | mup | somup. optimizer: a column of the table (OPTIMIZERS). damping_rule: auto or one of
@@ -547,6 +711,10 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     precondition take the lr rule of UPDATED_LIKE; weights marked ZERO_INIT start at 0; the model's
     WidthMultipliers get m**FORWARD[kind][param]. grafting: the optimizer's ``grafting``
     (Shampoo), which sets the preconditioned weights' lr rule under somup (GRAFTED); None or "none": no grafting.
+
+    Depth: ``depth_base`` (the same model at its base depth) and ``depth_delta`` (deeper) locate the residual blocks
+    (infer_depth); the parameters inside them take the depth rules of ``depth_alpha`` (DEPTH_ALPHAS) and every
+    DepthMultiplier (L/L₀)^-α. Without them the model has no depth axis (every depth multiplier 1).
     """
     if param not in PARAMS:
         raise ValueError(f"unknown parameterization {param!r}; use one of {', '.join(PARAMS)}")
@@ -558,8 +726,18 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
         warnings.warn("make_plan: the model has the base width and no delta model was given, so no dimension "
                       "is seen to scale and every parameter is treated as fixed (SP). Pass delta=<the same "
                       "model at another width, e.g. on the meta device>.", UserWarning, stacklevel=2)
+    if float(depth_alpha) not in DEPTH_ALPHAS:
+        raise ValueError(f"depth_alpha must be one of {', '.join(f'{a:g}' for a in DEPTH_ALPHAS)}, got {depth_alpha!r}")
     rule = resolve_damping_rule(optimizer, param, damping_rule)
     specs = infer_roles(model, base, delta)
+    depth = None if depth_base is None else infer_depth(model, depth_base, depth_delta or model, depth_alpha)
+    alpha = float(depth_alpha)
+
+    def depth_factor(name: str, exponents: dict[float, float]) -> float:
+        """(L/L₀)**exponent for a parameter inside a block, 1 outside (and without depth)."""
+        inside = depth is not None and depth.block_of(name) is not None
+        return depth.mult ** exponents[alpha] if inside else 1.0
+
     params = dict(model.named_parameters())
     lr_mult, init_std, damping = {}, {}, {}
     for name, s in specs.items():
@@ -567,14 +745,20 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
         # what the optimizer does not precondition takes the lr rule of the update it gets (UPDATED_LIKE); grafting
         # (Shampoo) sets the rule of the layers it preconditions
         column = updated_like(optimizer, s)
-        lr_mult[name] = m ** lr_exponent(param, column, s.role, power, grafting if column == optimizer else None)
+        grafted = grafting if column == optimizer else None
+        lr_mult[name] = (m ** lr_exponent(param, column, s.role, power, grafted)
+                         * depth_factor(name, DEPTH_LR[depth_column(column, grafted)]))
         if len(s.shape) >= 2:
             zero = (readout_zero_init and s.role == "output") or getattr(params[name], ZERO_INIT, False)
-            init_std[name] = 0.0 if zero else sigma * m ** INIT[param][s.role] / math.sqrt(s.fan_in)
+            init_std[name] = (0.0 if zero else sigma * m ** INIT[param][s.role] / math.sqrt(s.fan_in)
+                              * depth_factor(name, DEPTH_INIT))
         else:
             init_std[name] = 0.0 if s.is_bias else None
         if rule is not None and s.layer is not None and not s.is_bias:
-            damping[s.layer] = {k: m ** exps[s.role] for k, exps in DAMPING[optimizer][rule].items()}
+            absolute = rule not in ADAPTIVE_RULES  # an adaptive rule follows the factors' depth scaling by itself
+            damping[s.layer] = {k: m ** exps[s.role] * (depth_factor(name, DEPTH_DAMPING[optimizer][k]) if absolute
+                                                        else 1.0)
+                                for k, exps in DAMPING[optimizer][rule].items()}
     if optimizer in LAYERWISE:  # a layer's bias moves with its weight
         weights = {s.layer: n for n, s in specs.items() if s.layer is not None and not s.is_bias}
         lr_mult.update({n: lr_mult[weights[s.layer]] for n, s in specs.items() if s.is_bias})
@@ -583,7 +767,15 @@ def make_plan(model: nn.Module, base: nn.Module, param: str, optimizer: str, *, 
     return Plan(param=param, optimizer=optimizer, damping_rule=rule, weight_decay_rule=weight_decay_rule,
                 sigma=sigma, readout_zero_init=readout_zero_init, specs=specs, lr_mult=lr_mult, init_std=init_std,
                 weight_decay_mult=weight_decay, damping_mult=damping,
-                forward_mult=forward_multipliers(model, base, param))
+                forward_mult={**forward_multipliers(model, base, param), **branch_multipliers(model, depth)},
+                depth=depth)
+
+
+def branch_multipliers(model: nn.Module, depth: Depth | None) -> dict[str, tuple[str, float, float]]:
+    """{module name: ("branch", L/L₀, (L/L₀)^-α)} for every DepthMultiplier of ``model`` (1.0 without depth)."""
+    mult, alpha = (depth.mult, depth.alpha) if depth is not None else (1.0, 0.0)
+    return {name: (DepthMultiplier.kind, mult, mult ** -alpha) for name, module in model.named_modules()
+            if isinstance(module, DepthMultiplier)}
 
 
 def _same_shapes(a: nn.Module, b: nn.Module) -> bool:

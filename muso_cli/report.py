@@ -22,6 +22,7 @@ never fatal.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -256,18 +257,21 @@ class StudyRuns:
 
 
 def build(runs, out_dir: Path, metric: str, base_width: int,
-          settings: verdict.Settings = verdict.Settings(), title: str = "") -> dict:
+          settings: verdict.Settings = verdict.Settings(), title: str = "", scale: str = "width") -> dict:
     """Write every file of the report into ``out_dir``; return {results, skipped, tables, verdict, unreadable (the
     trial folders whose result or metrics cannot be trusted)}. ``runs``: a Study (or :class:`StudyRuns`), or runs
     made elsewhere (muso_cli.external.ExternalRuns). ``title``: what the plots are of (study, optimizer, model,
-    data), shown above them."""
+    data), shown above them. ``scale``: the study's axis, width or depth (then ``base_width`` is the base depth): the
+    verdict is judged over it, and the tables and plots, written for widths, label it."""
     runs = StudyRuns(runs) if isinstance(runs, Study) else runs
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = runs.entries(metric)
-    df, skipped = collect(entries)
     transfers = runs.transfers()
-    v = verdict.judge(entries, base_width, settings, transfers)
+    v = verdict.judge(entries, base_width, settings, transfers, scale=scale)
+    if scale != "width":  # the tables and plots read the study's axis from the entries' "width"
+        entries = [{**e, "width": e[scale]} for e in entries]
+    df, skipped = collect(entries)
     # what the report shows as transferred: transfer.json's choices, else the verdict's (the base optimum)
     shown = {p: pv["transferred"] for p, pv in v["params"].items() if pv["transferred"]}
     # strict JSON for machines: an unbounded interval end (±inf) and NaN are written as null
@@ -288,10 +292,10 @@ def build(runs, out_dir: Path, metric: str, base_width: int,
         cells.fit_cells(grid, settings, base_width)
         for axis in cells.AXES:
             if any(axis in c.swept for c in grid.values()):
-                figures.plot_loss_vs(grid, out_dir / f"loss_vs_{axis}.png", metric, axis, title)
-        figures.plot_heatmaps(grid, lambda p: out_dir / f"heatmap_{p}.png", metric)
+                figures.plot_loss_vs(grid, out_dir / f"loss_vs_{axis}.png", metric, axis, title, scale)
+        figures.plot_heatmaps(grid, lambda p: out_dir / f"heatmap_{p}.png", metric, scale)
         figures.plot_drift(v, out_dir / "drift.png")
-        figures.plot_curves(runs, df, shown, out_dir / "curves.png", base_width, title)
+        figures.plot_curves(runs, df, shown, out_dir / "curves.png", base_width, title, scale)
     _write_markdown(out_dir / "report.md", runs.name, v, tables, skipped, len(df), metric, out_dir)
     unreadable = sorted({runs.folder(e["trial_id"]) for e in entries if e["status"] == UNREADABLE})
     return {"results": df, "skipped": skipped, "tables": tables, "verdict": v, "unreadable": unreadable}
@@ -304,10 +308,27 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def on_scale(text: str, scale: str) -> str:
+    """A label of the report, written for widths, for a study whose axis is ``scale`` (depth: "per depth", "deeper is
+    better", a score column L8 for depth 8)."""
+    if scale == "width":
+        return text
+    text = re.sub(r"^w(\d+)$", rf"{scale[0].upper()}\1", text)
+    return text.replace("widths", f"{scale}s").replace("width", scale).replace("wider", "deeper")
+
+
+def relabel(table: pd.DataFrame, scale: str) -> pd.DataFrame:
+    """``table`` with its columns labelled for the study's axis (:func:`on_scale`)."""
+    return table if scale == "width" else table.rename(columns=lambda c: on_scale(c, scale) if isinstance(c, str) else c)
+
+
 def summary_lines(res: dict, metric: str) -> list[str]:
     """What ``muso report`` prints after the verdict: the regret, drift and law tables, the compute the transfer
-    saved, the count of results read, the headline and the transferred setting's test accuracy per width."""
-    lines, tables = [], res["tables"]
+    saved, the count of results read, the headline and the transferred setting's test accuracy per width (per depth
+    for a study over depth)."""
+    scale = res["verdict"].get("scale", "width")
+    lines, tables = [], {k: relabel(t, scale) for k, t in res["tables"].items()}
+    columns_of = lambda names: [on_scale(c, scale) for c in names]  # noqa: E731
     number = lambda v: f"{v:.4g}"  # noqa: E731
     for key, title, columns in (("regret", "regret of the transferred setting per width (δ: what it may cost)",
                                  ["param", "width", "lr", "regret", "interval", "delta", "verdict"]),
@@ -318,35 +339,38 @@ def summary_lines(res: dict, metric: str) -> list[str]:
                                   "predicted", "fitted"])):
         table = tables.get(key)
         if table is not None and not table.empty:
-            lines += [f"{title}:", table[[c for c in columns if c in table]].to_string(
+            lines += [on_scale(f"{title}:", scale), table[[c for c in columns_of(columns) if c in table]].to_string(
                 index=False, na_rep="", float_format=number)]
-    compute = tables.get("compute")
+    compute = res["tables"].get("compute")
     if compute is not None and len(compute) > 1:
         wider = compute[compute.width != compute.width.iloc[0]]
         spent, estimate = wider["trial-seconds"].sum(), wider["tuning estimate"].sum()
-        lines.append(f"compute: {compute['trial-seconds'].sum():.0f} trial-seconds in all, {spent:.0f} above the base "
-                     f"width; tuning the base grid at widths {', '.join(map(str, wider.width))} instead would take ≈ "
-                     f"{estimate:.0f} (measured trial times): the transfer cost {spent / estimate:.2f} of that."
+        lines.append(on_scale(f"compute: {compute['trial-seconds'].sum():.0f} trial-seconds in all, {spent:.0f} above "
+                              f"the base width; tuning the base grid at widths {', '.join(map(str, wider.width))} "
+                              f"instead would take ≈ {estimate:.0f} (measured trial times): the transfer cost "
+                              f"{spent / estimate:.2f} of that.", scale)
                      if estimate else f"compute: {compute['trial-seconds'].sum():.0f} trial-seconds in all.")
     skipped = ", ".join(f"{v} {k}" for k, v in res["skipped"].items() if v)
     lines.append(f"{len(res['results'])} trial results" + (f" (skipped: {skipped})" if skipped else ""))
     headline = tables.get("headline")
     if headline is not None and not headline.empty:
-        lines += [f"headline ({metric} of the transferred setting per width):",
+        lines += [on_scale(f"headline ({metric} of the transferred setting per width):", scale),
                   headline.to_string(index=False, float_format=number)]
-    transferred = tables.get("transferred")
+    transferred = res["tables"].get("transferred")
     if transferred is not None and not transferred.empty and transferred.test_acc.notna().any():
         acc = transferred.pivot_table(index="param", columns="width", values="test_acc", dropna=False)
         acc = acc.reindex(ordered(acc.index))
-        acc.columns = [f"w{w}" for w in acc.columns]
-        lines += ["test accuracy of the transferred setting per width (blank: diverged):",
+        acc.columns = [on_scale(f"w{w}", scale) for w in acc.columns]
+        lines += [on_scale("test accuracy of the transferred setting per width (blank: diverged):", scale),
                   acc.reset_index().to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}")]
     return lines
 
 
 def verdict_lines(v: dict) -> list[str]:
-    """The verdict sentences, one per parameterization, and how the intervals were made."""
-    return [pv["sentence"] for pv in v["params"].values()] + [v["interval"]]
+    """The verdict sentences, one per parameterization, and how the intervals were made (labelled for the study's
+    axis: :func:`on_scale`)."""
+    return [on_scale(line, v.get("scale", "width")) for line in [pv["sentence"] for pv in v["params"].values()]
+            + [v["interval"]]]
 
 
 def _write_markdown(path: Path, name: str, v: dict, tables: dict, skipped: dict, n: int, metric: str,
@@ -356,11 +380,12 @@ def _write_markdown(path: Path, name: str, v: dict, tables: dict, skipped: dict,
     lines += [f"{n} trial results read" + (
         "; skipped: " + ", ".join(f"{k} {key}" for key, k in skipped.items() if k) if any(skipped.values()) else "")
         + f". Selection metric: {METRIC_LABEL[metric]}. Machine-readable verdict: report.json.", ""]
+    scale = v.get("scale", "width")
     for key, title in TITLES.items():
         table = tables.get(key)
         if table is None or table.empty:
             continue
-        lines += [f"## {title}", "", table.to_markdown(index=False, floatfmt=".4g"), ""]
+        lines += [f"## {on_scale(title, scale)}", "", relabel(table, scale).to_markdown(index=False, floatfmt=".4g"), ""]
     for png in sorted(out_dir.glob("*.png")):
         lines += [f"![{png.stem}]({png.name})", ""]
     track.write_atomic(path, "\n".join(lines))

@@ -20,7 +20,7 @@ from torch import nn
 from . import models, optim
 from .errors import UsageError, check_bool, check_one_of, check_positive, is_int, is_number, raise_all
 from .losses import LOSSES
-from .parametrize import Plan, make_plan
+from .parametrize import DepthStructureError, Plan, make_plan
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,14 +37,20 @@ def build_model_and_plan(cfg: DictConfig, input_shape, num_classes: int, width: 
     scales, an ambiguous or unpreconditionable matrix: :func:`muso_cli.models.check_plan`) raises UsageError
     naming the parameter."""
     meta = torch.device(device).type == "meta"
-    model, base, delta = models.build_with_shapes(cfg.model, input_shape, num_classes, width,
-                                                  device="meta" if meta else None)
+    shapes = models.build_with_shapes(cfg.model, input_shape, num_classes, width, device="meta" if meta else None)
+    model = shapes.model
     opt, param = cfg.optimizer, cfg.param
     try:
-        plan = make_plan(model, base, param.name, opt.name, delta=delta, damping_rule=opt.get("damping_rule", "auto"),
-                         weight_decay_rule=param.weight_decay_rule, decay_vectors=param.decay_vectors,
-                         sigma=param.sigma, readout_zero_init=param.readout_zero_init, power=optim.power(opt),
-                         grafting=opt.get("grafting"))
+        plan = make_plan(model, shapes.base, param.name, opt.name, delta=shapes.delta,
+                         damping_rule=opt.get("damping_rule", "auto"), weight_decay_rule=param.weight_decay_rule,
+                         decay_vectors=param.decay_vectors, sigma=param.sigma,
+                         readout_zero_init=param.readout_zero_init, power=optim.power(opt),
+                         grafting=opt.get("grafting"), depth_base=shapes.depth_base, depth_delta=shapes.depth_delta,
+                         depth_alpha=param.get("depth_alpha", 0.0))
+    except DepthStructureError as e:  # a model of your own whose blocks its structure does not show
+        key = "model.depth_arg" if models.is_user_model(cfg.model) else f"model.{models.depth_key(cfg.model)}"
+        raise UsageError(key, str(e) + ".", "make the depth argument set the number of residual blocks, held in an "
+                         "nn.ModuleList (or nn.Sequential) of blocks.") from None
     except ValueError as e:  # shapes the roles cannot be read from (a model of your own)
         named = re.match(r"parameter '([^']+)'", str(e))
         raise UsageError(named.group(1) if named else "model", str(e).removeprefix(named.group(0) if named else "")

@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import data, models, optim, setup, track, trainers
 from .config import CONF_DIR, REMOVED_KEYS, compose
-from .errors import UsageError, check_bool, check_one_of, check_positive, raise_all
-from .parametrize import DAMPING_RULES, PARAMS, WEIGHT_DECAY, is_damped
+from .errors import UsageError, check_bool, check_one_of, check_positive, is_number, raise_all
+from .parametrize import DAMPING_RULES, DEPTH_ALPHAS, PARAMS, WEIGHT_DECAY, is_damped
 
 
 def compose_valid(overrides, *, check_data: bool = True) -> DictConfig:
@@ -110,7 +110,7 @@ def _check_param(cfg: DictConfig) -> list[UsageError | None]:
     problems = [check_one_of("param.name", p.name, PARAMS), check_positive("param.sigma", p.sigma),
                 check_one_of("param.weight_decay_rule", p.weight_decay_rule, WEIGHT_DECAY),
                 check_bool("param.readout_zero_init", p.readout_zero_init),
-                check_bool("param.decay_vectors", p.decay_vectors)]
+                check_bool("param.decay_vectors", p.decay_vectors), _check_depth_alpha(p.get("depth_alpha", 0.0))]
     if opt not in optim.REGISTRY:
         return [*problems, UsageError("optimizer.name", f"unknown optimizer {opt!r}.",
                                       f"use one of {', '.join(optim.REGISTRY)}.")]
@@ -118,6 +118,15 @@ def _check_param(cfg: DictConfig) -> list[UsageError | None]:
         problems.append(check_one_of("optimizer.damping_rule", cfg.optimizer.get("damping_rule", "auto"),
                                      ("auto", *DAMPING_RULES[opt])))
     return problems
+
+
+def _check_depth_alpha(alpha) -> UsageError | None:
+    """param.depth_alpha: one of DEPTH_ALPHAS (the residual branch multiplier (L/L₀)^-α)."""
+    if is_number(alpha) and float(alpha) in DEPTH_ALPHAS:
+        return None
+    return UsageError("param.depth_alpha", f"must be one of {', '.join(f'{a:g}' for a in DEPTH_ALPHAS)} (the residual "
+                      f"branch multiplier (L/L₀)^-α: 0 none, 0.5 depth-µP, 1 CompleteP), got {alpha!r}.",
+                      "e.g. param.depth_alpha=1.")
 
 
 def _warn_known_pitfalls(cfg: DictConfig, plan) -> None:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import launch, track, verdict
 from .config import compose, to_container
 from .errors import UsageError, check_one_of, check_positive, parse_widths, raise_all
+from .models import at_depth, depth_key, depth_of, parse_depths
 from .setup import check_size
 from .study import plan, trust
 from .study.results import points
@@ -35,7 +36,12 @@ from .validate import check_added_keys, compose_valid, validate
 
 # Keys a study sets itself, per trial: key → the fix to print when a user sets it.
 GRID_KEYS = {"model.width": "study.widths=[...] (a sweep's widths) or transfer.widths=[...] (a transfer's)",
+             "model.depth": "study.depths=[...] (a sweep's depths) or transfer.depths=[...] (a transfer's)",
              "seed": "study.seeds=[...]", "optimizer.lr": "study.lr=[...]", "optimizer.damping": "study.damping=[...]"}
+
+
+# The depth choices a study over depth keeps from its sweep (a trial id leaves them out at the base depth).
+DEPTH_CHOICES = ("param.depth_alpha", "model.base_depth")
 
 
 def study_overrides(overrides: list[str], command: str | None = None) -> list[str]:
@@ -57,10 +63,15 @@ def study_overrides(overrides: list[str], command: str | None = None) -> list[st
     out = []
     for o in parsed:
         key, line = o.key_or_group, o.input_line
-        if command in ("transfer", "refine", "report") and key == "study.widths":
-            raise UsageError(key, f"is the sweep's grid of widths; muso {command} does not take it.",
-                             "the target widths of a transfer are transfer.widths=[...]."
-                             if command == "transfer" else "sweep other widths with muso sweep study.widths=[...].")
+        if command in ("transfer", "refine", "report") and key in ("study.widths", "study.depths"):
+            axis = key.split(".")[1]
+            raise UsageError(key, f"is the sweep's grid of {axis}; muso {command} does not take it.",
+                             f"the target {axis} of a transfer are transfer.{axis}=[...]."
+                             if command == "transfer" else f"sweep other {axis} with muso sweep study.{axis}=[...].")
+        if command in ("transfer", "refine") and key in DEPTH_CHOICES:  # left out of the base config at the base depth
+            raise UsageError(key, f"is the study's depth parameterization, set by its sweep; muso {command} carries "
+                             "it to every depth (a base-depth run serves every α, so the study would not see it "
+                             "change).", f"start a new study with muso sweep ... {key}=<value> study.name=<new name>.")
         if command == "report" and not key.startswith(("study.", "transfer.", "logger.")):
             raise UsageError(key, "muso report reads the study's results; this key would change nothing.",
                              "only study.* keys change a report (study.metric, study.delta, study.bootstrap.*), "
@@ -79,7 +90,7 @@ def study_overrides(overrides: list[str], command: str | None = None) -> list[st
                                  "in a study.", "grid values go in study.lr / study.damping / study.seeds / "
                                  "study.widths, e.g. study.lr=[0.1,0.3].")
             line = f"{key}=[{','.join(values)}]"
-        if key in GRID_KEYS and not (command == "sweep" and key == "model.width"):  # checked in plan_sweep
+        if key in GRID_KEYS and not (command == "sweep" and key in ("model.width", "model.depth")):  # plan_sweep
             grid = f"study.{key.split('.')[-1]}" if key.startswith("optimizer.") else None
             if command == "sweep" and grid and grid not in keys:
                 value = line.split("=", 1)[1]
@@ -171,19 +182,39 @@ def plan_sweep(overrides: list[str], *, yes: bool = False) -> SweepPlan:
     cfg = compose_valid(overrides)
     spec = parse_spec(cfg)
     grid = spec.grid
-    width_given = any(o.split("=", 1)[0].lstrip("+") == "model.width" for o in overrides)
-    if width_given and cfg.model.width not in grid.widths:
+    given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    if "model.width" in given and cfg.model.width not in grid.widths:
         raise UsageError("model.width", f"a sweep trains at study.widths {grid.widths}, so model.width="
                          f"{cfg.model.width} would be ignored.", f"write study.widths=[{cfg.model.width}] (or a list).")
+    key = f"model.{depth_key(cfg.model)}"
+    if key in given and grid.depths is not None and depth_of(cfg.model) not in grid.depths:
+        raise UsageError(key, f"a sweep over depth trains at study.depths {grid.depths}, so {key}="
+                         f"{depth_of(cfg.model)} would be ignored.", f"write study.depths=[{depth_of(cfg.model)}] (or a list).")
     folder = parse_folder(cfg)
     raise_all(launch.check(cfg.launcher))
     if len(grid) > spec.max_trials and not yes:
         raise UsageError("study.max_trials", f"the grid has {len(grid)} trials, more than study.max_trials="
                          f"{spec.max_trials}.", "check study.lr / study.damping / study.seeds / study.widths; "
                          "to run it anyway pass --yes (or raise study.max_trials).")
-    raise_all([check_size(cfg, max(grid.widths), "study.widths", yes=yes)])
+    raise_all([_check_scale_size(cfg, grid.scale, max(grid.scales), f"study.{grid.scale}s", yes)])
     param_configs = {p: to_container(compose_valid([*overrides, f"param={p}"])) for p in grid.params}
     return SweepPlan(cfg, spec, folder, plan.plan_sweep(grid, param_configs), overrides)
+
+
+def _check_scale_size(cfg: DictConfig, scale: str, largest: int, key: str, yes: bool) -> UsageError | None:
+    """check_size at the widest width, or (a study over depth) at the deepest depth and model.width."""
+    if scale == "width":
+        return check_size(cfg, largest, key, yes=yes)
+    deep = OmegaConf.merge(cfg, {"model": at_depth(cfg.model, largest)})
+    return check_size(deep, int(cfg.model.width), key, yes=yes)
+
+
+def study_scale(cfg: DictConfig) -> tuple[str, int]:
+    """(the axis a study varies: width | depth, its base value: model.base_width | model.base_depth), from the
+    study's config (study.depths set: depth)."""
+    if cfg.study.get("depths") is not None:
+        return "depth", int(cfg.model.base_depth)
+    return "width", int(cfg.model.base_width)
 
 
 def write_sweep(sweep: SweepPlan) -> tuple[Study, list[Trial], list[str]]:
@@ -233,14 +264,15 @@ def plan_transfer(path: str, overrides: list[str], *, allow_edge: bool = False, 
     (muso_cli.setup.check_size) unless ``yes``."""
     study, cfg, spec = open_for_planning(path, overrides, "transfer", trust_it=trust_it)
     widths, rule, verify, step = parse_transfer(cfg)
-    raise_all([check_size(cfg, max(widths), "transfer.widths", yes=yes)])
-    params, base = spec.grid.params, cfg.model.base_width
-    best = plan.select_best(study, spec.metric, base, spec.settings)
+    scale, base = study_scale(cfg)
+    raise_all([_check_scale_size(cfg, scale, max(widths), f"transfer.{scale}s", yes)])
+    params = spec.grid.params
+    best = plan.select_best(study, spec.metric, base, spec.settings, scale)
     usable = [p for p in params if best.get(p, {}).get("lr") is not None]
     refusals = []
     for param in params:  # a transfer needs a finite optimum at the base width: refuse before launching
         if param not in best:
-            refusals.append(UsageError("study.params", f"{param}: no trial at the base width {base}.",
+            refusals.append(UsageError("study.params", f"{param}: no trial at the base {scale} {base}.",
                                        f"sweep it first (muso sweep ... study.params=[{param}])."))
         elif best[param]["lr"] is None:
             e = best[param]["problem"]
@@ -260,31 +292,44 @@ def plan_transfer(path: str, overrides: list[str], *, allow_edge: bool = False, 
                                  f"(muso refine {study.path} extends it), or pass --allow-edge to transfer it anyway.")
             notes.append(f"{problem} Transferring it anyway (--allow-edge).")
     if rule == "fit":
-        _law_choices(study, spec, base, best, widths)
+        _law_choices(study, spec, base, best, widths, scale)
     trials = plan.plan_transfer(study, best, widths, spec.grid.seeds, runtime=to_container(cfg), verify=verify,
-                                step=step)
+                                step=step, scale=scale)
     return TransferPlan(study, cfg, spec, best, widths, trials, notes)
 
 
 def parse_transfer(cfg: DictConfig) -> tuple[list[int], str, int, float]:
-    """(transfer.widths, transfer.lr: base | fit, transfer.verify: points per target width, transfer.verify_step:
-    octaves between them), or UsageError(s) naming the key."""
+    """(transfer.widths — transfer.depths for a study over depth —, transfer.lr: base | fit, transfer.verify: points
+    per target width, transfer.verify_step: octaves between them), or UsageError(s) naming the key."""
     t = cfg.transfer
-    if t.widths is None:
+    if study_scale(cfg)[0] == "depth":
+        if t.widths is not None:
+            raise UsageError("transfer.widths", "the study varies the depth (its sweep set study.depths), at one width.",
+                             "give the target depths: transfer.depths=[...] (and leave transfer.widths=null).")
+        if t.get("depths") is None:
+            raise UsageError("transfer.depths", "transfer of a study over depth needs the target depths.",
+                             "e.g. transfer.depths=[8,32].")
+        widths = parse_depths("transfer.depths", t.depths, cfg.model)
+    elif t.get("depths") is not None:
+        raise UsageError("transfer.depths", "the study varies the width (its sweep did not set study.depths).",
+                         "give the target widths: transfer.widths=[...]; a study over depth starts with muso sweep "
+                         "study.depths=[...].")
+    elif t.widths is None:
         raise UsageError("transfer.widths", "transfer needs the target widths.", "e.g. transfer.widths=[256,1024,2048].")
-    widths = parse_widths("transfer.widths", t.widths, cfg.model.base_width)
+    else:
+        widths = parse_widths("transfer.widths", t.widths, cfg.model.base_width)
     raise_all([check_one_of("transfer.lr", t.get("lr", "base"), ("base", "fit")),
                check_positive("transfer.verify", t.get("verify", 3), integer=True),
                check_positive("transfer.verify_step", t.get("verify_step", 0.5))])
     return widths, t.get("lr", "base"), int(t.get("verify", 3)), float(t.get("verify_step", 0.5))
 
 
-def _law_choices(study: Study, spec: StudySpec, base: int, best: dict, widths: list[int]) -> None:
+def _law_choices(study: Study, spec: StudySpec, base: int, best: dict, widths: list[int], scale: str = "width") -> None:
     """transfer.lr=fit: each parameterization's lr at every target width from its width law (muso_cli.law), to
     1/8 octave, into ``best[param]["lr_by_width"]``; UsageError where a parameterization has no law."""
     from . import law
 
-    judged = verdict.judge(points(study, spec.metric), base, spec.settings, study.transfers())
+    judged = verdict.judge(points(study, spec.metric), base, spec.settings, study.transfers(), scale=scale)
     problems = []
     for param, choice in best.items():
         fitted = judged["params"].get(param, {}).get("law", {}).get("lr")
@@ -336,14 +381,14 @@ class Refinement:
     def next_round(self) -> Round | None:
         """The next round, or None when refinement is over (:attr:`stopped` says why)."""
         spec, study = self.spec, self.study
-        base = self.cfg.model.base_width
-        self.judged = verdict.judge(points(study, spec.metric), base, spec.settings, study.transfers())
+        scale, base = study_scale(self.cfg)
+        self.judged = verdict.judge(points(study, spec.metric), base, spec.settings, study.transfers(), scale=scale)
         open_params = [p for p in spec.grid.params  # a decided verdict needs no more points
                        if self.judged["params"].get(p, {}).get("verdict") not in verdict.DECIDED]
         judged = {**self.judged, "params": {p: pv for p, pv in self.judged["params"].items() if p in open_params}}
         verify, step = int(self.cfg.transfer.get("verify", 3)), float(self.cfg.transfer.get("verify_step", 0.5))
         planned, self.notes = plan.plan_refine(study, spec.metric, judged, spec.refine_to, spec.grid.seeds,
-                                               runtime=to_container(self.cfg), verify=verify, step=step)
+                                               runtime=to_container(self.cfg), verify=verify, step=step, scale=scale)
         to_run = {t.id for t in planned if study.status(t) not in track.FINAL_STATUSES}
         elapsed = f"{self.used} trials run in {time.time() - self.started:.0f} s"
         if not to_run:
@@ -399,6 +444,9 @@ def report_settings(study: Study, overrides: list[str]) -> DictConfig:
                          "report a study made by `muso sweep`, or restore its study.yaml.")
     names = {k: {"name": (base.get(k) or {}).get("name", "?")} for k in ("model", "data", "optimizer")}
     names["model"]["base_width"] = (base.get("model") or {}).get("base_width")
+    # a study over depth judges on it (the base config leaves it out at the base depth: from the trials' configs)
+    names["model"]["base_depth"] = next((m["base_depth"] for m in (base.get("model") or {}, newest.get("model") or {})
+                                         if m.get("base_depth") is not None), None)
     logger = {k: v for k, v in (newest.get("logger") or {"mode": "disabled"}).items()
               if k in ("mode", "project", "entity", "dir", "tags")}
     settings = OmegaConf.create({"study": section, "transfer": newest.get("transfer") or {"widths": None},
@@ -431,8 +479,9 @@ def report(path: str, overrides: list[str], out: str | None = None) -> tuple[dic
     verdict_settings = verdict.parse_settings(settings.study)
     folder = check_report_folder(Path(out) if out else study.path / "report")
     title = f"{study.name}: {settings.optimizer.name}, {settings.model.name} on {settings.data.name}"
+    scale, base = study_scale(settings)
     try:
-        res = report_mod.build(study, folder, metric, int(settings.model.base_width), verdict_settings, title)
+        res = report_mod.build(study, folder, metric, base, verdict_settings, title, scale=scale)
     except OSError as e:
         raise UsageError("--out", f"the report cannot be written to {folder}: {e.strerror or e}.",
                          "free space on its disk, or write the report elsewhere with --out DIR.") from None

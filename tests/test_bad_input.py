@@ -195,3 +195,39 @@ def test_the_battery_covers_every_part_of_issue_27():
                       "config-dir", "outputs", "coord", "transfer", "own-model", "shared-study", "edited", "faults"}
     assert sum(c.key is not None for c in battery.CASES) >= 250
     assert {c.fault.split(":")[0] for c in battery.CASES if c.fault} == {"readonly", "fsize"}
+
+
+# Depth (issue 29): each bad depth input exits 2 naming its key, before any work.
+DEPTH = ["model=resmlp", "data=synthetic", "data.n_train=512", "data.n_test=256"]
+
+
+@pytest.mark.parametrize("command, extra, key", [
+    ("params", ["model.depth=0"], "model.depth"),                                 # a depth below 1
+    ("params", ["model.depth=2", "model.base_depth=4"], "model.base_depth"),     # the base above the depth
+    ("params", ["model=gpt", "data=pystdlib", "model.base_depth=3"], "model.base_depth"),  # GPT: model.layers = 2
+    ("params", ["model=gpt", "data=pystdlib", "model.layers=0"], "model.layers"),
+    ("params", ["param=somup", "param.depth_alpha=0.75"], "param.depth_alpha"),  # α outside 0, ½, 1
+    ("params", ["param=somup", "param.depth_alpha=abc"], "param.depth_alpha"),
+    ("coord-check", ["coord.depths=[0,2,4]"], "coord.depths"),
+    ("coord-check", ["coord.depths=[2]"], "coord.depths"),                       # one depth has no slope
+    ("coord-check", ["model.base_depth=4", "model.depth=4", "coord.depths=[2,4,8,16]"], "coord.depths"),  # below base
+    ("coord-check", ["model=mlp", "coord.depths=[2,4,8]"], "coord.depths"),      # no residual blocks to vary
+    ("coord-check", ["coord.depths=[2,4,8]"], "coord.fit_from"),                 # fitted from 8: one depth left
+    ("coord-check", ["coord.fresh_batches=maybe", "coord.depths=[2,8,16,32]"], "coord.fresh_batches"),
+    ("sweep", ["study.depths=[2,4]", "study.widths=[128,256]"], "study.depths"),  # one scale axis at a time
+    ("sweep", ["study.depths=[1,2]"], "study.depths"),                           # below the base depth 2
+    ("sweep", ["model=mlp", "study.depths=[3,4]"], "study.depths"),
+    ("sweep", ["study.depths=[2,4]", "model.depth=8"], "model.depth"),            # set per trial by the study
+    ("sweep", ["model=custom", "model._target_=muso_cli.models.mlp.MLP", "model.width_arg=width",
+               "model.input_shape_arg=input_shape", "model.num_classes_arg=num_classes", "study.depths=[2,4]"],
+     "model.depth_arg"),                                                         # your model: no depth argument named
+])
+def test_bad_depth_input_exits_2_naming_the_key(tmp_path, capsys, command, extra, key):
+    root = tmp_path / "studies"
+    study = [f"study.root={root}"] if command == "sweep" else []
+    out = [f"coord.out={tmp_path / 'coord'}"] if command == "coord-check" else []
+    code = main([command, *DEPTH, *extra, *study, *out])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"error: {key}" in err and "Fix:" in err and "Traceback" not in err
+    assert not root.exists() and not (tmp_path / "coord").exists()

@@ -70,7 +70,8 @@ def test_cli_writes_tables_plot_and_verdict(tmp_path, capsys):
     assert "verdict" in printed and "layers.1" in printed and "coord.png" in printed
     assert "not observed" not in printed  # the MLP's every layer is seen
     df = pd.read_csv(out / "coord.csv")
-    assert list(df.columns) == ["width", "layer", "role", "step", "metric", "value"]
+    assert list(df.columns) == ["width", "depth", "layer", "role", "step", "metric", "value"]
+    assert df.depth.isna().all()  # the MLP has no depth axis
     assert sorted(df.width.unique()) == [16, 32, 64, 128, 256] and sorted(df.step.unique()) == [0, 1, 2]
     assert set(df[df.step == 0].metric) == {"h"} and set(df[df.step > 0].metric) == {"h", "dh"}
     slopes = pd.read_csv(out / "slopes.csv")

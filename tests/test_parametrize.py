@@ -145,10 +145,11 @@ LR_EXPECTED = {
     ("sp", "muon"): {IN: 1, HID: 1, OUT: 1, VEC: 1},
     ("mup", "muon"): {IN: 1, HID: 1 / M, OUT: 1 / M, VEC: 1},          # the naive practice: Adam's µP rules
     ("somup", "muon"): {IN: M ** 0.5, HID: 1, OUT: M ** -0.5, VEC: 1},  # biases: AdamW's µP (vector: 1)
-    # SOAP: Adam in Shampoo's eigenbasis; its first step is U Vᵀ, so Shampoo's rule
+    # SOAP: Adam in Shampoo's eigenbasis; its steady state is Adam's in a rotated basis, so Adam's µP rules (its
+    # first step alone is U Vᵀ, Shampoo-like: docs/parameterization.md, "SOAP's steady state")
     ("sp", "soap"): {IN: 1, HID: 1, OUT: 1, VEC: 1},
     ("mup", "soap"): {IN: 1, HID: 1 / M, OUT: 1 / M, VEC: 1},
-    ("somup", "soap"): {IN: M ** 0.5, HID: 1, OUT: M ** -0.5, VEC: 1},
+    ("somup", "soap"): {IN: 1, HID: 1 / M, OUT: 1 / M, VEC: 1},
 }
 
 
@@ -253,11 +254,13 @@ DAMPING_EXPECTED = {
     ("kfac", "somup"): {"A": {IN: 1, HID: M, OUT: M}, "B": {IN: 1 / M, HID: 1 / M, OUT: 1}},
     ("kfac", "trace"): {"A": {IN: 1, HID: 1, OUT: 1}, "B": {IN: 1, HID: 1, OUT: 1}},  # adaptive at run time
     ("kfac", "pi"): {"A": {IN: 1, HID: 1, OUT: 1}, "B": {IN: 1, HID: 1, OUT: 1}},
+    # SP's eigenvalue scales (|x|² = Θ(fan-in), |δ|² = Θ(1)): the paper's code's SP baseline
+    ("kfac", "fanin"): {"A": {IN: 1, HID: M, OUT: M}, "B": {IN: 1, HID: 1, OUT: 1}},
     ("shampoo", "constant"): {"eps": {IN: 1, HID: 1, OUT: 1}},
     ("shampoo", "somup"): {"eps": {IN: 1 / M, HID: 1, OUT: M}},
     ("shampoo", "relative"): {"eps": {IN: 1, HID: 1, OUT: 1}},
     ("soap", "constant"): {"eps": {IN: 1, HID: 1, OUT: 1}},
-    ("soap", "somup"): {"eps": {IN: M ** -0.5, HID: 1, OUT: M ** 0.5}},  # √ of Shampoo's: G's singular values
+    ("soap", "somup"): {"eps": {IN: 1 / M, HID: 1 / M, OUT: 1}},  # Adam's µP ε: the rotated gradient's entries
     ("soap", "relative"): {"eps": {IN: 1, HID: 1, OUT: 1}},
 }
 
@@ -409,8 +412,8 @@ def test_rows_show_which_optimizer_updates_each_parameter():
 def test_soap_groups_are_layers_with_the_somup_eps_multipliers():
     groups = {g.get("layer"): g for g in plan_for("somup", "soap", damping_rule="somup").param_groups(mlp(256), lr=3e-3)}
     assert groups["layers.0"]["param_names"] == ["layers.0.weight", "layers.0.bias"]
-    assert groups["layers.0"]["lr"] == pytest.approx(3e-3 * M ** 0.5)
-    assert [groups[f"layers.{i}"]["damping_eps"] for i in range(3)] == pytest.approx([M ** -0.5, 1, M ** 0.5])
+    assert groups["layers.1"]["lr"] == pytest.approx(3e-3 / M)
+    assert [groups[f"layers.{i}"]["damping_eps"] for i in range(3)] == pytest.approx([1 / M, 1 / M, 1])
 # Transformers: what a layerwise optimizer does not precondition (UPDATED_LIKE), forward multipliers (FORWARD)
 # and zero-initialised weights (ZERO_INIT), on the GPT of muso_cli/models/gpt.py at d_model 256 over base 64.
 
@@ -500,3 +503,97 @@ def test_forward_multipliers_in_rows_and_their_errors():
         P.WidthMultiplier("readout", 8)
     with pytest.raises(ValueError, match="not in the base model"):
         P.forward_multipliers(nn.Sequential(P.WidthMultiplier("attention", 8)), nn.Sequential(nn.Identity()), "mup")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Depth: the table's second axis (DEPTH_LR, DEPTH_DAMPING, DEPTH_INIT; docs/parameterization.md "Depth"), on the
+# residual MLP of muso_cli/models/resmlp.py at 8 blocks over a base depth of 2 (L/L₀ = 4), at its base width (only
+# depth varies). Expected exponents written out from the derivation: a block's gradient scales as (L/L₀)^-α and its
+# contribution to the residual stream must move by Θ(1/L).
+
+from muso_cli.models.resmlp import ResMLP  # noqa: E402
+
+D = 4.0  # L/L₀
+
+
+def resmlp(depth, width=32, device="cpu"):
+    with torch.device(device):
+        return ResMLP((10,), 4, width, depth)
+
+
+def depth_plan(optimizer, alpha, depth=8, **kw):
+    return P.make_plan(resmlp(depth), resmlp(depth, device="meta"), "somup", optimizer,
+                       delta=resmlp(depth, 64, "meta"), depth_base=resmlp(2, device="meta"),
+                       depth_delta=resmlp(3, device="meta"), depth_alpha=alpha, **kw)
+
+
+# exponent of L/L₀ in a block weight's lr, and in a block norm gain's (updated like SGD under K-FAC and Shampoo)
+DEPTH_LR_EXPECTED = {
+    ("sgd", 1.0): (1, 1), ("sgd", 0.5): (0, 0), ("sgd", 0.0): (0, 0),                 # 2α − 1
+    ("adam", 1.0): (0, 0), ("adam", 0.5): (-0.5, -0.5), ("adam", 0.0): (0, 0),        # α − 1: CompleteP
+    ("kfac", 1.0): (-1, 1), ("kfac", 0.5): (-1, 0), ("kfac", 0.0): (0, 0),            # −1 whatever α
+    ("shampoo", 1.0): (0, 1), ("shampoo", 0.5): (-0.5, 0), ("shampoo", 0.0): (0, 0),  # scale-free: Adam's
+    ("muon", 1.0): (0, 0), ("muon", 0.5): (-0.5, -0.5), ("muon", 0.0): (0, 0),
+    ("soap", 1.0): (0, 0), ("soap", 0.5): (-0.5, -0.5), ("soap", 0.0): (0, 0),
+}
+
+
+@pytest.mark.parametrize("optimizer, alpha", sorted(DEPTH_LR_EXPECTED))
+def test_depth_lr_multipliers_of_block_parameters(optimizer, alpha):
+    plan = depth_plan(optimizer, alpha)
+    weight, gain = DEPTH_LR_EXPECTED[optimizer, alpha]
+    assert plan.lr_mult["blocks.5.fc1.weight"] == pytest.approx(D ** weight)
+    assert plan.lr_mult["blocks.0.fc2.weight"] == pytest.approx(D ** weight)  # every block alike
+    assert plan.lr_mult["blocks.5.norm.weight"] == pytest.approx(D ** gain)
+    for outside in ("embed.weight", "head.weight", "norm.weight"):  # embedding, readout, final norm: no depth rule
+        assert plan.lr_mult[outside] == 1.0
+
+
+@pytest.mark.parametrize("alpha", P.DEPTH_ALPHAS)
+def test_branch_multiplier_and_init(alpha):
+    plan, base = depth_plan("adam", alpha), depth_plan("adam", alpha, depth=2)
+    assert plan.forward_mult["blocks.3.branch"] == ("branch", D, pytest.approx(D ** -alpha))
+    assert all(value == 1.0 for _, _, value in base.forward_mult.values())  # the base depth: every rule is 1
+    assert set(base.lr_mult.values()) == {1.0}
+    assert plan.init_std["blocks.3.fc1.weight"] == pytest.approx(base.init_std["blocks.1.fc1.weight"])
+    model = resmlp(8)
+    plan.init_(model)
+    assert model.blocks[7].branch.value == pytest.approx(D ** -alpha)
+
+
+@pytest.mark.parametrize("optimizer, rule, factor, exponent", [
+    ("kfac", "somup", "B", -2), ("kfac", "somup", "A", 0), ("kfac", "constant", "B", -2), ("kfac", "fanin", "B", -2),
+    ("kfac", "trace", "B", 0), ("kfac", "pi", "B", 0),  # adaptive: the factors carry the depth scaling themselves
+    ("shampoo", "somup", "eps", -2), ("shampoo", "relative", "eps", 0),
+    ("soap", "somup", "eps", -1), ("soap", "relative", "eps", 0)])
+def test_depth_damping_of_block_layers_follows_the_gradients_scale(optimizer, rule, factor, exponent):
+    """K-FAC's B and Shampoo's statistics ∝ (gradient)² ∝ L^-2α, SOAP's ε meets √v ∝ L^-α; α = 1 here."""
+    plan = depth_plan(optimizer, 1.0, damping_rule=rule)
+    assert plan.damping_mult["blocks.4.fc2"][factor] == pytest.approx(D ** exponent)
+    assert plan.damping_mult["head"][factor] == 1.0 and plan.damping_mult["embed"][factor] == 1.0
+
+
+def test_blocks_are_found_from_structure_and_counted():
+    plan = depth_plan("kfac", 1.0)
+    assert plan.depth.containers == ("blocks",) and (plan.depth.blocks, plan.depth.base_blocks) == (8, 2)
+    assert plan.depth.block_of("blocks.7.fc1.weight") == ("blocks", 7)
+    assert plan.depth.block_of("embed.weight") is None and plan.depth.block_of("norm.weight") is None
+    rows = {r["name"]: r for r in plan.rows()}
+    assert (rows["blocks.2.fc1.weight"]["block"], rows["blocks.2.fc1.weight"]["depth_mult"]) == ("in", D)
+    assert (rows["head.weight"]["block"], rows["head.weight"]["depth_mult"]) == ("out", 1.0)
+    assert rows["blocks.2.branch"]["role"] == "branch" and rows["blocks.2.branch"]["forward_mult"] == 1 / D
+
+
+def test_a_depth_that_adds_no_block_is_refused():
+    with pytest.raises(P.DepthStructureError, match="does not add residual blocks"):
+        P.infer_depth(resmlp(4), resmlp(2, device="meta"), resmlp(2, device="meta"), 1.0)
+
+
+def test_depth_alpha_outside_its_values_is_refused():
+    with pytest.raises(ValueError, match="depth_alpha"):
+        depth_plan("adam", 0.75)
+
+
+def test_weight_decay_keeps_lr_times_decay_across_depth():
+    plan = depth_plan("kfac", 1.0)  # lr ∝ 1/L for K-FAC's block weights: λ ∝ L (decoupled)
+    assert plan.weight_decay_mult["blocks.1.fc1.weight"] * plan.lr_mult["blocks.1.fc1.weight"] == pytest.approx(1.0)

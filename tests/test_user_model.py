@@ -28,7 +28,7 @@ from muso_cli.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-PROJECT = ["model=resmlp", "data=digits_vec", "device=cpu"]
+PROJECT = ["model=tinyresmlp", "data=digits_vec", "device=cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +64,7 @@ def test_params_on_the_projects_model(capsys):
     conf = search_path_override([EXAMPLES / "conf"])
     assert main(["params", conf, *PROJECT, "param=mup", "optimizer=adam", "model.width=64"]) == 0
     out = capsys.readouterr().out
-    assert "model=resmlp width=64 base_width=32" in out
+    assert "model=tinyresmlp width=64 base_width=32" in out
     assert next(line for line in out.splitlines() if line.startswith("mixers.0.weight")).split()[2] == "hidden"
 
 
@@ -79,8 +79,8 @@ def test_config_dir_is_the_search_path_override_a_study_records(tmp_path, capsys
 
 
 def test_an_option_of_your_own_needs_its_folder_in_the_search_path():
-    with pytest.raises(UsageError, match="has no option 'resmlp'") as e:
-        compose(["model=resmlp"])
+    with pytest.raises(UsageError, match="has no option 'tinyresmlp'") as e:
+        compose(["model=tinyresmlp"])
     assert "hydra.searchpath" in e.value.fix
     with pytest.raises(UsageError, match="not a folder"):
         compose(PROJECT, config_dirs=[EXAMPLES / "no-such-conf"])

@@ -1,25 +1,30 @@
 """Models with a width knob (hidden units, a channel multiplier for convolutional nets, d_model for transformers),
-and your own (``model._target_``, see :mod:`muso_cli.models.user`).
+some with a depth knob too (residual blocks: the residual MLP, the GPT, the ViT), and your own (``model._target_``,
+see :mod:`muso_cli.models.user`).
 
-``build(cfg.model, input_shape, num_classes, width)`` returns an ``nn.Module``; the parameterization finds each
-parameter's role by comparing it with the same model built at ``cfg.model.base_width`` on the meta device.
-:func:`check_plan` then refuses, naming the parameter, what muso cannot parameterize.
+``build(cfg.model, input_shape, num_classes, width, depth=...)`` returns an ``nn.Module``; the parameterization finds
+each parameter's role by comparing it with the same model built at ``cfg.model.base_width`` on the meta device, and,
+for a model with depth (:func:`has_depth`), its residual blocks by comparing the model at ``cfg.model.base_depth``
+with one a block deeper. :func:`check_plan` then refuses, naming the parameter, what muso cannot parameterize.
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from .. import targets
-from ..errors import UsageError, check_one_of, check_positive
-from ..parametrize import LAYERWISE, Plan, splits_tensors
+from ..errors import UsageError, check_one_of, check_positive, is_int
+from ..parametrize import LAYERWISE, DepthMultiplier, Plan, splits_tensors
 from . import user
 
 # model name → module implementing build(cfg, input_shape, num_classes, width) and check(cfg)
 REGISTRY = {
     "mlp": "muso_cli.models.mlp",
+    "resmlp": "muso_cli.models.resmlp",
     "cnn": "muso_cli.models.cnn",
     "myrtle": "muso_cli.models.myrtle",
     "resnet18": "muso_cli.models.resnet",
@@ -49,37 +54,125 @@ def takes_tokens(cfg) -> bool | None:
     return None if is_user_model(cfg) else getattr(_module(cfg.name), "TOKENS", False)
 
 
+def depth_key(cfg) -> str | None:
+    """The key of the model node that holds its number of residual blocks (its depth): muso's models name it
+    (``DEPTH``: ``depth`` for the residual MLP, ``layers`` for the GPT and the ViT); a model of your own whose config
+    names its depth argument (``model.depth_arg``) has muso's key ``depth``. None for a model without depth."""
+    if is_user_model(cfg):
+        return "depth" if cfg.get("depth_arg") else None
+    return getattr(_module(cfg.get("name")), "DEPTH", None) if cfg.get("name") in REGISTRY else None
+
+
+def has_depth(cfg) -> bool:
+    """Whether the model of ``cfg`` has residual blocks whose number its depth key sets (:func:`depth_key`)."""
+    return depth_key(cfg) is not None
+
+
+def depth_of(cfg) -> int | None:
+    """The model's depth (number of residual blocks), None without one."""
+    key = depth_key(cfg)
+    return None if key is None else cfg.get(key)
+
+
+def at_base_depth(cfg) -> bool:
+    """Whether the model's depth choices change no number: a model without depth, or one at model.base_depth (where
+    the branch multiplier and every depth rule are 1, whatever param.depth_alpha)."""
+    return not has_depth(cfg) or depth_of(cfg) == cfg.get("base_depth")
+
+
+def at_depth(cfg, depth: int):
+    """A copy of the model node ``cfg`` at ``depth`` residual blocks (its depth key set)."""
+    return OmegaConf.merge(cfg, {depth_key(cfg): int(depth)})
+
+
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, width: int | None = None,
-          device: torch.device | str | None = None) -> nn.Module:
-    """The model of ``cfg`` at ``width`` (default cfg.width) on ``device`` ("meta": shapes only)."""
+          device: torch.device | str | None = None, depth: int | None = None) -> nn.Module:
+    """The model of ``cfg`` at ``width`` (default cfg.width) and ``depth`` (default its own, for a model with depth)
+    on ``device`` ("meta": shapes only)."""
     width = cfg.width if width is None else width
+    if depth is not None:
+        cfg = at_depth(cfg, depth)
     builder = user if is_user_model(cfg) else _module(cfg.name)
     with torch.device(device or "cpu"):
         return builder.build(cfg, tuple(input_shape), num_classes, width)
 
 
-def build_with_shapes(cfg, input_shape, num_classes, width: int | None = None,
-                      device=None) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """(model at ``width``, base model at ``cfg.base_width``, delta model at 2 × base width).
+@dataclass
+class Shapes:
+    """A model and what the parameterization compares it with, on the meta device (shapes only, free): ``base`` at
+    model.base_width and ``delta`` at twice it (which dimensions scale with width), both at the model's depth; for a
+    model with depth, ``depth_base`` at model.base_depth and ``depth_delta`` one block deeper (which parameters are
+    inside residual blocks, and L/L₀), both at the model's width. None for a model without depth."""
 
-    Base and delta are built on the meta device (shapes only): the parameterization compares them to find
-    which dimensions scale with width.
-    """
-    model = build(cfg, input_shape, num_classes, width, device)
-    base = build(cfg, input_shape, num_classes, cfg.base_width, "meta")
-    delta = build(cfg, input_shape, num_classes, 2 * cfg.base_width, "meta")
-    return model, base, delta
+    model: nn.Module
+    base: nn.Module
+    delta: nn.Module
+    depth_base: nn.Module | None = None
+    depth_delta: nn.Module | None = None
+
+
+def build_with_shapes(cfg, input_shape, num_classes, width: int | None = None, device=None) -> Shapes:
+    """The model at ``width`` (default cfg.width) and its own depth on ``device``, with its :class:`Shapes`."""
+    width = cfg.width if width is None else width
+    shapes = Shapes(build(cfg, input_shape, num_classes, width, device),
+                    build(cfg, input_shape, num_classes, cfg.base_width, "meta"),
+                    build(cfg, input_shape, num_classes, 2 * cfg.base_width, "meta"))
+    if has_depth(cfg):
+        shapes.depth_base = build(cfg, input_shape, num_classes, width, "meta", depth=cfg.base_depth)
+        shapes.depth_delta = build(cfg, input_shape, num_classes, width, "meta", depth=cfg.base_depth + 1)
+    return shapes
 
 
 def check(cfg) -> list[UsageError | None]:
-    """Problems with the ``model.*`` keys: the name (or the target), the widths, and the model's own options."""
+    """Problems with the ``model.*`` keys: the name (or the target), the widths, the depths (a model with depth) and
+    the model's own options."""
     widths = [check_positive("model.width", cfg.get("width"), integer=True),
               check_positive("model.base_width", cfg.get("base_width"), integer=True)]
     if is_user_model(cfg):
-        return [*widths, *user.check(cfg)]
+        return [*widths, *user.check(cfg), *(check_depths(cfg) if has_depth(cfg) else [])]
     if cfg.name not in REGISTRY:
         return [check_one_of("model.name", cfg.name, REGISTRY)]
-    return [*widths, *(UsageError(*p) for p in _module(cfg.name).check(cfg))]
+    return [*widths, *(check_depths(cfg) if has_depth(cfg) else []), *(UsageError(*p) for p in _module(cfg.name).check(cfg))]
+
+
+def check_depths(cfg) -> list[UsageError | None]:
+    """The depth key (model.depth; model.layers for the GPT and the ViT) and model.base_depth: positive integers, the
+    depth not below the base depth (the depth rules carry hyperparameters from the base depth to deeper models)."""
+    key = depth_key(cfg)
+    problems = [check_positive(f"model.{key}", cfg.get(key), integer=True),
+                check_positive("model.base_depth", cfg.get("base_depth"), integer=True)]
+    if any(problems):
+        return problems
+    if cfg.base_depth > cfg[key]:
+        return [UsageError("model.base_depth", f"is {cfg.base_depth}, above model.{key}={cfg[key]}: the depth rules "
+                           f"carry hyperparameters from the base depth to deeper models.",
+                           f"tune at the smallest depth: set model.base_depth ≤ {cfg[key]} (e.g. "
+                           f"model.base_depth={cfg[key]}).")]
+    return []
+
+
+def parse_depths(key: str, values, cfg) -> list[int]:
+    """The depths of ``key`` (coord.depths, study.depths, transfer.depths) for the model node ``cfg``: a list of
+    positive integers ≥ model.base_depth, for a model with depth; UsageError naming the key (or the model's key that
+    would give it depth) otherwise."""
+    if not has_depth(cfg):
+        if is_user_model(cfg):
+            raise UsageError("model.depth_arg", f"{key} varies the depth, and model._target_={cfg.get('_target_')} "
+                             "has no depth argument named.", "name the constructor argument that sets the number of "
+                             "residual blocks: model.depth_arg=<argument> with model.depth and model.base_depth "
+                             "(docs/own-code.md).")
+        with_depth = [n for n in REGISTRY if getattr(_module(n), "DEPTH", None)]
+        raise UsageError(key, f"model={cfg.get('name')} has no residual blocks to vary.",
+                         f"use a model with depth ({', '.join(f'model={n}' for n in with_depth)}), or leave {key}=null.")
+    values = list(values) if OmegaConf.is_list(values) or isinstance(values, (list, tuple)) else [values]
+    if not values or not all(is_int(d) and d >= 1 for d in values):
+        raise UsageError(key, f"must be a list of positive integers (numbers of residual blocks), got {values!r}.",
+                         f"e.g. {key}=[2,8,32].")
+    low = [d for d in values if d < cfg.base_depth]
+    if low:
+        raise UsageError(key, f"has depths {low} below the base depth model.base_depth={cfg.base_depth}.",
+                         f"use depths ≥ {cfg.base_depth}, or lower model.base_depth.")
+    return [int(d) for d in values]
 
 
 def check_plan(cfg, plan: Plan) -> list[UsageError]:
@@ -100,6 +193,12 @@ def check_plan(cfg, plan: Plan) -> list[UsageError]:
                            f"every parameterization is SP.", "make the width argument set the size of the layers "
                            "(hidden units, channels, d_model).")]
     problems = []
+    if plan.depth is not None and plan.depth.alpha > 0 and not any(
+            kind == DepthMultiplier.kind for kind, _, _ in plan.forward_mult.values()):
+        problems.append(UsageError("param.depth_alpha", f"is {plan.depth.alpha:g}, but the model has no DepthMultiplier "
+                                   "on its residual branches, so the branch multiplier (L/L₀)^-α has nowhere to act "
+                                   "(and the depth rules assume it).", "put a muso_cli.parametrize.DepthMultiplier on "
+                                   "each residual branch (h = h + self.branch(f(h))), or set param.depth_alpha=0."))
     for s in specs:
         if len(s.shape) < 2 or s.role == "fixed" or s.layout == "rows":  # rows: an embedding's role, unambiguous
             continue

@@ -22,6 +22,7 @@ from .transformer import blocks, problems
 
 
 TOKENS = True  # its inputs are integer tokens (muso_cli.models.takes_tokens); every other model of muso's: features
+DEPTH = "layers"  # the key of its number of blocks (muso_cli.models.depth_key)
 
 
 class GPT(nn.Module):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..parametrize import ZERO_INIT, WidthMultiplier
+from ..parametrize import ZERO_INIT, DepthMultiplier, WidthMultiplier
 
 
 def head_layout(width: int, heads: int | None, head_size: int | None) -> tuple[int, int]:
@@ -93,19 +93,22 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm residual block: x + attn(LN(x)), then + mlp(LN(x)). [N, T, d] → [N, T, d]."""
+    """Pre-LayerNorm residual block: x + branch(attn(LN(x))), then + branch(mlp(LN(x))). [N, T, d] → [N, T, d].
+    Each branch passes a DepthMultiplier, (L/L₀)^-α (param.depth_alpha; 1 at model.base_depth)."""
 
     def __init__(self, width: int, heads: int, d_head: int, *, mlp_ratio: int, causal: bool, bias: bool = True,
                  rotary: Rotary | None = None, zero_query: bool = False):
         super().__init__()
         self.ln1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads, d_head, causal=causal, bias=bias, rotary=rotary, zero_query=zero_query)
+        self.attn_branch = DepthMultiplier()
         self.ln2 = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio, bias=bias)
+        self.mlp_branch = DepthMultiplier()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        x = x + self.attn_branch(self.attn(self.ln1(x)))
+        return x + self.mlp_branch(self.mlp(self.ln2(x)))
 
 
 def blocks(width: int, cfg, *, causal: bool, context: int) -> nn.ModuleList:

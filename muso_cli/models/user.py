@@ -14,7 +14,15 @@ and a delta model at twice that, from which muso reads each parameter's role. A 
     input_shape_arg: null
     width: 512
     base_width: 64
-    depth: 3                 # any other key: a named argument of MyNet
+    dropout: 0.1             # any other key: a named argument of MyNet
+
+With depth (residual blocks whose number transfers, docs/parameterization.md "Depth"), three more keys of muso's::
+
+    depth_arg: n_blocks      # MyNet(n_blocks=...) sets the number of residual blocks (null: no depth axis)
+    depth: 8
+    base_depth: 2
+
+Without ``depth_arg`` a ``depth`` key is an argument of the model like any other.
 
 The model takes a batch of inputs [N, *input_shape] and returns outputs [N, C] (classification) or [N, T, C]
 (a sequence: every position is one term of the loss). See README "Your own model".
@@ -28,13 +36,21 @@ from torch import nn
 from .. import targets
 from ..errors import UsageError
 
-MUSO_KEYS = ("name", "width", "base_width", "width_arg", "input_shape_arg", "num_classes_arg")
-DATA_ARGS = ("width_arg", "input_shape_arg", "num_classes_arg")
+MUSO_KEYS = ("name", "width", "base_width", "width_arg", "input_shape_arg", "num_classes_arg", "depth_arg")
+DEPTH_KEYS = ("depth", "base_depth")  # muso's too when depth_arg names the depth argument
+DATA_ARGS = ("width_arg", "input_shape_arg", "num_classes_arg", "depth_arg")
+
+
+def own_keys(cfg) -> tuple[str, ...]:
+    """The keys of the model node muso reads itself (not passed to the target)."""
+    return MUSO_KEYS + (DEPTH_KEYS if cfg.get("depth_arg") else ())
 
 
 def _passed(cfg, input_shape, num_classes, width: int) -> dict[str, Any]:
-    """The arguments muso adds: the width, and the data's facts the config asks for."""
+    """The arguments muso adds: the width, the depth (with depth_arg), and the data's facts the config asks for."""
     out = {cfg.width_arg: int(width)}
+    if cfg.get("depth_arg"):
+        out[cfg.depth_arg] = int(cfg.depth)
     if cfg.get("input_shape_arg"):
         out[cfg.input_shape_arg] = tuple(input_shape)
     if cfg.get("num_classes_arg"):
@@ -45,7 +61,7 @@ def _passed(cfg, input_shape, num_classes, width: int) -> dict[str, Any]:
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, width: int) -> nn.Module:
     """``cfg._target_(**arguments, <width_arg>=width, ...)`` (inside the caller's device context); a failure of
     the target, or something that is not an nn.Module, is a UsageError naming model._target_."""
-    model = targets.call("model", cfg, MUSO_KEYS, **_passed(cfg, input_shape, num_classes, width))
+    model = targets.call("model", cfg, own_keys(cfg), **_passed(cfg, input_shape, num_classes, width))
     if not isinstance(model, nn.Module):
         raise UsageError("model._target_", f"{cfg._target_} returned a {type(model).__name__}, not a "
                          f"torch.nn.Module.", "point _target_ at a class or function that returns the network.")
@@ -74,6 +90,13 @@ def check(cfg) -> list[UsageError | None]:
                                        f"{value!r}.", f"e.g. model.{key}={key.removesuffix('_arg')}."))
     if any(problems):
         return problems
-    names = {f"model.{k}": k for k in targets.arguments(cfg, MUSO_KEYS)}
+    if cfg.get("depth_arg"):
+        missing = [k for k in DEPTH_KEYS if k not in cfg]
+        if missing:
+            return [UsageError(f"model.{missing[0]}", f"is missing: model.depth_arg={cfg.depth_arg} gives the model a "
+                               "depth axis, which needs model.depth (the number of residual blocks) and "
+                               "model.base_depth (the depth the hyperparameters are tuned at).",
+                               f"add `{missing[0]}: 2` to the model's config, or +model.{missing[0]}=2.")]
+    names = {f"model.{k}": k for k in targets.arguments(cfg, own_keys(cfg))}
     names.update({f"model.{key}": cfg.get(key) for key in DATA_ARGS if cfg.get(key)})
     return targets.unknown_arguments("model", cfg, names)

@@ -15,6 +15,8 @@ from ..errors import UsageError
 from .cnn import image_shape
 from .transformer import blocks, problems
 
+DEPTH = "layers"  # the key of its number of blocks (muso_cli.models.depth_key)
+
 
 class ViT(nn.Module):
     """[N, C, H, W] → patches [N, P, d] (+ positions) → blocks → LayerNorm → mean over P → logits [N, classes]."""

@@ -24,7 +24,7 @@ step 0). Damping, per layer and factor, from the group's ``damping_rule`` (ρ = 
 group ``damping_A``, ``damping_B``: the plan's width multipliers, 1 without a plan and for adaptive rules;
 docs/parameterization.md)::
 
-    constant, somup   ρ_A = ρ·m_A,          ρ_B = ρ·m_B       (the rules differ in the plan's multipliers only)
+    constant, somup, fanin  ρ_A = ρ·m_A,    ρ_B = ρ·m_B       (the rules differ in the plan's multipliers only)
     trace             ρ_A = ρ·tr(A)·m_A,    ρ_B = ρ·tr(B)·m_B
     pi                ρ_A = √ρ·π·m_A,       ρ_B = √ρ/π·m_B,    π = √((tr A / d_in) / (tr B / d_out))
 
@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from ..errors import HyperparameterError, check_positive
 from ..losses import LOSSES
+from ..parametrize import ADAPTIVE_RULES
 from .base import DampedOptimizer, LayerwiseOptimizer
 from .checks import check_hyperparameters, damping_checks, decay, interval, one_of, renamed
 from .layer import Layer, layer_groups, supported, weak_forward_hook
@@ -127,7 +128,7 @@ class KFACLayer(Layer):
     def damping_values(self, A: Tensor, B: Tensor, group: dict) -> dict[str, float]:
         """{"A": ρ_A, "B": ρ_B} of the group's rule for the factors A, B (see the module docstring)."""
         rule, rho, mult_A, mult_B = group["damping_rule"], group["damping"], group["damping_A"], group["damping_B"]
-        if rule in ("constant", "somup"):
+        if rule not in ADAPTIVE_RULES:  # constant, somup, fanin: the plan's multipliers only
             return {"A": rho * mult_A, "B": rho * mult_B}
         tr_A, tr_B = A.trace().item(), B.trace().item()
         if rule == "trace":
@@ -161,7 +162,7 @@ class KFAC(DampedOptimizer):
             one output, and the sampled backward is one pass over the whole model.
         lr, momentum, weight_decay: as torch.optim.SGD (weight decay is added after preconditioning).
         bias_weight_decay: a layer's bias's weight decay (None: ``weight_decay``).
-        damping: ρ (> 0). damping_rule: constant | somup | trace | pi.
+        damping: ρ (> 0). damping_rule: constant | somup | fanin | trace | pi.
         ema_decay: weight of the old factor in the running average, in [0, 1).
         curvature_interval, inverse_interval: steps between factor updates and between inverse updates.
         fisher: empirical | mc. inverse: cholesky | eigh.

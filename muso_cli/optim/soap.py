@@ -26,7 +26,12 @@ Two differences from the reference implementation, both so that SOAP is a layer 
 statistics are updated before the direction is computed (as muso's Shampoo), so the first step already uses the
 eigenbasis of G₁ (the reference skips its first update instead), and the eigenbasis comes from ``eigh`` on every
 inverse step (the reference runs one power iteration and a QR there). At the first step the update is then
-Q_L sign(Σ) Q_Rᵀ = U Vᵀ, G's orthogonal factor (Muon's and ε-free Shampoo's): SOAP is Shampoo-like in width.
+Q_L sign(Σ) Q_Rᵀ = U Vᵀ, G's orthogonal factor (Muon's and ε-free Shampoo's): Shampoo-like in width. Every later
+gradient is no longer diagonal in the basis (a moved network, a new batch, a basis up to ``inverse_interval`` steps
+old), Adam gives each rotated coordinate a Θ(1) step, and SOAP is Adam-like in width: its steady state, which the
+table's column follows (Adam's µP rules; docs/parameterization.md, "SOAP's steady state"). The reference's first
+step (statistics only) would make the first *update* Adam-like in training, at the cost of a step, but not on one
+fixed batch (G₂ = G₁ there): it was considered and not adopted.
 
 Why not a library's SOAP (pytorch-optimizer 4.1 has one; heavyball calls itself compile-first): they
 precondition each tensor on its own (a bias apart from its weight, a conv weight with one factor per dimension

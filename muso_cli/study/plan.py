@@ -6,21 +6,35 @@ from __future__ import annotations
 
 import math
 from .. import cells, track, verdict
+from ..models import depth_key
 from .results import points
 from .spec import METRICS, Grid
 from .store import Study
 from .trials import Trial, make_trial, with_runtime, with_values
 
 
+def at_scale(config: dict, scale: str, value: int) -> dict:
+    """A copy of a resolved config at ``value`` of a study's axis: model.width (``scale`` width) or the model's depth
+    key (model.depth; model.layers for the GPT)."""
+    if scale == "width":
+        return with_values(config, width=value)
+    out = with_values(config)
+    out["model"][depth_key(out["model"])] = int(value)
+    return out
+
+
 def plan_sweep(grid: Grid, param_configs: dict[str, dict]) -> list[Trial]:
-    """The sweep's trials: params × widths × lr × damping × seeds (``param_configs``: resolved config per param)."""
-    return [make_trial(with_values(param_configs[param], width=width, lr=lr, damping=damping, seed=seed), "sweep")
-            for param in grid.params for width in grid.widths for lr in grid.lrs for damping in grid.dampings
+    """The sweep's trials: params × widths (or depths) × lr × damping × seeds (``param_configs``: resolved config per
+    param)."""
+    return [make_trial(with_values(at_scale(param_configs[param], grid.scale, value), lr=lr, damping=damping,
+                                   seed=seed), "sweep")
+            for param in grid.params for value in grid.scales for lr in grid.lrs for damping in grid.dampings
             for seed in grid.seeds]
 
 
-def select_best(study: Study, metric: str, base_width: int, settings: verdict.Settings) -> dict[str, dict]:
-    """Per parameterization with trials at the base width: the setting to transfer (muso_cli.cells.choose: the
+def select_best(study: Study, metric: str, base_width: int, settings: verdict.Settings,
+                scale: str = "width") -> dict[str, dict]:
+    """Per parameterization with trials at the base width (the base depth, ``scale`` depth): the setting to transfer (muso_cli.cells.choose: the
     fitted optimum of its base-width cell where its valley is bracketed, else the grid optimum; a setting with a
     diverged seed is never chosen).
 
@@ -31,8 +45,8 @@ def select_best(study: Study, metric: str, base_width: int, settings: verdict.Se
     ([axes])}. Without one (no setting finished finite): {lr: None, problem: UsageError naming the key and the
     fix, finished, planned}.
     """
-    rows = [r for r in points(study, metric) if r["width"] == base_width]
-    grid = cells.cells(rows)
+    rows = [r for r in points(study, metric) if r[scale] == base_width]
+    grid = cells.cells(rows, scale=scale)
     cells.fit_cells(grid, settings, base_width)
     best: dict[str, dict] = {}
     for (param, _), cell in grid.items():
@@ -64,7 +78,7 @@ def verify_offsets(k: int, step: float) -> list[float]:
 
 
 def plan_transfer(study: Study, best: dict[str, dict], widths: list[int], seeds: list[int],
-                  runtime: dict | None = None, verify: int = 1, step: float = 0.5) -> list[Trial]:
+                  runtime: dict | None = None, verify: int = 1, step: float = 0.5, scale: str = "width") -> list[Trial]:
     """Trials of each parameterization's chosen setting at ``widths`` (the config of the grid optimum's sweep
     trial, with the new width, lr and damping), and ``verify`` − 1 verification points around it along every swept
     axis (``step`` octaves apart, the other axis held: phase verify), every seed.
@@ -72,7 +86,7 @@ def plan_transfer(study: Study, best: dict[str, dict], widths: list[int], seeds:
     A choice's ``lr_by_width`` ({width: lr}, transfer.lr=fit) gives the lr at each width; else its ``lr``. The
     source is looked up by (id, param): at the base width one run serves every parameterization, and each entry
     keeps its own parameterization's config. ``runtime``: a config whose non-semantic sections (launcher, logger,
-    device, …) the new trials take.
+    device, …) the new trials take. ``scale`` depth: ``widths`` are depths (a study over depth), set in model.depth.
     """
     by_key = {(t.id, t.param): t for t in study.trials()}
     trials = []
@@ -90,7 +104,7 @@ def plan_transfer(study: Study, best: dict[str, dict], widths: list[int], seeds:
                                       else (lr, value, "verify"))
             for lr_value, damping, phase in points:
                 for seed in seeds:
-                    config = with_values(source, width=width, lr=lr_value, damping=damping, seed=seed)
+                    config = with_values(at_scale(source, scale, width), lr=lr_value, damping=damping, seed=seed)
                     trials.append(make_trial(with_runtime(config, runtime) if runtime else config, phase))
     return trials
 
@@ -117,7 +131,8 @@ def refine_values(axis: dict, refine_to: float) -> list[float]:
 
 
 def plan_refine(study: Study, metric: str, judged: dict, refine_to: float, seeds: list[int],
-                runtime: dict | None = None, verify: int = 5, step: float = 0.5) -> tuple[list[Trial], list[str]]:
+                runtime: dict | None = None, verify: int = 5, step: float = 0.5,
+                scale: str = "width") -> tuple[list[Trial], list[str]]:
     """One refinement round: the trials to plan, and notes on what a round cannot do.
 
     For every parameterization whose verdict in ``judged`` (muso_cli.verdict.judge) is undecided:
@@ -137,17 +152,18 @@ def plan_refine(study: Study, metric: str, judged: dict, refine_to: float, seeds
     rerun. What a round cannot do (more seeds; a cell without an optimum) becomes a note saying what to change.
     At the base width every parameterization is the same run: a point planned there for one is planned for every
     parameterization whose trial it is (the same id, no extra run), so their base cells stay the same grid.
+    ``scale`` depth: the cells are (param, depth) of a study over depth.
     """
     rows = points(study, metric)
     by_key = {(t.id, t.param): t for t in study.trials()}
-    grid = cells.cells(rows)
+    grid = cells.cells(rows, scale=scale)
     open_params = {p for p, pv in judged["params"].items() if pv["verdict"] not in verdict.DECIDED}
     notes: list[str] = []
     planned: dict[tuple[str, int], set] = {}  # refined cell → its settings (lr, damping), old and new
 
     def existing(param: str, width: int) -> set:
         return {(r["lr"], None if math.isnan(r["damping"]) else r["damping"]) for r in rows
-                if r["param"] == param and r["width"] == width}
+                if r["param"] == param and r[scale] == width}
 
     # where the verdict names the points that would decide it, those; else (more seeds, a cell to mend) a finer
     # grid near the optima, which tightens the fitted valleys
@@ -191,11 +207,10 @@ def plan_refine(study: Study, metric: str, judged: dict, refine_to: float, seeds
                     planned[param, width] = planned.get((param, width), existing(param, width)) | new
 
     def source_config(param: str, width: int) -> dict:
-        here = [r for r in rows if r["param"] == param and r["width"] == width]
+        here = [r for r in rows if r["param"] == param and r[scale] == width]
         if here:
             return by_key[here[0]["trial_id"], param].config
-        return with_values(by_key[next(r["trial_id"] for r in rows if r["param"] == param), param].config,
-                           width=width)
+        return at_scale(by_key[next(r["trial_id"] for r in rows if r["param"] == param), param].config, scale, width)
 
     def plan(param: str, width: int, settings: set) -> list[Trial]:
         source = source_config(param, width)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from .. import track
+from ..models import depth_of
 from ..errors import is_number
 from . import claims
 from .spec import METRICS
@@ -59,7 +60,8 @@ def trusted(result: dict, folder: Path) -> bool:
 
 def points(study: Study, metric: str) -> list[dict]:
     """One row per trial entry, what the verdict (muso_cli.verdict) reads: index, trial_id, phase, param, width,
-    lr, damping (NaN without damping), seed, status (ok | diverged | failed | running | pending | unreadable),
+    depth (model.depth: a study over depth judges on it; None for a model without one), lr, damping (NaN without
+    damping), seed, status (ok | diverged | failed | running | pending | unreadable),
     objective (:func:`objective`; NaN when unfinished), the result itself (None when there is none) and the
     trial's config."""
     rows = []
@@ -74,7 +76,7 @@ def points(study: Study, metric: str) -> list[dict]:
             status = track.RUNNING if claims.is_running(folder) else track.PENDING
         value = objective(result, metric)
         rows.append({"index": t.index, "trial_id": t.id, "phase": t.phase, "param": t.param, "width": t.width,
-                     "lr": t.lr, "damping": math.nan if t.damping is None else t.damping, "seed": t.seed,
+                     "depth": depth_of(t.config.get("model") or {}), "lr": t.lr, "damping": math.nan if t.damping is None else t.damping, "seed": t.seed,
                      "status": status, "objective": math.nan if value is None else value, "result": result,
                      "config": t.config})
     return rows

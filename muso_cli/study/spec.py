@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import verdict
 from ..errors import UsageError, check_positive, is_int, parse_widths, raise_all
+from ..models import parse_depths
 from ..parametrize import PARAMS, damped_optimizers, is_damped
 
 METRICS = {"train_loss": "min", "test_loss": "min", "test_acc": "max"}
@@ -57,9 +58,10 @@ def parse_grid(key: str, spec: Any) -> list[float]:
 
 @dataclass(frozen=True)
 class Grid:
-    """What a sweep varies: parameterizations × widths × base learning rates × base dampings × seeds.
+    """What a sweep varies: parameterizations × widths (or depths) × base learning rates × base dampings × seeds.
 
-    dampings is [None] for optimizers without damping.
+    dampings is [None] for optimizers without damping. depths: a study over depth (study.depths) at the one width of
+    ``widths``; None for a study over width.
     """
 
     params: list[str]
@@ -67,9 +69,20 @@ class Grid:
     dampings: list[float | None]
     seeds: list[int]
     widths: list[int]
+    depths: list[int] | None = None
+
+    @property
+    def scale(self) -> str:
+        """The axis the study varies: width or depth."""
+        return "width" if self.depths is None else "depth"
+
+    @property
+    def scales(self) -> list[int]:
+        """The values of that axis in the grid."""
+        return self.widths if self.depths is None else self.depths
 
     def __len__(self) -> int:
-        return len(self.params) * len(self.widths) * len(self.lrs) * len(self.dampings) * len(self.seeds)
+        return len(self.params) * len(self.scales) * len(self.lrs) * len(self.dampings) * len(self.seeds)
 
 
 @dataclass(frozen=True)
@@ -120,14 +133,24 @@ def parse_spec(cfg: DictConfig) -> StudySpec:
     elif len(set(seeds)) < len(seeds):
         problems.append(UsageError("study.seeds", f"lists a seed twice: {seeds} (a seed is the same run twice).",
                                    f"list each once, e.g. study.seeds=[{','.join(map(str, dict.fromkeys(seeds)))}]."))
-    widths = attempt(parse_widths, "study.widths", s.widths if s.widths is not None else [cfg.model.base_width],
-                     cfg.model.base_width)
+    depths = None
+    if s.get("depths") is not None:
+        if s.widths is not None:
+            problems.append(UsageError("study.depths", f"and study.widths are both set ({list(s.depths)}, "
+                                       f"{list(s.widths)}): a study varies one scale axis.",
+                                       "study the depth at one width (study.widths=null, model.width=<it>), or the "
+                                       "width at one depth (study.depths=null, model.depth=<it>)."))
+        depths = attempt(parse_depths, "study.depths", s.depths, cfg.model)
+        widths = [int(cfg.model.width)]
+    else:
+        widths = attempt(parse_widths, "study.widths", s.widths if s.widths is not None else [cfg.model.base_width],
+                         cfg.model.base_width)
     metric = attempt(parse_metric, s.metric)
     settings = attempt(verdict.parse_settings, s)
     refine = attempt(parse_refine, s)
     problems.append(check_positive("study.max_trials", s.max_trials, integer=True))
     raise_all(problems)
-    return StudySpec(Grid(params, lrs, dampings, seeds, widths), metric, settings, *refine, int(s.max_trials))
+    return StudySpec(Grid(params, lrs, dampings, seeds, widths, depths), metric, settings, *refine, int(s.max_trials))
 
 
 def _names_list(value: Any) -> list:

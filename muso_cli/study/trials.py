@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from ..models import at_base_depth, depth_of, has_depth
 from ..parametrize import identity
 
 # Config sections and keys that do not change a trial's numbers: left out of its id.
@@ -39,6 +40,10 @@ def semantic_config(config: dict) -> dict:
                      at_base_width=config["model"]["width"] == config["model"]["base_width"])
     out["param"] = {**param, "name": ident["param"], "weight_decay_rule": ident["weight_decay_rule"]}
     out["optimizer"] = {**opt, "damping_rule": ident["damping_rule"]}
+    if at_base_depth(config["model"]):  # depth changes no number: one base-depth run serves every α, and trials
+        out["param"].pop("depth_alpha", None)  # planned before depth existed keep their ids
+        if has_depth(config["model"]):
+            out["model"] = {k: v for k, v in out["model"].items() if k != "base_depth"}
     return out
 
 
@@ -84,9 +89,15 @@ class Trial:
     seed: int
     config: dict = field(repr=False)
 
+    @property
+    def depth(self) -> int | None:
+        """The model's number of residual blocks (muso_cli.models.depth_of), None for a model without depth."""
+        return depth_of(self.config.get("model") or {})
+
     def label(self) -> str:
         damping = "" if self.damping is None else f" damping={self.damping:.3g}"
-        return f"{self.param} w={self.width} lr={self.lr:.3g}{damping} seed={self.seed}"
+        depth = "" if self.depth is None else f" L={self.depth}"
+        return f"{self.param} w={self.width}{depth} lr={self.lr:.3g}{damping} seed={self.seed}"
 
 
 def make_trial(config: dict, phase: str) -> Trial:
