@@ -219,8 +219,9 @@ def _batches(data, size: int, count: int) -> list[tuple[torch.Tensor, torch.Tens
 
 
 def scale_of(df: pd.DataFrame) -> str:
-    """The axis a measurement varies: ``depth`` when it holds several depths, else ``width``."""
-    return "depth" if df["depth"].nunique(dropna=True) > 1 else "width"
+    """The axis a measurement varies: ``depth`` when it holds several depths, else ``width`` (also for a frame with
+    no depth column, as measurements made before depth existed)."""
+    return "depth" if "depth" in df and df["depth"].nunique(dropna=True) > 1 else "width"
 
 
 def _slope(widths: np.ndarray, values: np.ndarray) -> float:
@@ -257,14 +258,16 @@ def slopes(df: pd.DataFrame, fit_from: float, scale: str | None = None,
 
 
 def verdicts(slope_df: pd.DataFrame, tolerance: float, step: int | None = None) -> pd.DataFrame:
-    """Verdict per layer on Δh at ``step`` (default: the last), on the slope less its expected value: flat (as the
+    """Verdict per layer on Δh at ``step`` (default: the last), on the slope less its expected value (a column where
+    some layer expects a slope other than 0, as a block's contribution over depth): flat (as the
     rules predict) | grows | shrinks."""
     dh = slope_df[slope_df.metric == "dh"]
     step = int(dh.step.max()) if step is None else step
     dh = dh[dh.step == step].copy()
     off = dh.slope - dh.get("expected", 0.0)
     dh["verdict"] = np.select([off.abs() <= tolerance, off > 0], ["flat", "grows"], "shrinks")
-    columns = ["layer", "role", "step", "slope", "slope_all", *(["expected"] if "expected" in dh else []), "verdict"]
+    shown = "expected" in dh and (dh["expected"] != 0).any()  # a check over width expects 0 everywhere: not shown
+    columns = ["layer", "role", "step", "slope", "slope_all", *(["expected"] if shown else []), "verdict"]
     return dh[columns].reset_index(drop=True)
 
 

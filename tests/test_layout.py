@@ -55,7 +55,8 @@ def test_the_import_graph_has_no_cycle():
 def test_the_ground_layer_and_the_core_import_no_machinery():
     graph = import_graph()
     assert graph["muso_cli.errors"] == set()
-    assert graph["muso_cli.parametrize"] <= {"muso_cli.errors"}  # pure: no CLI, config, logging or launchers
+    assert graph["muso_cli.structure"] == set()  # roles and blocks from a model's structure: torch only
+    assert graph["muso_cli.parametrize"] <= {"muso_cli.errors", "muso_cli.structure"}  # pure: no CLI, config, logging or launchers
 
 
 def test_the_training_loop_is_imported_by_the_commands_that_train_only():

@@ -243,6 +243,7 @@ def test_the_registry_builds_it_from_the_table():
         base = MLP((784,), 10, width=64)
     plan = parametrize.make_plan(model, base, "somup", "soap", damping_rule="somup")
     opt = build(cfg.optimizer, model, plan)
-    assert [g["damping_eps"] for g in opt.param_groups] == pytest.approx([0.5, 1.0, 2.0])
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([cfg.optimizer.lr * f for f in (2, 1, 0.5)])
+    # m = 4, Adam's µP (SOAP's steady state): ε m⁻¹ / m⁻¹ / 1, lr 1 / m⁻¹ / m⁻¹ (input / hidden / readout)
+    assert [g["damping_eps"] for g in opt.param_groups] == pytest.approx([0.25, 0.25, 1.0])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([cfg.optimizer.lr * f for f in (1, 0.25, 0.25)])
     assert check(compose(["optimizer=soap", "optimizer.beta2=1"]).optimizer, model, plan)[0].key == "optimizer.beta2"

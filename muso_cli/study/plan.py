@@ -177,7 +177,7 @@ def plan_refine(study: Study, metric: str, judged: dict, refine_to: float, seeds
             continue
         if cell.best is None:
             e = cell.problem()
-            notes.append(f"{param} width {width}: {e.problem}: not refined. Fix: {e.fix}.")
+            notes.append(f"{param} {scale} {width}: {e.problem}: not refined. Fix: {e.fix}.")
             continue
         opt = cell.summary()["optimum"]
         lrs = [opt["lr"], *(refine_values(opt["axes"]["lr"], refine_to) if "lr" in opt["axes"] else [])]
@@ -201,7 +201,7 @@ def plan_refine(study: Study, metric: str, judged: dict, refine_to: float, seeds
                     new = {(float(f"{chosen['lr'] * 2.0 ** off:.12g}"), chosen.get("damping"))
                            for off in verify_offsets(verify, step)}
                 elif need["kind"] == "seeds":
-                    notes.append(f"{param} width {width}: {row['why']}: " + "; ".join(row["decide"])
+                    notes.append(f"{param} {scale} {width}: {row['why']}: " + "; ".join(row["decide"])
                                  + " (muso sweep with the study's settings and more study.seeds adds them).")
                 if new:
                     planned[param, width] = planned.get((param, width), existing(param, width)) | new
