@@ -17,7 +17,7 @@ help:
 	@echo "make test-slow  the slow tests (full width ranges, Slurm); CI runs them"
 	@echo "make repro-*    reproduce the paper's experiments: repro-coord, repro-mlp-lr, repro-cnn-damping,"
 	@echo "                repro-nngp, repro-transformer (CPU-sized) and repro-resnet (GPU); Muon and SOAP:"
-	@echo "                repro-mlp-lr-muon, repro-mlp-lr-soap; results in docs/results.md"
+	@echo "                repro-mlp-lr-muon, repro-mlp-lr-soap; depth: repro-depth; results in docs/results.md"
 
 setup: $(STAMP) data
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 # Fashion-MNIST offline: Debian ships the original files. Elsewhere muso reads data.root or downloads
-# through torchvision; see README "Data".
+# through torchvision; see docs/cli.md, "data".
 data:
 	@if [ -f $(FMNIST_DEB) ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

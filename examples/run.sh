@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The example project end to end: muso on a model, data and configs of the project's own (README "Your own
-# model and data"). Usage: bash examples/run.sh [output folder, default examples/outputs]; MUSO=<command>
+# The example project end to end: muso on a model, data and configs of the project's own (docs/own-code.md, "A
+# project of your own"). Usage: bash examples/run.sh [output folder, default examples/outputs]; MUSO=<command>
 # picks the muso to run (default: muso).
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -107,7 +107,7 @@ class Streamed:
     training loop's ``data.x_train[idx]`` works unchanged. ``len(view)`` and ``view.shape`` are the split's.
 
     Cost: per step B examples gathered on the CPU in the training process (a Dataset's ``__getitem__`` B times,
-    collated; no workers), then copied to the device; evaluations stream the same way (README "Your own data").
+    collated; no workers), then copied to the device; evaluations stream the same way (docs/own-code.md, "Your own data").
     """
 
     def __init__(self, split: _Split, field: int, device: torch.device | str = "cpu", positions: Tensor | None = None):
@@ -420,12 +420,12 @@ def _corpus_keys(cfg) -> list[UsageError | None]:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Your own data: data._target_ names a function (or class) returning the two splits (README "Your own data").
+# Your own data: data._target_ names a function (or class) returning the two splits (docs/own-code.md, "Your own data").
 
 USER_KEYS = ("name", "n_train", "n_test", "num_classes", "stream", "augment")  # read by muso, not passed on
 _SPLITS_FIX = ("return dict(x_train=…, y_train=…, x_test=…, y_test=…) of tensors (x [N, *input_shape], y [N] or "
                "[N, T] int64 classes, or float [N, C] targets), or dict(train=…, test=…) of torch Datasets whose "
-               "items are (x, y) pairs (README \"Your own data\").")
+               "items are (x, y) pairs (docs/own-code.md, \"Your own data\").")
 
 
 def _splits(cfg) -> tuple[Any, Any]:

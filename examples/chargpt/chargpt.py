@@ -1,7 +1,7 @@
 """A character-level GPT trained by its own loop: argparse, its own data pipeline (the Python standard library's
 source as bytes), its own model, AdamW for embeddings and norms and Muon for the matrices, DDP when launched by
 torchrun. muso does not train it: it runs this script for every trial of a study (trainer=command) and judges
-the runs (examples/chargpt/run.sh, README "Your own training loop").
+the runs (examples/chargpt/run.sh, docs/own-code.md, "Your own training loop").
 
 By hand (muso's config composed from the flags):
 

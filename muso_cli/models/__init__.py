@@ -233,7 +233,7 @@ def pitfalls(plan: Plan) -> list[str]:
     if not held or plan.optimizer in LAYERWISE:
         return []
     fix = ("use muso_cli.models.transformer.Attention, or separate nn.Linear q, k, v projections with the logits "
-           "passed through muso_cli.parametrize.WidthMultiplier('attention', d_head) (README \"Your own model\")")
+           "passed through muso_cli.parametrize.WidthMultiplier('attention', d_head) (docs/own-code.md, \"Your own model\")")
     out = []
     if plan.param != "sp":
         out.append(f"{', '.join(held)}: torch's nn.MultiheadAttention scales its logits by 1/√d_head, SP's scale: "

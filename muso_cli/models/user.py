@@ -25,7 +25,7 @@ With depth (residual blocks whose number transfers, docs/parameterization.md "De
 Without ``depth_arg`` a ``depth`` key is an argument of the model like any other.
 
 The model takes a batch of inputs [N, *input_shape] and returns outputs [N, C] (classification) or [N, T, C]
-(a sequence: every position is one term of the loss). See README "Your own model".
+(a sequence: every position is one term of the loss). See docs/own-code.md, "Your own model".
 """
 from __future__ import annotations
 
