@@ -55,12 +55,6 @@ REGISTRY: dict[str, Entry] = {
 }
 
 
-def uses_builtin_loop(cfg: DictConfig) -> bool:
-    """Whether muso's own loop trains ``cfg`` (then muso builds its model and data; your own trainer builds
-    them itself, and muso reads only the width and base width of the model section)."""
-    return ("trainer" not in cfg) or cfg.trainer.get("name", "builtin") == "builtin"
-
-
 def check(cfg: DictConfig) -> list[UsageError | None]:
     """Problems with the ``trainer.*`` keys (the trainer's name, then its own checks)."""
     name = cfg.trainer.get("name") if "trainer" in cfg else "builtin"
@@ -78,4 +72,4 @@ def run(cfg: DictConfig, folder: Path, identity: RunIdentity = RunIdentity(), *,
     return trainer(cfg, Path(folder), identity, quiet=quiet)
 
 
-__all__ = ["REGISTRY", "RunIdentity", "check", "run", "uses_builtin_loop"]
+__all__ = ["REGISTRY", "RunIdentity", "check", "run"]
