@@ -39,6 +39,13 @@ def check(cfg) -> list[tuple[str, str, str]]:
     if not (isinstance(cfg.depth, int) and cfg.depth >= 2):
         problems.append(("model.depth", f"must be an integer ≥ 2 (input and readout layers), got {cfg.depth!r}.",
                          "e.g. model.depth=3."))
+    return problems + check_layer_options(cfg)
+
+
+def check_layer_options(cfg) -> list[tuple[str, str, str]]:
+    """(key, problem, fix) for ``model.activation`` and ``model.bias``, the options of the Linear layers every MLP
+    of muso's (this one and the residual MLP) shares."""
+    problems = []
     if cfg.activation not in ACTIVATIONS:
         problems.append(("model.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}.",
                          "e.g. model.activation=relu."))

@@ -13,7 +13,7 @@ import math
 from torch import Tensor, nn
 
 from ..parametrize import DepthMultiplier
-from .mlp import ACTIVATIONS
+from .mlp import ACTIVATIONS, check_layer_options
 
 DEPTH = "depth"  # the key of its number of residual blocks (muso_cli.models.depth_key)
 
@@ -57,10 +57,4 @@ def build(cfg, input_shape: tuple[int, ...], num_classes: int, width: int) -> Re
 
 def check(cfg) -> list[tuple[str, str, str]]:
     """(key, problem, fix) for each bad option of the residual MLP (its depth keys: muso_cli.models.check)."""
-    problems = []
-    if cfg.activation not in ACTIVATIONS:
-        problems.append(("model.activation", f"must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}.",
-                         "e.g. model.activation=relu."))
-    if not isinstance(cfg.bias, bool):
-        problems.append(("model.bias", f"must be true or false, got {cfg.bias!r}.", "e.g. model.bias=true."))
-    return problems
+    return check_layer_options(cfg)
